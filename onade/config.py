@@ -1,0 +1,311 @@
+"""Typed configuration: one dataclass per component, composed into `Config`, with named presets.
+
+A config comes from a preset (`debug`, `small`, `base`, `large`), optionally a YAML file holding a
+partial tree, and `key=value` overrides (`model.width=128`). Unknown keys are an error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
+STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "greedy", "antigreedy")
+
+
+class ConfigError(ValueError):
+    """A user-supplied configuration is wrong; the message says which key and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32
+    width: int = 64
+    num_blocks: int = 6
+    # Dilation of each block's first conv, cycled over the blocks; the receptive field must cover
+    # the whole image so every hidden subpixel can see every observed one.
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
+    input_mode: str = "embedding"  # "embedding" (per-channel tables) or "onehot" (the seed's 771 channels)
+    embed_dim: int = 16  # per colour channel; the three are concatenated
+    coord_channels: bool = True
+    norm_groups: int = 8
+    vocab_size: int = 512  # set from the tokenizer that ships with the data
+    text_dim: int = 64
+    text_layers: int = 1
+    qrnn_kernel: int = 2
+    bidirectional: bool = True
+    merge_every: int = 2  # an attention merger after every k blocks (0 = no caption conditioning)
+    num_heads: int = 1
+    activation_checkpointing: bool = False
+    channels_last: bool = False
+
+
+@dataclass
+class MaskConfig:
+    # Mixture weights over MASK_KINDS; kinds left out have weight 0.
+    weights: dict[str, float] = field(default_factory=lambda: {"orderless": 1.0})
+    per_pixel: bool = False  # hide whole pixels instead of single subpixels
+    contiguish_size: int = 3  # neighbourhood over which the "contiguish" Bernoulli is conjoined
+    min_box_fraction: float = 0.25  # box side range, as a fraction of the image side
+    max_box_fraction: float = 0.75
+
+
+@dataclass
+class DataConfig:
+    max_tokens: int = 32
+    global_batch_size: int = 32  # split over workers and gradient-accumulation steps
+    random_flip: bool = True
+    shuffle_buffer: int = 256
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    micro_batch_size: int = 0  # per worker; 0 = global_batch_size / world_size (no accumulation)
+    zero_stage: int = 2
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
+    loss: str = "orderless"  # "orderless" (unbiased NLL estimate) or "mean" (the seed's plain mean)
+    log_every: int = 10
+    val_every: int = 100
+    val_batches: int = 4
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+@dataclass
+class SampleConfig:
+    strategy: str = "independent-gibbs"
+    steps: int = 0  # 0 = the number of hole subpixels
+    temperature: float = 1.0
+    final_temperature: float = 0.0  # 0 = no annealing; else geometric schedule to this value
+    pmin: float = 0.1
+    pmax: float = 0.9
+    alpha: float = 0.7
+    chunk: int = 1  # subpixels per forward pass in the ancestral strategies
+    init: str = "model"  # "model" (one-shot sample) or "uniform" noise, for the Gibbs strategies
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> "Config":
+        m, t, s = self.model, self.train, self.sample
+        if m.input_mode not in ("embedding", "onehot"):
+            raise ConfigError(f"model.input_mode must be 'embedding' or 'onehot', got {m.input_mode!r}")
+        if m.width % m.norm_groups or m.width % max(m.num_heads, 1):
+            raise ConfigError("model.width must be divisible by model.norm_groups and model.num_heads")
+        if m.text_dim % max(m.num_heads, 1):
+            raise ConfigError("model.text_dim must be divisible by model.num_heads")
+        if not m.dilations or min(m.dilations) < 1:
+            raise ConfigError("model.dilations must be a non-empty list of positive integers")
+        if receptive_field(m) < 2 * m.image_size - 1:
+            raise ConfigError(
+                f"receptive field {receptive_field(m)} does not cover a {m.image_size}px image corner to corner "
+                f"(needs {2 * m.image_size - 1}): add blocks or larger model.dilations")
+        for kind, w in self.masks.weights.items():
+            if kind not in MASK_KINDS:
+                raise ConfigError(f"masks.weights has unknown mask kind {kind!r}; choose from {MASK_KINDS}")
+            if w < 0:
+                raise ConfigError(f"masks.weights.{kind} must be >= 0, got {w}")
+        if sum(self.masks.weights.values()) <= 0:
+            raise ConfigError("masks.weights must give some mask kind a positive weight")
+        if t.loss not in ("orderless", "mean"):
+            raise ConfigError(f"train.loss must be 'orderless' or 'mean', got {t.loss!r}")
+        if t.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {t.precision!r}")
+        if t.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"train.zero_stage must be 0..3, got {t.zero_stage}")
+        if s.strategy not in STRATEGIES:
+            raise ConfigError(f"sample.strategy must be one of {STRATEGIES}, got {s.strategy!r}")
+        if not 0 < s.pmin <= s.pmax <= 1:
+            raise ConfigError(f"need 0 < sample.pmin <= sample.pmax <= 1, got {s.pmin}, {s.pmax}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def receptive_field(m: ModelConfig) -> int:
+    """Side of the square every output sees: each block has a dilated 3x3 conv and a plain 3x3 conv."""
+    rf = 3 + 2 * (3 - 1)  # first layer 3x3 conv, then the stem's own 3x3 conv
+    for i in range(m.num_blocks):
+        rf += 2 * m.dilations[i % len(m.dilations)] + 2
+    return rf
+
+
+def _preset_debug() -> Config:
+    return Config(
+        model=ModelConfig(image_size=32, width=32, num_blocks=6, dilations=(1, 2, 4, 8, 16), embed_dim=8,
+                          text_dim=32, merge_every=2),
+        data=DataConfig(global_batch_size=16),
+        train=TrainConfig(steps=200, lr=3e-3, warmup_steps=10, val_every=50, checkpoint_every=50),
+    )
+
+
+def _preset_small() -> Config:
+    return Config(
+        model=ModelConfig(image_size=32, width=96, num_blocks=8, dilations=(1, 2, 4, 8, 16), embed_dim=16,
+                          text_dim=96, merge_every=2, num_heads=2),
+        data=DataConfig(global_batch_size=32),
+        train=TrainConfig(steps=5000, lr=2e-3, warmup_steps=200, val_every=500, checkpoint_every=500),
+    )
+
+
+def _preset_base() -> Config:
+    # The seed's task: 64x64 images with a 32x32 hole; ~20M parameters.
+    return Config(
+        model=ModelConfig(image_size=64, width=384, num_blocks=16, dilations=(1, 2, 4, 8, 16), embed_dim=32,
+                          text_dim=256, text_layers=2, merge_every=4, num_heads=4),
+        data=DataConfig(global_batch_size=128, max_tokens=48),
+        train=TrainConfig(steps=200_000, lr=5e-4, warmup_steps=2000, val_every=2000, checkpoint_every=2000,
+                          keep_checkpoints=3),
+    )
+
+
+def _preset_large() -> Config:
+    # Hundreds of millions of parameters: meant for ZeRO-3 on multi-GPU nodes.
+    return Config(
+        model=ModelConfig(image_size=64, width=1024, num_blocks=24, dilations=(1, 2, 4, 8, 16), embed_dim=64,
+                          text_dim=512, text_layers=3, merge_every=4, num_heads=8, norm_groups=32,
+                          activation_checkpointing=True, channels_last=True),
+        data=DataConfig(global_batch_size=512, max_tokens=64),
+        train=TrainConfig(steps=400_000, lr=3e-4, warmup_steps=5000, zero_stage=3, val_every=5000,
+                          checkpoint_every=5000, keep_checkpoints=3),
+    )
+
+
+PRESETS = {"debug": _preset_debug, "small": _preset_small, "base": _preset_base, "large": _preset_large}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]().validate()
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's annotated type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError(value)
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return tp(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",") if v.strip()]
+            args = typing.get_args(tp)
+            elem = args[0]
+            return tuple(_coerce(v, elem, key) for v in value)
+        if origin is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            _, vt = typing.get_args(tp)
+            return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        if origin in (typing.Union, types.UnionType):
+            return value
+    except (TypeError, ValueError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from e
+    return value
+
+
+def _merge(obj: Any, tree: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full!r} is a section; give it a mapping, not {value!r}")
+            _merge(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def apply_overrides(cfg: Config, tree: dict[str, Any] | None = None, sets: list[str] | None = None) -> Config:
+    """Merge a partial tree (e.g. from YAML) and `key=value` strings into cfg, then validate."""
+    if tree:
+        _merge(cfg, tree, "")
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. model.width=128), got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        nested: dict[str, Any] = {parts[-1]: _parse_scalar(value.strip())}
+        for p in reversed(parts[:-1]):
+            nested = {p: nested}
+        _merge(cfg, nested, "")
+    return cfg.validate()
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception:  # noqa: BLE001 - any unparsable value stays a string and is coerced by type
+        return text
+
+
+def load_config(preset: str = "debug", path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+    cfg = get_preset(preset)
+    tree = None
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    return apply_overrides(cfg, tree, sets)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a config saved with `to_dict` (e.g. from an exported checkpoint)."""
+    return apply_overrides(Config(), tree)
+
+
+def num_hole_side(image_size: int) -> int:
+    """The default centre hole: half the image side, as in the seed (32x32 of 64x64)."""
+    return max(1, image_size // 2)
+
+
+__all__ = [
+    "Config", "ModelConfig", "MaskConfig", "DataConfig", "TrainConfig", "SampleConfig", "ConfigError",
+    "PRESETS", "get_preset", "load_config", "apply_overrides", "config_from_dict", "receptive_field",
+    "MASK_KINDS", "STRATEGIES", "num_hole_side",
+]

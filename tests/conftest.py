@@ -1,0 +1,8 @@
+"""Shared pytest setup. Fixtures live in tests/fixtures/<topic>.py, one file per service."""
+
+import os
+
+# DeepSpeed must pick its CPU accelerator before it is first imported anywhere in the test process.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.ray_local"]
