@@ -1,0 +1,8 @@
+"""onade: a caption-conditioned orderless-NADE ConvNet for image inpainting (pure PyTorch)."""
+
+from onade.config import Config, ConfigError, get_preset, load_config
+from onade.model import ONADE, build_model
+from onade.checkpoint import Loaded, load_checkpoint, save_checkpoint
+
+__all__ = ["Config", "ConfigError", "get_preset", "load_config", "ONADE", "build_model", "Loaded",
+           "load_checkpoint", "save_checkpoint"]

@@ -143,8 +143,8 @@ class Config:
 
 
 def receptive_field(m: ModelConfig) -> int:
-    """Side of the square every output sees: each block has a dilated 3x3 conv and a plain 3x3 conv."""
-    rf = 3 + 2 * (3 - 1)  # first layer 3x3 conv, then the stem's own 3x3 conv
+    """Side of the square every output sees: a 3x3 stem, then per block a dilated 3x3 and a plain 3x3 conv."""
+    rf = 3
     for i in range(m.num_blocks):
         rf += 2 * m.dilations[i % len(m.dilations)] + 2
     return rf

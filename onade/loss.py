@@ -1,0 +1,36 @@
+"""The orderless-NADE training loss, in bits per subpixel.
+
+With D subpixels of which d are observed (and the observed set uniform given d, d uniform in 0..D-1), the
+NLL of the image under a random ordering is D * E[-log p(x_next | x_observed)], and the next variable is
+uniform over the D-d hidden ones. So  D/(D-d) * sum_hidden CE  is an unbiased estimate of that NLL
+(Uria et al. 2014); dividing by D and ln 2 gives bits per subpixel. Per example this is the mean CE over
+its hidden subpixels; the seed instead averaged over all hidden subpixels of the batch at once ("mean").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSS_KINDS = ("orderless", "mean")
+
+
+def hidden_nats(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in nats of every hidden subpixel [B,H,W,3]; zero where observed."""
+    ce = F.cross_entropy(logits_BHWCK.float().flatten(0, -2), x_BHWC.long().flatten(), reduction="none")
+    return ce.view(x_BHWC.shape) * (~mask_BHWC)
+
+
+def nade_loss(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor,
+              kind: str = "orderless") -> torch.Tensor:
+    """Scalar loss in bits per subpixel; see the module docstring for the two kinds."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
+    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, mask_BHWC)
+    num_hidden_B = (~mask_BHWC).flatten(1).sum(1)
+    if kind == "orderless":
+        per_example_B = nats_BHWC.flatten(1).sum(1) / num_hidden_B.clamp(min=1)
+        return per_example_B.mean() / math.log(2)
+    return nats_BHWC.sum() / num_hidden_B.sum().clamp(min=1) / math.log(2)

@@ -1,0 +1,151 @@
+"""The network: (image with hidden subpixels, mask, caption) -> a 256-way softmax for every subpixel.
+
+It knows nothing of how masks are drawn, of losses or of samplers.
+
+Shapes: B batch, H/W image side, C = 3 colour channels, K = 256 levels, D conv width, T tokens,
+P selected pixels. `mask_BHWC` is True where a subpixel is observed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from onade.caption import AttentionMerger, CaptionReader
+from onade.config import Config, ModelConfig, get_preset
+
+NUM_LEVELS = 256
+NUM_CHANNELS = 3
+
+
+class ValueEmbedding(nn.Module):
+    """Each subpixel's value, or a per-channel "hidden" token (index 256), looked up in a learned table per
+    channel; the three channel embeddings are concatenated. This computes what the seed's first layer
+    computes on one-hot(3x256) + mask, without materialising 771 input channels, and a hidden subpixel's
+    true value never reaches the network."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.table = nn.Embedding(NUM_CHANNELS * (NUM_LEVELS + 1), dim)
+        self.out_channels = NUM_CHANNELS * dim
+        offsets = torch.arange(NUM_CHANNELS) * (NUM_LEVELS + 1)
+        self.register_buffer("offsets_C", offsets, persistent=False)
+
+    def forward(self, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
+        idx_BHWC = torch.where(mask_BHWC, x_BHWC.long(), NUM_LEVELS) + self.offsets_C
+        e_BHWCE = self.table(idx_BHWC)
+        return e_BHWCE.flatten(3).permute(0, 3, 1, 2)
+
+
+class OneHotInput(nn.Module):
+    """The seed's input: one-hot(3x256) of observed values concatenated with the mask (771 channels).
+    Kept for comparison (bench/model.py); `ValueEmbedding` is the default."""
+
+    out_channels = NUM_CHANNELS * NUM_LEVELS + NUM_CHANNELS
+
+    def forward(self, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
+        m_BHWC = mask_BHWC.to(torch.float32)
+        onehot_BHWCK = F.one_hot(torch.where(mask_BHWC, x_BHWC.long(), 0), NUM_LEVELS) * m_BHWC[..., None]
+        return torch.cat([onehot_BHWCK.flatten(3), m_BHWC], dim=-1).permute(0, 3, 1, 2)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int, dilation: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, width)
+        self.conv1 = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)
+        self.norm2 = nn.GroupNorm(groups, width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, h_BDHW: torch.Tensor) -> torch.Tensor:
+        r = self.conv1(F.silu(self.norm1(h_BDHW)))
+        r = self.conv2(F.silu(self.norm2(r)))
+        return h_BDHW + r
+
+
+class ONADE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.input = ValueEmbedding(cfg.embed_dim) if cfg.input_mode == "embedding" else OneHotInput()
+        in_ch = self.input.out_channels + (2 if cfg.coord_channels else 0)
+        self.stem = nn.Conv2d(in_ch, cfg.width, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            ResBlock(cfg.width, cfg.dilations[i % len(cfg.dilations)], cfg.norm_groups) for i in range(cfg.num_blocks)
+        )
+        self.reader = None
+        self.mergers = nn.ModuleDict()
+        if cfg.merge_every > 0:
+            self.reader = CaptionReader(cfg.vocab_size, cfg.text_dim, cfg.text_layers, cfg.qrnn_kernel, cfg.bidirectional)
+            for i in range(cfg.merge_every - 1, cfg.num_blocks, cfg.merge_every):
+                self.mergers[str(i)] = AttentionMerger(cfg.width, cfg.text_dim, cfg.num_heads)
+        self.out_norm = nn.GroupNorm(cfg.norm_groups, cfg.width)
+        self.head_proj = nn.Linear(cfg.width, NUM_CHANNELS * NUM_LEVELS)
+
+    def _coords(self, h_BDHW: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = h_BDHW.shape
+        ys = torch.linspace(-1, 1, H, device=h_BDHW.device, dtype=h_BDHW.dtype)
+        xs = torch.linspace(-1, 1, W, device=h_BDHW.device, dtype=h_BDHW.dtype)
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([yy, xx])[None].expand(B, 2, H, W)
+
+    def features(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
+        """Per-pixel features [B,H,W,D] before the output head."""
+        h = self.input(x_BHWC, mask_BHWC).to(self.stem.weight.dtype)
+        if self.cfg.coord_channels:
+            h = torch.cat([h, self._coords(h)], dim=1)
+        if self.cfg.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        h_BDHW = self.stem(h)
+        z_BTD = self.reader(tokens_BT, lengths_B) if self.reader is not None else None
+        for i, block in enumerate(self.blocks):
+            if self.cfg.activation_checkpointing and self.training:
+                h_BDHW = checkpoint(block, h_BDHW, use_reentrant=False)
+            else:
+                h_BDHW = block(h_BDHW)
+            merger = self.mergers[str(i)] if str(i) in self.mergers else None
+            if merger is not None:
+                h_BDHW = merger(h_BDHW, z_BTD, lengths_B)
+        return F.silu(self.out_norm(h_BDHW)).permute(0, 2, 3, 1)
+
+    def head(self, feats_xD: torch.Tensor) -> torch.Tensor:
+        """Features [..., D] -> logits [..., 3, 256]."""
+        return self.head_proj(feats_xD).unflatten(-1, (NUM_CHANNELS, NUM_LEVELS))
+
+    def forward(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
+        self._check_inputs(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+        return self.head(self.features(x_BHWC, mask_BHWC, tokens_BT, lengths_B)).float()
+
+    def logits_at(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW) -> torch.Tensor:
+        """Logits [P,3,256] only at the pixels where `where_BHW` is True (in `nonzero()` order). The head is
+        the most expensive layer when few subpixels are hidden, so samplers and losses use this."""
+        self._check_inputs(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+        feats_BHWD = self.features(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+        return self.head(feats_BHWD[where_BHW]).float()
+
+    def _check_inputs(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> None:
+        if x_BHWC.dim() != 4 or x_BHWC.shape[-1] != NUM_CHANNELS:
+            raise ValueError(f"x must be [B,H,W,3] uint8, got shape {tuple(x_BHWC.shape)}")
+        if mask_BHWC.shape != x_BHWC.shape or mask_BHWC.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor shaped like x {tuple(x_BHWC.shape)}, "
+                             f"got {mask_BHWC.dtype} {tuple(mask_BHWC.shape)}")
+        if tokens_BT.dim() != 2 or lengths_B.shape != (x_BHWC.shape[0],):
+            raise ValueError(f"tokens must be [B,T] and lengths [B] with B={x_BHWC.shape[0]}, "
+                             f"got {tuple(tokens_BT.shape)} and {tuple(lengths_B.shape)}")
+
+
+def build_model(spec: str | Config | ModelConfig = "debug") -> ONADE:
+    """A model from a preset name, a full `Config` or a `ModelConfig`."""
+    if isinstance(spec, str):
+        spec = get_preset(spec)
+    if isinstance(spec, Config):
+        spec = spec.model
+    if not isinstance(spec, ModelConfig):
+        raise ValueError(f"build_model takes a preset name, Config or ModelConfig, got {type(spec).__name__}")
+    return ONADE(spec)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
