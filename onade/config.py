@@ -221,9 +221,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple:
             if isinstance(value, str):
                 value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                value = [value]
             args = typing.get_args(tp)
-            elem = args[0]
-            return tuple(_coerce(v, elem, key) for v in value)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(value) != len(args):
+                raise ValueError(value)
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         if origin is dict:
             if isinstance(value, str):
                 value = json.loads(value)

@@ -58,9 +58,10 @@ def box_hidden(batch, image_size, min_frac, max_frac, generator=None, device="cp
 
 def contiguish_hidden(batch, image_size, size, per_pixel, generator=None, device="cpu") -> torch.Tensor:
     """The seed's "contiguish" mask: a variable stays observed only if a Bernoulli draw is 1 at every site
-    of its size x size neighbourhood, so hidden variables come in blobs. The keep rate is drawn per example."""
+    of its size x size neighbourhood, so hidden variables come in blobs. The hidden fraction q is drawn
+    uniformly per example, and the per-site keep rate (1-q)^(1/size^2) makes it the expected fraction."""
     c = 1 if per_pixel else C
-    keep_rate_B = _rand((batch,), generator, device)
+    keep_rate_B = (1 - _rand((batch,), generator, device)) ** (1.0 / (size * size))
     draws = (_rand((batch, c, image_size, image_size), generator, device)
              < keep_rate_B[:, None, None, None]).float()
     # Min-pool (a conjunction) via max-pool of the complement.

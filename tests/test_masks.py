@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from onade.config import MaskConfig
+from onade.masks import box_mask, center_mask, sample_masks
+
+
+def _chi2_pvalue(observed, expected):
+    """Upper tail of the chi-square distribution via the Wilson-Hilferty normal approximation."""
+    stat = float(((observed - expected) ** 2 / expected).sum())
+    k = len(observed) - 1
+    z = ((stat / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_orderless_count_is_uniform_in_1_to_D():
+    g = torch.Generator().manual_seed(0)
+    side, n = 2, 24000
+    D = side * side * 3
+    mask = sample_masks(MaskConfig(weights={"orderless": 1}), n, side, g)
+    hidden = (~mask).flatten(1).sum(1)
+    assert hidden.min() >= 1 and hidden.max() <= D
+    counts = torch.bincount(hidden, minlength=D + 1)[1:].double()
+    assert _chi2_pvalue(counts, torch.full_like(counts, n / D)) > 1e-3
+    assert counts.min() > 0
+
+
+def test_orderless_subset_is_uniform_given_its_size():
+    g = torch.Generator().manual_seed(1)
+    mask = sample_masks(MaskConfig(weights={"orderless": 1}), 20000, 2, g)
+    one_hidden = (~mask).flatten(1)[(~mask).flatten(1).sum(1) == 1]
+    counts = one_hidden.sum(0).double()
+    assert _chi2_pvalue(counts, torch.full_like(counts, counts.sum() / 12)) > 1e-3
+
+
+def test_orderless_per_pixel_hides_whole_pixels():
+    g = torch.Generator().manual_seed(2)
+    mask = sample_masks(MaskConfig(weights={"orderless": 1}, per_pixel=True), 500, 4, g)
+    assert torch.equal(mask.all(-1), mask.any(-1))
+    hidden = (~mask.all(-1)).flatten(1).sum(1)
+    assert hidden.min() >= 1 and hidden.max() <= 16
+
+
+def test_bernoulli_rate_is_uniform_per_example():
+    g = torch.Generator().manual_seed(3)
+    mask = sample_masks(MaskConfig(weights={"bernoulli": 1}), 4000, 16, g)
+    frac = (~mask).float().flatten(1).mean(1)
+    assert abs(frac.mean() - 0.5) < 0.02 and abs(frac.var() - 1 / 12) < 0.01
+
+
+def test_box_is_one_contiguous_rectangle():
+    g = torch.Generator().manual_seed(4)
+    cfg = MaskConfig(weights={"box": 1}, min_box_fraction=0.25, max_box_fraction=0.5)
+    mask = sample_masks(cfg, 200, 16, g)
+    for m in mask:
+        hidden = ~m[..., 0]
+        rows, cols = hidden.any(1).nonzero().flatten(), hidden.any(0).nonzero().flatten()
+        assert 4 <= len(rows) <= 8 and 4 <= len(cols) <= 8
+        assert hidden[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert int(hidden.sum()) == len(rows) * len(cols)
+    assert torch.equal(mask.all(-1), mask.any(-1))
+
+
+def test_center_is_half_the_side():
+    m = center_mask(2, 64)
+    assert int((~m).sum()) == 2 * 32 * 32 * 3
+    assert not m[:, 16:48, 16:48].any() and m[:, :16].all() and m[:, 48:].all()
+
+
+def test_box_mask_rejects_boxes_outside_the_image():
+    with pytest.raises(ValueError, match="does not fit"):
+        box_mask(1, 8, 6, 0, 4, 2)
+
+
+def test_contiguish_hides_blobs():
+    g = torch.Generator().manual_seed(5)
+
+    def hidden_neighbour_fraction(kind):
+        hidden = (~sample_masks(MaskConfig(weights={kind: 1}), 300, 16, g)).float().permute(0, 3, 1, 2)
+        neighbours = torch.nn.functional.avg_pool2d(hidden, 3, 1, 1)
+        return float(hidden.mean()), float((neighbours * hidden).sum() / hidden.sum())
+
+    rate, blob = hidden_neighbour_fraction("contiguish")
+    bern_rate, scattered = hidden_neighbour_fraction("bernoulli")
+    assert abs(rate - 0.5) < 0.1 and abs(bern_rate - 0.5) < 0.05  # fewer neighbours at the border
+    # A hidden variable in a contiguish mask has far more hidden neighbours than in a Bernoulli mask.
+    assert blob > scattered + 0.1
+
+
+def test_mixture_follows_weights():
+    g = torch.Generator().manual_seed(6)
+    mask = sample_masks(MaskConfig(weights={"center": 3, "orderless": 1}), 4000, 8, g)
+    is_center = (mask == center_mask(1, 8)).flatten(1).all(1).float().mean()
+    assert abs(float(is_center) - 0.75) < 0.03
