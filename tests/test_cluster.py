@@ -65,6 +65,11 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
+def test_network_guard_is_armed():
+    with pytest.raises(AssertionError, match="offline"):
+        socket.create_connection(("127.0.0.1", 9))
+
+
 # ---------------------------------------------------------------- loading the configs
 
 
