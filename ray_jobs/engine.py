@@ -1,0 +1,127 @@
+"""The DeepSpeed engine of one training worker.
+
+The ZeRO settings come from `cluster/deepspeed/zero{1,2,3}.json`; everything that follows from the run
+(batch sizes, precision, clipping) is derived here and never written in the JSON, so one global batch size
+means the same thing on 2 CPUs and on 64 GPUs. The optimizer is a torch AdamW handed to
+`deepspeed.initialize` (a DeepSpeed "optimizer" section would JIT-build a C++ op), and the LR schedule is a
+torch LambdaLR: linear warmup, then cosine decay to `min_lr_ratio * lr`. DeepSpeed steps both at each
+gradient-accumulation boundary and saves both in its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from onade.config import Config, ConfigError
+
+DEEPSPEED_DIR = Path(__file__).resolve().parent.parent / "cluster" / "deepspeed"
+# Keys this module derives; a JSON that sets them would silently disagree with the global batch size.
+DERIVED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    micro_batch: int  # per worker per forward pass
+    grad_accum: int
+    world_size: int
+
+
+def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> BatchPlan:
+    """global = micro * accumulation * world; micro 0 means no accumulation."""
+    if world_size < 1:
+        raise ValueError(f"world size must be >= 1, got {world_size}")
+    micro = micro_batch or global_batch // world_size
+    if micro < 1 or global_batch % (micro * world_size):
+        raise ConfigError(
+            f"data.global_batch_size={global_batch} must be a multiple of train.micro_batch_size x workers = "
+            f"{micro_batch or '(global / workers)'} x {world_size}: change data.global_batch_size, "
+            "train.micro_batch_size or --workers")
+    return BatchPlan(global_batch, micro, global_batch // (micro * world_size), world_size)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """"auto" is bf16 on a CUDA device that has it, fp32 elsewhere (bf16 on CPU only when asked)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR) -> dict:
+    if stage not in (1, 2, 3):
+        raise ConfigError(f"train.zero_stage must be 1, 2 or 3 (cluster/deepspeed/zero{{1,2,3}}.json), got {stage}")
+    path = Path(directory) / f"zero{stage}.json"
+    if not path.is_file():
+        raise ValueError(f"DeepSpeed config {path} is missing: it ships in the repository's cluster/deepspeed/")
+    ds = json.loads(path.read_text())
+    bad = [k for k in DERIVED_KEYS if k in ds]
+    if bad:
+        raise ValueError(f"{path} sets {bad}: these are derived from the onade config (global batch size, "
+                         "world size, train.precision, train.grad_clip); remove them from the JSON")
+    return ds
+
+
+def deepspeed_config(zero_json: dict, plan: BatchPlan, precision: str, grad_clip: float) -> dict:
+    ds = json.loads(json.dumps(zero_json))
+    ds.update(
+        train_batch_size=plan.global_batch,
+        train_micro_batch_size_per_gpu=plan.micro_batch,
+        gradient_accumulation_steps=plan.grad_accum,
+        gradient_clipping=grad_clip,
+        bf16={"enabled": precision == "bf16"},
+    )
+    return ds
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR after `step` optimizer steps: linear warmup, then cosine to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # Decaying gains, biases and embeddings' norms pulls them towards zero for no benefit: only matrices
+    # and conv kernels decay.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def skip_shm_comm_build() -> None:
+    """DeepSpeed's TorchBackend JIT-compiles a shared-memory all-reduce for CPU (~30 s) that only its
+    tensor-parallel inference path uses; training collectives go through torch.distributed (gloo here).
+    Marking the op incompatible makes DeepSpeed skip the build (deepspeed/comm/torch.py:build_shm_op)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict):
+    """Wrap `model` with DeepSpeed on the process group Ray Train already initialised."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        skip_shm_comm_build()
+    t = cfg.train
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, warmup=t.warmup_steps, total=t.steps, min_ratio=t.min_lr_ratio))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=ds_config, dist_init_required=False)
+    return engine
+
+
+__all__ = ["BatchPlan", "plan_batches", "resolve_precision", "load_zero_json", "deepspeed_config", "lr_factor",
+           "build_engine", "skip_shm_comm_build", "DEEPSPEED_DIR"]

@@ -1,0 +1,101 @@
+"""Turn a training checkpoint (DeepSpeed ZeRO shards of every rank) into an inference checkpoint.
+
+The export is `config.json`, `tokenizer.model` and consolidated fp32 weights in `model.safetensors`
+(onade.save_checkpoint), loadable with `onade.load_checkpoint(path)` without DeepSpeed or Ray and without
+unpickling. Consolidation uses DeepSpeed's zero_to_fp32, which rebuilds full fp32 tensors from the
+optimizer's master partitions, so it works for ZeRO-1/2/3 and for bf16 runs alike.
+
+Checkpoints live in STORAGE/RUN/checkpoint_<step>/ (written by ray_jobs.train_loop); the export goes to
+STORAGE/RUN/export/ by default. `python -m ray_jobs.train ... --export-only [--checkpoint-step N]` runs this
+for any kept checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from data import storage
+from onade.checkpoint import save_checkpoint
+from onade.config import config_from_dict
+from onade.model import build_model
+from onade.tokenizer import Tokenizer
+from ray_jobs.train_loop import CONFIG_FILE, DS_TAG, STATE_FILE, TOKENIZER_FILE
+
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{8})$")
+EXPORT_DIR = "export"
+
+
+def run_url(storage_url: str, name: str) -> str:
+    return storage.join(storage_url, name)
+
+
+def list_checkpoints(run: str) -> list[tuple[int, str]]:
+    """(step, url) of every complete checkpoint of a run, oldest first."""
+    fs, path = storage.pyarrow_fs(run)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    out = []
+    for info in infos:
+        m = CHECKPOINT_RE.match(info.base_name)
+        if info.type == pafs.FileType.Directory and m:
+            # The state file is written last by rank 0 into the uploaded folder; without it the upload of
+            # that checkpoint was cut short.
+            if fs.get_file_info(f"{info.path}/{STATE_FILE}").type == pafs.FileType.File:
+                out.append((int(m.group(1)), storage.join(run, info.base_name)))
+    return sorted(out)
+
+
+def read_checkpoint_config(checkpoint_url: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(checkpoint_url, CONFIG_FILE)))
+
+
+def export_checkpoint(checkpoint_url: str, out_url: str) -> str:
+    """Consolidate one training checkpoint into an inference checkpoint at `out_url` (local or s3://)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="onade_export_") as tmp:
+        src = Path(tmp, "checkpoint")
+        if storage.is_s3(checkpoint_url):
+            storage.download_dir(checkpoint_url, src)
+        else:
+            src = Path(checkpoint_url)
+        missing = [f for f in (CONFIG_FILE, TOKENIZER_FILE, STATE_FILE, DS_TAG) if not (src / f).exists()]
+        if missing:
+            raise ValueError(f"{checkpoint_url} is not a complete onade training checkpoint: missing {missing}")
+        cfg = config_from_dict(json.loads((src / CONFIG_FILE).read_text()))
+        tokenizer = Tokenizer.from_bytes((src / TOKENIZER_FILE).read_bytes())
+        model = build_model(cfg)
+        # Our own training checkpoint (DeepSpeed writes torch.save files), not user-supplied data.
+        state = get_fp32_state_dict_from_zero_checkpoint(str(src), tag=DS_TAG)
+        model.load_state_dict(state)
+        cfg.model.activation_checkpointing = False  # a training-only memory trade, useless at inference
+        out = Path(tmp, "export")
+        save_checkpoint(out, model, cfg, tokenizer)
+        if storage.is_s3(out_url):
+            storage.upload_dir(out, out_url)
+        else:
+            Path(out_url).mkdir(parents=True, exist_ok=True)
+            for f in out.iterdir():
+                shutil.copy2(f, Path(out_url, f.name))
+    return out_url
+
+
+def export_run(storage_url: str, name: str, step: int | None = None, out_url: str | None = None) -> str:
+    """Export the latest (or the given step's) checkpoint of a run to STORAGE/RUN/export/."""
+    run = run_url(storage_url, name)
+    checkpoints = list_checkpoints(run)
+    if not checkpoints:
+        raise ValueError(f"run {run} has no checkpoint to export: train it first (python -m ray_jobs.train)")
+    chosen = dict(checkpoints).get(step) if step is not None else checkpoints[-1][1]
+    if chosen is None:
+        raise ValueError(f"run {run} has no checkpoint at step {step}; kept steps: {[s for s, _ in checkpoints]}")
+    return export_checkpoint(chosen, out_url or storage.join(run, EXPORT_DIR))
+
+
+__all__ = ["list_checkpoints", "export_checkpoint", "export_run", "run_url", "read_checkpoint_config",
+           "EXPORT_DIR"]

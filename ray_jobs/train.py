@@ -1,0 +1,211 @@
+"""Train onade with Ray Train + DeepSpeed; checkpoints and run files in a local folder or S3.
+
+Locally (starts a local Ray when RAY_ADDRESS is unset; CPU workers use gloo and DeepSpeed's CPU backend):
+
+    python -m ray_jobs.train --data shards/ --val-data val_shards/ --output runs/ --name debug1 --preset debug
+
+On a cluster:
+
+    ray job submit --working-dir . -- python -m ray_jobs.train \
+        --data s3://bucket/shards/train --val-data s3://bucket/shards/val --output s3://bucket/runs \
+        --name base1 --preset base --workers 16 --gpus-per-worker 1
+
+Running again with the same --output and --name resumes from the latest checkpoint (step, optimizer, LR
+schedule, data position); a crashed worker group restarts from it up to --max-failures times. At the end
+the latest checkpoint is exported to STORAGE/RUN/export/ (see ray_jobs.export); `--export-only
+[--checkpoint-step N]` exports a kept checkpoint without training. Run files: STORAGE/RUN/metrics.jsonl,
+tb/ (TensorBoard), samples/ (PNG grids: original, masked, one-shot prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from onade.config import Config, ConfigError, PRESETS, load_config
+
+DEFAULT_MAX_FAILURES = 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="training shards: folder/prefix, manifest.json, brace pattern or comma list")
+    p.add_argument("--val-data", help="validation shards (same forms as --data)")
+    p.add_argument("--output", required=True, help="storage root: a local folder or s3://bucket/prefix")
+    p.add_argument("--name", required=True, help="run name; the same name resumes the run")
+    p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
+    p.add_argument("--config", help="YAML file with a partial config tree")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--cpus-per-worker", type=float, default=1,
+                   help="fractional values leave CPUs to Ray Data on small machines")
+    p.add_argument("--placement-strategy", default="PACK", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    p.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES,
+                   help="worker-group restarts from the latest checkpoint before the run fails")
+    p.add_argument("--export-only", action="store_true", help="export a checkpoint of the run, do not train")
+    p.add_argument("--checkpoint-step", type=int, help="with --export-only: the step to export (default latest)")
+    p.add_argument("--no-export", action="store_true", help="skip the export at the end of training")
+    args = p.parse_args(argv)
+    if not args.export_only and not args.data:
+        p.error("--data is required (unless --export-only)")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    sets = list(args.set)
+    if args.steps is not None:
+        sets.append(f"train.steps={args.steps}")
+    cfg = load_config(args.preset, args.config, sets)
+    explicit = {s.split("=", 1)[0].strip() for s in sets}
+    if args.gpus_per_worker > 0 and args.preset != "debug" and "model.channels_last" not in explicit:
+        # cuDNN's tensor-core convolutions want NHWC; on CPU it only costs layout conversions.
+        cfg.model.channels_last = True
+    return cfg
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, object]:
+    """Resolve shards and the tokenizer before Ray starts; a missing path fails here, naming it."""
+    from ray_jobs.data import resolve_shards, tokenizer_for
+
+    train = _shards(args.data, "--data", resolve_shards)
+    val = _shards(args.val_data, "--val-data", resolve_shards) if args.val_data else None
+    return train, val, tokenizer_for(args.data)
+
+
+def _shards(spec: str, flag: str, resolve) -> list[str]:
+    try:
+        shards = resolve(spec)
+    except ValueError as e:
+        raise ValueError(f"{flag} {spec!r}: {e}") from e
+    if not shards:
+        raise ValueError(f"{flag} {spec!r} holds no shards: build them with python -m data.make_shards")
+    return shards
+
+
+def check_resume(cfg: Config, run: str) -> int:
+    """The step a run with this name would resume from (0 if new); a changed model shape fails here."""
+    from ray_jobs.export import list_checkpoints, read_checkpoint_config
+
+    checkpoints = list_checkpoints(run)
+    if not checkpoints:
+        return 0
+    step, url = checkpoints[-1]
+    saved = read_checkpoint_config(url)["model"]
+    current = cfg.to_dict()["model"]
+    changed = sorted(k for k in current if k in saved and _norm(saved[k]) != _norm(current[k]))
+    if changed:
+        raise ValueError(f"run {run} already has a checkpoint at step {step} with a different model ({changed}): "
+                         "use a new --name, or the same model settings to resume")
+    return step
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # "local" never attaches to some other cluster whose address file happens to be on this host.
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, **({"include_dashboard": False} if address == "local" else {}))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = build_config(args)  # ConfigError names a bad key before anything starts
+    from data import storage
+    from ray_jobs.export import EXPORT_DIR, export_run, run_url
+
+    run = run_url(args.output, args.name)
+    if args.export_only:
+        out = export_run(args.output, args.name, args.checkpoint_step)
+        print(f"exported {out}")
+        return {"export": out}
+
+    train_shards, val_shards, tokenizer = check_inputs(args)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.validate()
+    from ray_jobs.engine import load_zero_json, plan_batches
+
+    plan_batches(cfg.data.global_batch_size, args.workers, cfg.train.micro_batch_size)
+    zero = load_zero_json(cfg.train.zero_stage)
+    storage.check_writable(args.output)
+    resume_step = check_resume(cfg, run)
+    if resume_step >= cfg.train.steps:
+        print(f"run {run} is already at step {resume_step} >= train.steps={cfg.train.steps}; nothing to train")
+
+    init_ray()
+    result = fit(args, cfg, zero, tokenizer, train_shards, val_shards, run)
+    metrics = dict(result.metrics or {})
+    if not args.no_export:
+        metrics["export"] = export_run(args.output, args.name, out_url=storage.join(run, EXPORT_DIR))
+        print(f"exported {metrics['export']}")
+    print("final " + " ".join(f"{k}={v}" for k, v in metrics.items()))
+    return metrics
+
+
+def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run: str):
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from data import storage
+    from ray_jobs.data import build_dataset
+    from ray_jobs.train_loop import train_loop_per_worker
+
+    def dataset(shards, train: bool):
+        return build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, tokenizer, train=train,
+                             seed=cfg.train.seed)
+
+    # Progress bars redraw per block: unreadable in `ray job logs`; the loop prints its own progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = {"train": dataset(train_shards, True)}
+    if val_shards:
+        datasets["val"] = dataset(val_shards, False)
+    fs, storage_path = storage.pyarrow_fs(args.output)
+    use_gpu = args.gpus_per_worker > 0
+    resources = {"CPU": args.cpus_per_worker, **({"GPU": args.gpus_per_worker} if use_gpu else {})}
+    env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(), "zero": zero, "tokenizer": tokenizer.to_bytes(), "has_val": bool(val_shards),
+            "storage_fs": fs, "run_path": f"{storage_path.rstrip('/')}/{args.name}",
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=args.workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=args.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=args.name, storage_path=storage_path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            worker_runtime_env={"env_vars": env},
+            # Ray Train's per-report INFO lines would drown the loop's own progress lines.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+    )
+    print(f"training {run}: preset {args.preset}, {args.workers} worker(s), global batch "
+          f"{cfg.data.global_batch_size}, {cfg.train.steps} steps, ZeRO-{cfg.train.zero_stage}", flush=True)
+    return trainer.fit()
+
+
+def cli() -> None:
+    try:
+        main()
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,282 @@
+"""What every Ray Train worker runs: `train_loop_per_worker(config)`, a plain loop read top to bottom.
+
+`train_step(engine, micro_batches, ...)` is one optimizer step and `evaluate(model, batches)` the held-out
+metrics; both are plain functions a test can call. Side effects (metrics files, TensorBoard, PNG grids,
+console) go through `ray_jobs.run_dir`, which is a no-op off rank 0. Launch with `python -m ray_jobs.train`.
+
+Resume and data position: a checkpoint holds the DeepSpeed state of every rank (weights, optimizer, LR
+schedule) and `train_state.json` (step, epoch, micro-batches consumed in that epoch). A resumed worker
+restarts its shard iterator at a fresh epoch and skips the consumed micro-batches, so it sees as many new
+samples as an uninterrupted run. Whether they are the *same* samples depends on Ray Data: the streaming
+split hands blocks to workers as they become ready, so the exact order is not reproducible across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from onade.config import MaskConfig, config_from_dict
+from onade.loss import nade_loss
+from onade.masks import center_mask, sample_masks
+from onade.metrics import evaluate_batch
+from onade.model import build_model, num_parameters
+
+DS_TAG = "deepspeed"
+STATE_FILE = "train_state.json"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+GRID_IMAGES = 8
+
+
+def train_step(engine, micro_batches: list[dict], mask_cfg: MaskConfig, loss_kind: str,
+               generator: torch.Generator | None = None) -> float:
+    """One optimizer step over `micro_batches` (gradient accumulation); returns the mean loss in bits per
+    subpixel. DeepSpeed scales each backward by 1/accumulation and steps at the boundary."""
+    losses = []
+    for batch in micro_batches:
+        x_BHWC, tokens_BT, lengths_B = _to_device(batch, engine.device)
+        # Masks are drawn on the CPU generator so a worker's masks depend only on its seed, not its device.
+        mask_BHWC = sample_masks(mask_cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator).to(engine.device)
+        loss = nade_loss(engine(x_BHWC, mask_BHWC, tokens_BT, lengths_B), x_BHWC, mask_BHWC, kind=loss_kind)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.detach().float())
+    return float(torch.stack(losses).mean())
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[dict], num_masks: int = 4, seed: int = 0) -> dict[str, float]:
+    """Bits-per-subpixel metrics (onade.metrics.evaluate_batch) averaged over images; with a fixed seed the
+    masks and orderings are the same at every call, so successive validations are comparable."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {}
+    num_images = 0
+    for batch in batches:
+        x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
+        # evaluate_batch draws on the generator's device; keep it on the CPU and move masks with the model.
+        metrics = evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks=num_masks,
+                                 generator=generator if device.type == "cpu" else None)
+        n = x_BHWC.shape[0]
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * n
+        num_images += n
+    return {**{k: v / max(num_images, 1) for k, v in sums.items()}, "num_images": num_images}
+
+
+@torch.no_grad()
+def one_shot_fill(model, x_BHWC, tokens_BT, lengths_B) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked, predicted) images for the centre hole: every hole subpixel set to its most likely value
+    given the border and caption, in a single forward pass. Hidden subpixels show as grey."""
+    was_training = model.training
+    model.eval()
+    try:
+        mask_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+        where_BHW = ~mask_BHWC.all(-1)
+        logits_PCK = model.logits_at(x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW)
+        predicted = x_BHWC.clone()
+        predicted[where_BHW] = logits_PCK.argmax(-1).to(x_BHWC.dtype)
+        masked = torch.where(mask_BHWC, x_BHWC, torch.full_like(x_BHWC, 128))
+        return masked, predicted
+    finally:
+        model.train(was_training)
+
+
+class ShardCursor:
+    """Endless micro-batches from a Ray DataIterator, remembering (epoch, index within epoch)."""
+
+    def __init__(self, shard, batch_size: int, epoch: int = 0, skip: int = 0):
+        self.shard, self.batch_size = shard, batch_size
+        self.epoch, self.index, self._skip = epoch, 0, skip
+        self._it = None
+
+    def next(self) -> dict:
+        while True:
+            if self._it is None:
+                self._it = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True))
+                self.index = 0
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.index == 0 and self._skip == 0:
+                    raise ValueError(f"the training shard of this worker has fewer than {self.batch_size} images "
+                                     "(one micro-batch): use more images, fewer workers or a smaller "
+                                     "data.global_batch_size") from None
+                self._it, self.epoch, self._skip = None, self.epoch + 1, 0
+                continue
+            self.index += 1
+            if self._skip:
+                self._skip -= 1
+                continue
+            return batch
+
+
+def _to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (batch["image"].to(device, torch.uint8), batch["tokens"].to(device, torch.long),
+            batch["length"].to(device, torch.long).view(-1))
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _val_batches(val_shard, batch_size: int, num_batches: int, device) -> list[dict]:
+    """The first `num_batches` batches of this worker's validation split, kept in memory and reused at every
+    validation so successive numbers are comparable. The split is read to its end once: a streaming split
+    left half-read would hold its blocks and stall the other workers. The count is cut to the smallest on
+    any rank, since ZeRO-3 needs every rank in each forward pass."""
+    batches: list[dict] = []
+    for batch in val_shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
+        if len(batches) < num_batches:
+            batches.append(batch)
+    count = torch.tensor([len(batches)], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+    return batches[: int(count)]
+
+
+def optimizer_step_count(engine) -> int | None:
+    """Adam's step counter as stored in the optimizer state (restored on resume, so a test can tell)."""
+    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in opt.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return None
+
+
+def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict, rank: int) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="onade_ckpt_") as d:
+        engine.save_checkpoint(d, tag=DS_TAG)
+        if rank == 0:
+            # The inference export needs the config and tokenizer, not only the weights: keep them with
+            # every checkpoint so any checkpoint can be exported later on its own.
+            Path(d, STATE_FILE).write_text(json.dumps(state))
+            Path(d, CONFIG_FILE).write_text(json.dumps(config["config"]))
+            Path(d, TOKENIZER_FILE).write_bytes(config["tokenizer"])
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=f"checkpoint_{step:08d}")
+
+
+def _restore(engine, world_size: int) -> dict | None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        state = json.loads(Path(d, STATE_FILE).read_text())
+        if state["world_size"] != world_size:
+            raise ValueError(f"checkpoint at step {state['step']} was written by {state['world_size']} workers but "
+                             f"this run has {world_size}: resume with --workers {state['world_size']}, or start a "
+                             "new run (--name) from an exported checkpoint")
+        # Our own checkpoint in the run's storage (DeepSpeed's format is torch.save); this is trusted data,
+        # unlike the inference export, which never unpickles.
+        engine.load_checkpoint(d, tag=DS_TAG)
+    return state
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    from ray_jobs.engine import build_engine, deepspeed_config, plan_batches, resolve_precision
+    from ray_jobs.run_dir import open_run_dir
+
+    # DeepSpeed's ZeRO calls torch's deprecated all_gather_into_tensor alias on every step.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+    cfg = config_from_dict(config["config"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    worker_seed = t.seed * world_size + rank
+    torch.manual_seed(worker_seed)
+    device = ray.train.torch.get_device()
+    plan = plan_batches(cfg.data.global_batch_size, world_size, t.micro_batch_size)
+    precision = resolve_precision(t.precision, device)
+
+    model = build_model(cfg)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    engine = build_engine(model, cfg, deepspeed_config(config["zero"], plan, precision, t.grad_clip))
+    state = _restore(engine, world_size) or {"step": 0, "epoch": 0, "index": 0, "world_size": world_size}
+    start_step = state["step"]
+    # A resumed run must not replay the masks of the steps it already took.
+    generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step)
+
+    run = open_run_dir(config["storage_fs"], config["run_path"], rank == 0)
+    nodes = [None] * world_size
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    run.event("resume" if start_step else "start", step=start_step, world_size=world_size,
+              num_nodes=len(set(nodes)), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
+              precision=precision, zero_stage=t.zero_stage, parameters=num_parameters(model),
+              adam_step=optimizer_step_count(engine))
+
+    train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state["epoch"], state["index"])
+    val = None
+    if config.get("has_val"):
+        val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
+
+    step, window_loss, window_steps, window_time = start_step, 0.0, 0, 0.0
+    while step < t.steps:
+        tic = time.perf_counter()
+        micro_batches = [train.next() for _ in range(plan.grad_accum)]
+        loss = train_step(engine, micro_batches, cfg.masks, t.loss, generator)
+        window_time += time.perf_counter() - tic
+        window_loss, window_steps, step = window_loss + loss, window_steps + 1, step + 1
+
+        last = step == t.steps
+        do_log = step % t.log_every == 0 or last
+        do_val = val is not None and (step % t.val_every == 0 or last)
+        do_ckpt = step % t.checkpoint_every == 0 or last
+        if not (do_log or do_val or do_ckpt):
+            continue
+        metrics: dict = {"step": step, "epoch": train.epoch}
+        if do_log:
+            (loss_sum,) = _all_reduce_sum([window_loss / window_steps], engine.device)
+            metrics.update(loss=loss_sum / world_size, lr=float(engine.get_lr()[0]),
+                           samples_per_s=window_steps * plan.global_batch / max(window_time, 1e-9))
+            window_loss, window_steps, window_time = 0.0, 0, 0.0
+        if do_val:
+            metrics.update(_validate(engine.module, val, cfg, step, run))
+        run.log(step, {k: v for k, v in metrics.items() if k != "step"})
+        if do_ckpt:
+            state = {"step": step, "epoch": train.epoch, "index": train.index, "world_size": world_size}
+            _save_checkpoint(engine, step, state, metrics, config, rank)
+            run.event("checkpoint", step=step)
+        else:
+            ray.train.report(metrics)
+        run.sync()
+    run.close()
+
+
+def _validate(model, val: list[dict], cfg, step: int, run) -> dict[str, float]:
+    """Held-out metrics averaged over every rank's images, and a PNG grid from rank 0's first batch."""
+    local = evaluate(model, val, seed=cfg.train.seed)
+    keys = sorted(k for k in local if k != "num_images")
+    n = local["num_images"]
+    sums = _all_reduce_sum([local[k] * n for k in keys] + [n], next(model.parameters()).device)
+    total = sums[-1]
+    out = {f"val_{k}": s / max(total, 1) for k, s in zip(keys, sums)}
+    out["val_num_images"] = int(total)
+    if val:
+        x_BHWC, tokens_BT, lengths_B = _to_device(val[0], next(model.parameters()).device)
+        x_BHWC, tokens_BT, lengths_B = x_BHWC[:GRID_IMAGES], tokens_BT[:GRID_IMAGES], lengths_B[:GRID_IMAGES]
+        masked, predicted = one_shot_fill(model, x_BHWC, tokens_BT, lengths_B)
+        run.save_grid(step, [x_BHWC, masked, predicted])
+    return out
+
+
+__all__ = ["train_loop_per_worker", "train_step", "evaluate", "one_shot_fill", "ShardCursor", "DS_TAG",
+           "STATE_FILE", "optimizer_step_count"]
