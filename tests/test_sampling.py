@@ -1,0 +1,214 @@
+"""Invariants of the inpainting samplers, on a tiny real model (nothing is faked)."""
+
+import math
+
+import pytest
+import torch
+
+import onade
+from onade.config import STRATEGIES
+from onade.masks import box_mask, center_mask
+from onade.sampling import _draw, gibbs_schedule, temperature_schedule
+from tests.helpers import random_batch, tiny_model
+
+pytestmark = pytest.mark.timeout(120)
+
+FAST = dict(steps=6, chunk=5)
+
+
+class Recorder:
+    """Captures the (image, mask) the network body sees on every forward pass, via a forward hook."""
+
+    def __init__(self, model):
+        self.inputs = []
+        self.handle = model.input.register_forward_hook(
+            lambda mod, args, out: self.inputs.append((args[0].clone(), args[1].clone())))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def model():
+    # One thread: a tiny model gains nothing from two, and the shared 2-core machine punishes spinning ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny_model(8)
+    torch.set_num_threads(threads)
+
+
+def ragged_batch(batch=4, size=8):
+    """Random per-subpixel masks (holes of different sizes, partly hidden pixels) plus one empty hole."""
+    x, mask, tokens, lengths = random_batch(batch, size)
+    mask[-1] = True
+    return x, mask, tokens, lengths
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy):
+    x, mask, tokens, lengths = ragged_batch()
+    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, record_every=1, **FAST)
+    assert images.dtype == torch.uint8 and images.shape == x.shape
+    assert torch.equal(images[mask], x[mask])
+    # Every frame of the chain keeps the observed subpixels too, and the last frame is the result.
+    assert torch.equal(chain[:, mask], x[mask].expand(chain.shape[0], -1))
+    assert torch.equal(chain[-1], images)
+    # The hole holds samples, not the grey placeholder of unknown subpixels (with 2 of 256 levels
+    # allowed to coincide by chance).
+    assert (images[~mask] == 127).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_hidden_true_values_never_reach_the_result(model, strategy):
+    x, mask, tokens, lengths = ragged_batch()
+    other = torch.where(mask, x, 255 - x)
+    a, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=3, **FAST)
+    b, _ = onade.inpaint(model, other, mask, tokens, lengths, strategy=strategy, seed=3, **FAST)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_same_seed_same_result_other_seed_other_result(model, strategy):
+    x, mask, tokens, lengths = ragged_batch()
+    a, ca = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=7, record_every=2, **FAST)
+    b, cb = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=7, record_every=2, **FAST)
+    c, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=8, **FAST)
+    assert torch.equal(a, b) and torch.equal(ca, cb)
+    assert not torch.equal(a, c)
+
+
+def test_schedule_formula_at_every_step():
+    for N, pmin, pmax, alpha in [(768, 0.1, 0.9, 0.7), (10, 0.05, 0.5, 0.3), (1, 0.2, 0.2, 1.0)]:
+        for n in range(N):
+            expected = max(pmin, pmax - (pmax - pmin) * n / (alpha * N))
+            assert gibbs_schedule(n, N, pmin, pmax, alpha) == pytest.approx(expected, abs=1e-12)
+    assert gibbs_schedule(0, 100) == pytest.approx(0.9)
+    assert gibbs_schedule(35, 100) == pytest.approx(0.5)  # halfway down the ramp of alpha * N = 70 steps
+    assert gibbs_schedule(70, 100) == pytest.approx(0.1) and gibbs_schedule(99, 100) == pytest.approx(0.1)
+
+
+def test_independent_gibbs_resamples_the_scheduled_fraction_at_every_step(model):
+    """The fraction of the hole hidden from the network at Gibbs step n is p_n (not 1 - p_n)."""
+    x, _, tokens, lengths = random_batch(8, 8)
+    mask = torch.zeros_like(x, dtype=torch.bool)  # the whole image is the hole: 8 * 192 Bernoullis a step
+    N, pmin, pmax, alpha = 12, 0.15, 0.85, 0.5
+    with Recorder(model) as rec:
+        onade.inpaint(model, x, mask, tokens, lengths, steps=N, pmin=pmin, pmax=pmax, alpha=alpha)
+    assert len(rec.inputs) == N + 1  # the one-shot initial fill, then one pass per step
+    assert not rec.inputs[0][1].any()
+    for n, (_, seen) in enumerate(rec.inputs[1:]):
+        p = gibbs_schedule(n, N, pmin, pmax, alpha)
+        frac_hidden = (~seen).float().mean().item()
+        sigma = math.sqrt(p * (1 - p) / seen.numel())
+        assert abs(frac_hidden - p) < 5 * sigma + 1e-3, (n, frac_hidden, p)
+
+
+def test_ancestral_gibbs_resamples_blocks_one_subpixel_per_pass(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)  # 4x4x3 = 48 hole subpixels
+    with Recorder(model) as rec:
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral-gibbs", steps=3, chunk=1)
+    hidden_per_pass = [(~m).flatten(1).sum(1) for _, m in rec.inputs[1:]]
+    # Within a block each pass shows exactly one more subpixel per example (an example whose block is
+    # done waits at 0); anything else is the start of a fresh block, and there is one block per step.
+    block_starts = [0]
+    for i, (a, b) in enumerate(zip(hidden_per_pass, hidden_per_pass[1:])):
+        if not torch.equal(b, (a - 1).clamp(min=0)):
+            block_starts.append(i + 1)
+            assert bool((a <= 1).all()) and bool((b >= 1).any())
+    assert len(block_starts) == 3
+    # A block of m subpixels takes m passes (the largest block of the batch sets the pace).
+    assert len(hidden_per_pass) == sum(int(hidden_per_pass[i].max()) for i in block_starts)
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_ancestral_makes_one_forward_per_chunk_of_subpixels(model, chunk):
+    x, _, tokens, lengths = random_batch(3, 8)
+    mask = box_mask(3, 8, 1, 2, 4, 3)  # 36 hole subpixels in every example
+    calls = []
+    handle = model.stem.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with Recorder(model) as rec:
+            images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=chunk)
+    finally:
+        handle.remove()
+    assert len(calls) == math.ceil(36 / chunk)
+    # Pass i conditions on the observed pixels plus exactly the i * chunk subpixels sampled before it.
+    for i, (seen_x, seen) in enumerate(rec.inputs):
+        assert torch.equal(seen.flatten(1).sum(1), torch.full((3,), 8 * 8 * 3 - 36 + min(36, i * chunk)))
+        assert torch.equal(seen_x[seen], images[seen])
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "antigreedy"])
+def test_confidence_fills_the_lowest_or_highest_entropy_subpixel_first(model, strategy):
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)
+    with Recorder(model) as rec:
+        onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, chunk=1)
+    assert len(rec.inputs) == 48
+    with torch.inference_mode():
+        for (seen_x, seen), (_, next_seen) in list(zip(rec.inputs, rec.inputs[1:]))[:6]:
+            logp = torch.log_softmax(model(seen_x, seen, tokens, lengths), dim=-1)
+            entropy = -(logp.exp() * logp).sum(-1).masked_fill(seen, math.nan).flatten(1)
+            filled = (next_seen & ~seen).flatten(1)
+            assert torch.equal(filled.sum(1), torch.ones(2, dtype=torch.long))
+            best = entropy.nan_to_num(math.inf).argmin(1) if strategy == "greedy" else \
+                entropy.nan_to_num(-math.inf).argmax(1)
+            assert torch.equal(filled.float().argmax(1), best)
+
+
+def test_chain_records_every_kth_state(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)
+    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=4, record_every=3)
+    # 12 passes: frames before pass 1 and after passes 3, 6, 9, 12 (the last is also the result).
+    assert chain.shape == (5, 2, 8, 8, 3) and chain.device.type == "cpu"
+    assert (chain[0][~mask] == 127).all()
+    assert torch.equal(chain[-1], images)
+    _, none = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=4)
+    assert none.shape == (0, 2, 8, 8, 3)
+
+
+def test_uniform_init_and_annealing_run_and_keep_observed(model):
+    x, mask, tokens, lengths = ragged_batch()
+    images, _ = onade.inpaint(model, x, mask, tokens, lengths, steps=4, init="uniform", temperature=1.5,
+                              final_temperature=0.01)
+    assert torch.equal(images[mask], x[mask])
+    assert temperature_schedule(0, 10, 1.5, 0.01) == pytest.approx(1.5)
+    assert temperature_schedule(9, 10, 1.5, 0.01) == pytest.approx(0.01)
+    assert temperature_schedule(5, 10, 1.5, 0.0) == 1.5
+
+
+def test_draw_matches_the_softmax_and_temperature_zero_is_argmax():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.2, 0.0, 0.3, 0.5])
+    logits = probs.log().expand(100_000, 4).contiguous()
+    freq = torch.bincount(_draw(logits, 1.0, g), minlength=4).float() / 100_000
+    assert torch.allclose(freq, probs, atol=0.01) and freq[1] == 0
+    sharp = torch.bincount(_draw(logits, 0.5, g), minlength=4).float() / 100_000
+    expected = probs ** 2 / (probs ** 2).sum()
+    assert torch.allclose(sharp, expected, atol=0.01)
+    assert (_draw(logits, 0.0, g) == 3).all()
+
+
+def test_bad_arguments_raise_clear_errors(model):
+    x, mask, tokens, lengths = random_batch(2, 8)
+    with pytest.raises(ValueError, match="strategy"):
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="gibbs")
+    with pytest.raises(ValueError, match="mask must be bool"):
+        onade.inpaint(model, x, mask.to(torch.uint8), tokens, lengths)
+    with pytest.raises(ValueError, match="uint8"):
+        onade.inpaint(model, x.float(), mask, tokens, lengths)
+    with pytest.raises(ValueError, match="pmin"):
+        onade.inpaint(model, x, mask, tokens, lengths, pmin=0.9, pmax=0.1)
+    with pytest.raises(ValueError, match="chunk"):
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=0)
+
+
+def test_nothing_hidden_returns_the_input(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    images, chain = onade.inpaint(model, x, torch.ones_like(x, dtype=torch.bool), tokens, lengths, record_every=1)
+    assert torch.equal(images, x) and chain.shape[0] == 1
