@@ -1,0 +1,347 @@
+"""Inpaint every image of a folder (local or S3) with a trained onade checkpoint, on a Ray actor pool.
+
+Locally (starts a local Ray when RAY_ADDRESS is unset):
+
+    python -m ray_jobs.inpaint --checkpoint runs/debug1/export --input photos/ --output inpainted/ --animate
+
+On a cluster (one GPU per actor):
+
+    ray job submit --working-dir . -- python -m ray_jobs.inpaint \
+        --checkpoint s3://bucket/runs/base1/export --input s3://bucket/photos --output s3://bucket/inpainted \
+        --workers 8 --gpus-per-worker 1 --batch-size 256 --samples 4
+
+Inputs are found recursively (png, jpg, webp, bmp, gif, tiff, pnm); each is converted to RGB and centre-cropped
+and resized to the model size (results.jsonl records how). Captions come from a sidecar `<stem>.txt` (its first
+non-blank line), or from --captions FILE.jsonl ({"file": "relative/path.jpg", "caption": "..."}); no caption
+means an empty one. --mask center (default: the central square of half the side), box:X,Y,W,H (model pixels),
+or a folder of mask PNGs at the same relative paths (white = hide, same size as the image).
+
+Outputs, at each input's relative path under --output: `<stem>.png` (and `<stem>.<k>.png` for --samples K),
+`<stem>.original.png` and `<stem>.masked.png` (what the model saw), `<stem>.gif` with --animate; one line per
+input in `results.jsonl` and a gallery in `index.html`. Every file is written whole or not at all; running
+again skips inputs whose outputs are all there, so a killed job resumes. A bad input becomes an error line;
+the job exits 0 unless every input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from onade.config import STRATEGIES, config_from_dict
+
+RESULTS = "results.jsonl"
+INDEX = "index.html"
+CAPTION_EXTENSIONS = (".txt",)
+IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.inpaint", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="exported checkpoint: a folder or s3://bucket/prefix")
+    p.add_argument("--input", required=True, help="folder or s3:// prefix of images (searched recursively)")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for the outputs")
+    p.add_argument("--captions", help="JSONL of {\"file\": ..., \"caption\": ...} (default: sidecar .txt files)")
+    p.add_argument("--mask", default="center", help="center | box:X,Y,W,H | MASK_DIR (default center)")
+    p.add_argument("--strategy", default="independent-gibbs", choices=STRATEGIES)
+    p.add_argument("--steps", type=int, default=0, help="Gibbs steps (default: the number of hole subpixels)")
+    p.add_argument("--samples", type=int, default=1, help="samples per image (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--chunk", type=int, default=1, help="subpixels per forward pass (ancestral, confidence)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--cpus-per-worker", type=float, default=0,
+                   help="default: 1 with GPUs; on CPU the node's CPUs shared out, leaving some for decoding")
+    p.add_argument("--animate", action="store_true", help="also write <stem>.gif of the sampling chain")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    args = p.parse_args(argv)
+    for flag in ("samples", "batch_size", "workers", "chunk"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.steps < 0 or args.temperature < 0:
+        p.error("--steps and --temperature must be >= 0")
+    return args
+
+
+# ---- planning (driver only, before any Ray work) -------------------------------------------------
+
+def read_model_config(checkpoint: str):
+    """The checkpoint's config, without loading its weights (the driver never needs them)."""
+    from data import storage
+
+    url = storage.join(checkpoint, "config.json")
+    if not storage.exists(url):
+        raise ValueError(f"{checkpoint!r} is not an onade checkpoint (no config.json): pass the export folder "
+                         "that ray_jobs.train writes (RUN/export)")
+    return config_from_dict(json.loads(storage.read_bytes(url)))
+
+
+def _rel(url: str, root: str) -> str:
+    from data import storage
+
+    if storage.is_s3(url):
+        return url[len(root.rstrip("/")) + 1:]
+    return os.path.relpath(url, root).replace(os.sep, "/")
+
+
+def list_tree(root: str) -> dict[str, str]:
+    """rel path -> url of every file under root (empty when root does not exist yet)."""
+    from data import storage
+
+    if not storage.is_s3(root) and not os.path.isdir(root):
+        return {}
+    return {_rel(u, root): u for u in storage.list_files(root, recursive=True)}
+
+
+def read_captions_jsonl(url: str, input_root: str) -> tuple[dict[str, str], int]:
+    """rel path -> first caption; also how many lines were unusable."""
+    from data import storage
+
+    caps, bad = {}, 0
+    for line in storage.read_bytes(url).decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            got = rec["captions"] if "captions" in rec else [rec["caption"]]
+            file = str(rec["file"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            bad += 1
+            continue
+        rel = _rel(file, input_root) if os.path.isabs(file) or file.startswith("s3://") else file.removeprefix("./")
+        text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
+        caps.setdefault(rel, text)
+    return caps, bad
+
+
+def plan(args, opts, previous: dict[str, dict]):
+    """Split the input tree into (rows to inpaint, result lines already known)."""
+    from data import storage
+    from data.images import IMAGE_EXTENSIONS
+    from ray_jobs.inpaint_actor import output_names
+
+    files = list_tree(args.input)
+    if not files and not storage.is_s3(args.input) and not os.path.isdir(args.input):
+        raise ValueError(f"--input {args.input!r} does not exist")
+    out_root = args.output.rstrip("/")
+    # An output folder inside the input folder must not become input on the next run.
+    in_root = args.input.rstrip("/")
+    out_rel = _rel(out_root, in_root) if (out_root + "/").startswith(in_root + "/") else None
+    if not storage.is_s3(args.input) and out_rel is None:
+        a, b = os.path.abspath(args.input), os.path.abspath(args.output)
+        out_rel = os.path.relpath(b, a).replace(os.sep, "/") if (b + os.sep).startswith(a + os.sep) else None
+    captions, bad_lines = read_captions_jsonl(args.captions, args.input) if args.captions else ({}, 0)
+    if bad_lines:
+        print(f"warning: {bad_lines} line(s) of {args.captions} are not {{\"file\", \"caption\"}} JSON; ignored",
+              file=sys.stderr)
+    masks = {}
+    if opts.mask == "dir":
+        masks = {os.path.splitext(rel)[0]: url for rel, url in list_tree(args.mask).items()}
+    done_outputs = set(list_tree(args.output))
+    todo, known = [], []
+    for rel, url in sorted(files.items()):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".") or (out_rel and (rel + "/").startswith(out_rel + "/")):
+            continue
+        ext = os.path.splitext(name)[1].lower()
+        if not ext.endswith(IMAGE_EXTENSIONS):
+            if ext not in IGNORED_EXTENSIONS:
+                known.append({"input": url, "rel": rel, "outputs": [], "caption": "", "strategy": opts.strategy,
+                              "steps": 0, "seconds": 0.0, "status": "error",
+                              "error": f"not an image (extension {ext or 'none'!r}); images are "
+                                       + ", ".join(IMAGE_EXTENSIONS)})
+            continue
+        stem = os.path.splitext(rel)[0]
+        if all(o in done_outputs for o in output_names(rel, opts)):
+            prev = previous.get(url)
+            known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
+                         {"input": url, "rel": rel, "outputs": output_names(rel, opts), "caption": captions.get(rel, ""),
+                          "strategy": opts.strategy, "status": "ok", "resumed": True})
+            continue
+        sidecar = files.get(stem + ".txt", "") if not args.captions else ""
+        todo.append({"input": url, "rel": rel, "caption": captions.get(rel, ""), "caption_url": sidecar,
+                     "mask_url": masks.get(stem, "")})
+    return todo, known
+
+
+def read_previous(output: str) -> dict[str, dict]:
+    from data import storage
+
+    url = storage.join(output, RESULTS)
+    if not storage.exists(url):
+        return {}
+    prev = {}
+    for line in storage.read_bytes(url).decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            prev[rec["input"]] = rec
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return prev
+
+
+# ---- Ray ----------------------------------------------------------------------------------------
+
+def init_ray() -> bool:
+    """Attach to RAY_ADDRESS, or start a local Ray; returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # "local" never attaches to another cluster whose address file happens to be on this host.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    return True
+
+
+def build_dataset(todo: list[dict], args, opts):
+    import ray
+    import ray.data
+
+    from ray_jobs.inpaint_actor import InpaintActor, decode_batch, options_dict
+
+    o = options_dict(opts)
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / args.batch_size)))
+    # Decoding is light: small CPU slices keep it running beside actors that hold most of the CPUs.
+    ds = ds.map_batches(decode_batch, fn_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
+                        num_cpus=0.5)
+    # Ray Data restarts a dead pool actor and retries its batch (max_restarts=-1, max_task_retries=-1 are
+    # its defaults for actor pools); every output is written atomically, so a retry finds nothing half-written.
+    return ds.map_batches(
+        InpaintActor, fn_constructor_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=args.workers), num_cpus=opts_cpus(args),
+        num_gpus=args.gpus_per_worker or None)
+
+
+def opts_cpus(args) -> float:
+    if args.cpus_per_worker > 0:
+        return args.cpus_per_worker
+    if args.gpus_per_worker > 0:
+        return 1.0
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    # Leave half a CPU to the decode tasks or the pipeline stalls (Ray Data needs a free CPU for them).
+    return max(0.25, min(total - 0.5, (total - 0.5) / args.workers))
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from data import storage
+    from ray_jobs.gallery import read_records, write_index
+    from ray_jobs.inpaint_actor import JobOptions, parse_box
+
+    cfg = read_model_config(args.checkpoint)
+    S = cfg.model.image_size
+    mask = args.mask
+    if mask.startswith("box:"):
+        parse_box(mask, S)
+    elif mask != "center":
+        if not (storage.is_s3(mask) or os.path.isdir(mask)):
+            raise ValueError(f"--mask {mask!r} is neither center, box:X,Y,W,H nor an existing folder of mask PNGs")
+        mask = "dir"
+    storage.check_writable(args.output)
+    opts = JobOptions(checkpoint=args.checkpoint, output=args.output, image_size=S, mask=mask,
+                      strategy=args.strategy, steps=args.steps, samples=args.samples, temperature=args.temperature,
+                      seed=args.seed, chunk=args.chunk, animate=args.animate, use_gpu=args.gpus_per_worker > 0)
+    todo, known = plan(args, opts, read_previous(args.output))
+    if not todo and not known:
+        raise ValueError(f"no images under {args.input!r}")
+    skipped = sum(1 for r in known if r.get("resumed"))
+    print(f"inpainting {len(todo)} image(s) from {args.input} with {args.strategy} "
+          f"({skipped} already done, {len(known) - skipped} not images) -> {args.output}", flush=True)
+
+    tmp = tempfile.mkdtemp(prefix="onade_inpaint_")
+    started = False
+    counts = {"done": 0, "failed": len(known) - skipped, "skipped": skipped}
+    elapsed = 0.0
+    try:
+        results_path = os.path.join(tmp, RESULTS)
+        with open(results_path, "w", encoding="utf-8") as results:
+            for rec in known:
+                results.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            if todo:
+                started = init_ray()
+                import ray
+
+                ray.data.DataContext.get_current().enable_progress_bars = False
+                if args.gpus_per_worker <= 0:
+                    total = ray.cluster_resources().get("CPU", 1.0)
+                    opts.threads = max(1, int(total // args.workers))
+                ds = build_dataset(todo, args, opts)
+                t0 = time.perf_counter()
+                bar = _progress(len(todo), args.no_progress)
+                for row in ds.iter_rows():
+                    rec = json.loads(row["record"])
+                    rec["rel"] = _rel(rec["input"], args.input)
+                    results.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    results.flush()
+                    counts["done" if rec["status"] == "ok" else "failed"] += 1
+                    bar.update(1)
+                bar.close()
+                elapsed = time.perf_counter() - t0
+        with open(results_path, "rb") as f:
+            storage.write_file_atomic(storage.join(args.output, RESULTS), f)
+        summary = (f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
+                   f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; strategy {args.strategy}")
+        index_path = os.path.join(tmp, INDEX)
+        write_index(index_path, read_records(results_path), summary)
+        with open(index_path, "rb") as f:
+            storage.write_file_atomic(storage.join(args.output, INDEX), f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if started:
+            import ray
+
+            ray.shutdown()
+    index_url = storage.join(args.output, INDEX)
+    print(summary)
+    print(f"results: {storage.join(args.output, RESULTS)}\ngallery: {index_url}", flush=True)
+    return dict(counts, images_per_second=counts["done"] / elapsed if elapsed else 0.0, seconds=elapsed,
+                index=index_url, results=storage.join(args.output, RESULTS))
+
+
+def _progress(total: int, disabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in onade[jobs]; without it the job still runs, silently
+        disabled = True
+    if disabled:
+        class _Null:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+        return _Null()
+    return tqdm(total=total, unit="img", desc="inpainting", file=sys.stderr, dynamic_ncols=True)
+
+
+def exit_code(summary: dict) -> int:
+    """0 unless every input failed: some bad files in a large folder are expected, and recorded."""
+    return 1 if summary["failed"] and not summary["done"] and not summary["skipped"] else 0
+
+
+def cli() -> None:
+    try:
+        summary = main()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    sys.exit(exit_code(summary))
+
+
+if __name__ == "__main__":
+    cli()

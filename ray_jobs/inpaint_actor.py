@@ -1,0 +1,262 @@
+"""The two stages of the inpainting job (see ray_jobs.inpaint for how to run it).
+
+`decode_batch` (Ray Data tasks, CPU): read each input, convert it to RGB and fit it to the model size
+(centre crop + resize, recorded in `fit`), read its caption and its mask. An input that cannot be used
+becomes a row with `error` set, never an exception.
+
+`InpaintActor` (Ray Data actor pool): loads the checkpoint once, inpaints a whole batch with
+`onade.inpaint`, writes every output of an input atomically (temp file + rename, or temp key + copy on
+S3) and returns one small row per input (no image goes back to the driver).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from data import storage
+from data.images import ImageSkip, load
+
+ORIGINAL_SUFFIX = ".original.png"
+MASKED_SUFFIX = ".masked.png"
+MASKED_GREY = 127  # how a hidden subpixel looks in `<stem>.masked.png`
+
+
+@dataclass
+class JobOptions:
+    """Everything a stage needs to know about the job (plain values: it is shipped to every worker)."""
+    checkpoint: str
+    output: str
+    image_size: int
+    mask: str = "center"  # "center", "box:X,Y,W,H" or "dir" (each row then names its mask file)
+    strategy: str = "independent-gibbs"
+    steps: int = 0
+    samples: int = 1
+    temperature: float = 1.0
+    seed: int = 0
+    chunk: int = 1
+    animate: bool = False
+    frames: int = 40  # frames of an animation
+    threads: int = 0  # torch threads in an actor on CPU (0 = torch's default)
+    use_gpu: bool = False
+
+
+def output_names(rel: str, opts: JobOptions) -> list[str]:
+    """Output paths, relative to the output root, of the input at relative path `rel`."""
+    stem = os.path.splitext(rel)[0]
+    names = [f"{stem}.png"] + [f"{stem}.{k}.png" for k in range(1, opts.samples)]
+    names += [stem + ORIGINAL_SUFFIX, stem + MASKED_SUFFIX]
+    if opts.animate:
+        names.append(f"{stem}.gif")
+    return names
+
+
+def parse_box(spec: str, image_size: int) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in spec.split(":", 1)[1].split(","))
+    except ValueError:
+        raise ValueError(f"--mask {spec!r}: expected box:X,Y,W,H with integers in model pixels "
+                         f"(the model sees {image_size}x{image_size})") from None
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > image_size or y + h > image_size:
+        raise ValueError(f"--mask {spec!r}: the box must lie inside the {image_size}x{image_size} image the "
+                         "model sees (inputs are centre-cropped and resized to it)")
+    return x, y, w, h
+
+
+def spec_hidden(spec: str, image_size: int) -> np.ndarray:
+    """Hidden pixels [H,W] for --mask center or box:X,Y,W,H."""
+    hidden = np.zeros((image_size, image_size), bool)
+    if spec == "center":
+        side = max(1, image_size // 2)
+        start = (image_size - side) // 2
+        hidden[start:start + side, start:start + side] = True
+    else:
+        x, y, w, h = parse_box(spec, image_size)
+        hidden[y:y + h, x:x + w] = True
+    return hidden
+
+
+def _crop_box(w: int, h: int) -> tuple[int, int, int, int]:
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def _first_caption(data: bytes) -> str:
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _mask_from_png(data: bytes, upright_size: tuple[int, int], image_size: int) -> np.ndarray:
+    """A mask image (white = hide) fitted exactly like its image: same centre crop, nearest resize."""
+    from PIL import Image, ImageOps
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img = ImageOps.exif_transpose(img).convert("L")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files; all mean "unusable mask"
+        raise ImageSkip(f"mask is not a readable image ({type(e).__name__})") from None
+    if img.size != upright_size:
+        raise ImageSkip(f"mask is {img.size[0]}x{img.size[1]} but the image is "
+                        f"{upright_size[0]}x{upright_size[1]}: masks must match their image")
+    fitted = img.resize((image_size, image_size), Image.Resampling.NEAREST, box=_crop_box(*upright_size))
+    return np.asarray(fitted) > 127
+
+
+def decode_batch(batch: dict[str, np.ndarray], opts: dict) -> dict[str, np.ndarray]:
+    """Rows {input, rel, caption, caption_url, mask_url} -> + {image [S,S,3], hidden [S,S], fit, error}."""
+    o = JobOptions(**opts)
+    S = o.image_size
+    n = len(batch["input"])
+    images = np.zeros((n, S, S, 3), np.uint8)
+    hidden = np.zeros((n, S, S), bool)
+    fits, errors, captions = [], [], []
+    default_hidden = None if o.mask == "dir" else spec_hidden(o.mask, S)
+    for i in range(n):
+        caption, fit, error = str(batch["caption"][i]), "", ""
+        try:
+            if batch["caption_url"][i]:
+                caption = _first_caption(storage.read_bytes(str(batch["caption_url"][i])))
+            img, (w, h), mode = load(storage.read_bytes(str(batch["input"][i])), S, "crop")
+            images[i] = np.asarray(img, dtype=np.uint8)
+            fit = json.dumps({"width": w, "height": h, "mode": mode, "crop": _crop_box(w, h),
+                              "resize": [S, S]})
+            if default_hidden is None:
+                mask_url = str(batch["mask_url"][i])
+                if not mask_url:
+                    raise ImageSkip("no mask file for this image in the mask folder")
+                hidden[i] = _mask_from_png(storage.read_bytes(mask_url), (w, h), S)
+                if not hidden[i].any():
+                    raise ImageSkip("the mask hides nothing (white = hide)")
+            else:
+                hidden[i] = default_hidden
+        except (ImageSkip, storage.StorageError) as e:
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - one bad input must not fail the batch of good ones
+            error = f"cannot read input: {type(e).__name__}: {e}"
+        fits.append(fit)
+        errors.append(error)
+        captions.append(caption)
+    out = {k: batch[k] for k in ("input", "rel")}
+    out.update(image=images, hidden=hidden, fit=np.array(fits, dtype=object),
+               error=np.array(errors, dtype=object), caption=np.array(captions, dtype=object))
+    return out
+
+
+class InpaintActor:
+    """One model replica: loads the checkpoint once, then inpaints batches of decoded rows."""
+
+    def __init__(self, opts: dict):
+        import torch
+
+        import onade
+
+        self.opts = JobOptions(**opts)
+        if self.opts.threads > 0 and not self.opts.use_gpu:
+            torch.set_num_threads(self.opts.threads)
+        self.device = "cuda" if self.opts.use_gpu and torch.cuda.is_available() else "cpu"
+        loaded = onade.load_checkpoint(self.opts.checkpoint, device=self.device)
+        self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
+        if self.config.model.image_size != self.opts.image_size:
+            raise ValueError(f"checkpoint {self.opts.checkpoint} is for {self.config.model.image_size}px images, "
+                             f"the job was planned for {self.opts.image_size}px")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        n = len(batch["input"])
+        errors = [str(e) for e in batch["error"]]
+        outputs: list[list[str]] = [[] for _ in range(n)]
+        good = [i for i in range(n) if not errors[i]]
+        steps = 0
+        if good:
+            try:
+                steps, results = self.inpaint([batch["image"][i] for i in good], [batch["hidden"][i] for i in good],
+                                              [str(batch["caption"][i]) for i in good])
+            except ValueError as e:
+                results = None
+                for i in good:
+                    errors[i] = f"inpainting failed: {e}"
+            if results is not None:
+                for j, i in enumerate(good):
+                    try:
+                        outputs[i] = self.write(str(batch["rel"][i]), batch["image"][i], batch["hidden"][i],
+                                                *results[j])
+                    except (OSError, storage.StorageError) as e:
+                        errors[i] = f"cannot write outputs: {e}"
+        seconds = (time.perf_counter() - start) / max(1, n)
+        o = self.opts
+        rows = []
+        for i in range(n):
+            row = {"input": str(batch["input"][i]), "outputs": outputs[i] if not errors[i] else [],
+                   "caption": str(batch["caption"][i]), "strategy": o.strategy, "steps": steps if not errors[i] else 0,
+                   "samples": o.samples, "seconds": round(seconds, 4), "status": "error" if errors[i] else "ok"}
+            if errors[i]:
+                row["error"] = errors[i]
+            else:
+                row["fit"] = json.loads(str(batch["fit"][i]))
+            rows.append(json.dumps(row, ensure_ascii=False))
+        return {"record": np.array(rows, dtype=object)}
+
+    def inpaint(self, images, hiddens, captions):
+        """-> (steps, [(samples [K,S,S,3], frames [F,K,S,S,3] or None)] per input)."""
+        import torch
+
+        import onade
+
+        o, K = self.opts, self.opts.samples
+        x = torch.from_numpy(np.stack(images)).repeat_interleave(K, 0)
+        hidden = torch.from_numpy(np.stack(hiddens))[..., None].expand(-1, -1, -1, 3).repeat_interleave(K, 0)
+        mask = ~hidden
+        tokens, lengths = self.tokenizer.encode_batch(captions, self.config.data.max_tokens)
+        tokens, lengths = tokens.repeat_interleave(K, 0), lengths.repeat_interleave(K, 0)
+        hole = int(hidden[0].sum()) if o.mask != "dir" else int(hidden.flatten(1).sum(1).max())
+        if o.strategy in ("independent-gibbs", "ancestral-gibbs"):
+            steps = o.steps or hole
+        else:
+            steps = math.ceil(hole / o.chunk)
+        record_every = max(1, steps // o.frames) if o.animate else 0
+        out, chain = onade.inpaint(self.model, x.to(self.device), mask.to(self.device), tokens, lengths,
+                                   strategy=o.strategy, steps=o.steps or None, temperature=o.temperature,
+                                   seed=o.seed, record_every=record_every, chunk=o.chunk)
+        out = out.cpu().numpy().reshape(len(images), K, *out.shape[1:])
+        frames = None
+        if o.animate:
+            frames = chain.numpy().reshape(chain.shape[0], len(images), K, *chain.shape[2:])
+        return steps, [(out[j], None if frames is None else frames[:, j]) for j in range(len(images))]
+
+    def write(self, rel: str, image: np.ndarray, hidden: np.ndarray, samples: np.ndarray, frames) -> list[str]:
+        """Write every output of one input; each file appears whole or not at all."""
+        from data.images import encode
+        from PIL import Image
+
+        from ray_jobs.gallery import gif_bytes
+
+        o = self.opts
+        names = output_names(rel, o)
+        masked = np.where(hidden[..., None], MASKED_GREY, image).astype(np.uint8)
+        blobs = [encode(Image.fromarray(s)) for s in samples]
+        blobs += [encode(Image.fromarray(image)), encode(Image.fromarray(masked))]
+        if o.animate:
+            blobs.append(gif_bytes(frames))
+        assert len(blobs) == len(names)
+        # The first sample is written last: a reader (or a resume) that finds it finds the rest too.
+        for name, blob in list(zip(names, blobs))[1:] + [(names[0], blobs[0])]:
+            storage.write_bytes_atomic(storage.join(o.output, name), blob)
+        return names
+
+
+__all__ = ["JobOptions", "InpaintActor", "decode_batch", "output_names", "spec_hidden", "parse_box",
+           "ORIGINAL_SUFFIX", "MASKED_SUFFIX"]
+
+
+def options_dict(opts: JobOptions) -> dict:
+    return asdict(opts)

@@ -1,0 +1,147 @@
+"""End-to-end tests of `python -m ray_jobs.inpaint` through its main(argv), on a real local Ray."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import onade
+from data.synthetic import write_awkward_cases, write_synthetic
+from onade.config import Config, ModelConfig
+from onade.tokenizer import Tokenizer
+from ray_jobs import inpaint as job
+from ray_jobs.inpaint_actor import JobOptions, output_names
+
+SIZE = 16
+CAPTIONS = ["a red disc on a blue background", "a green square", "a yellow triangle", "grey stripes"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = Tokenizer.train(CAPTIONS * 4, None, vocab_size=40)
+    model_cfg = ModelConfig(image_size=SIZE, width=16, num_blocks=4, dilations=(1, 2, 4, 8), embed_dim=4,
+                            norm_groups=4, vocab_size=tok.vocab_size, text_dim=16, merge_every=2)
+    cfg = Config(model=model_cfg).validate()
+    torch.manual_seed(0)
+    return str(onade.save_checkpoint(root / "export", onade.build_model(cfg), cfg, tok))
+
+
+def run(*argv) -> dict:
+    return job.main([*map(str, argv), "--no-progress"])
+
+
+def records(out: Path) -> dict[str, dict]:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    by_rel = {r["rel"]: r for r in recs}
+    assert len(by_rel) == len(recs), "one line per input"
+    return by_rel
+
+
+@pytest.mark.timeout(240)
+def test_folder_with_awkward_and_broken_files_then_resume(ray_local, checkpoint, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    cases = {f"awk/{c.path}": c for c in write_awkward_cases(src / "awk")}
+    synth = write_synthetic(src / "synth", 5, image_size=32)
+    summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 8, "--samples", 2,
+                  "--animate", "--batch-size", 8)
+
+    recs = records(out)
+    images = {rel: c for rel, c in cases.items() if not rel.endswith(".txt")}
+    expected = set(images) | {f"synth/{s.name}.png" for s in synth}
+    assert set(recs) == expected  # every input, and sidecar captions are not inputs
+    opts = JobOptions(checkpoint=checkpoint, output=str(out), image_size=SIZE, samples=2, animate=True)
+    for rel, r in recs.items():
+        case = images.get(rel)
+        good = case is None or case.image_ok
+        assert r["status"] == ("ok" if good else "error"), (rel, r)
+        if not good:
+            assert r["error"] and r["outputs"] == []
+            assert case.skip in r["error"], (rel, r["error"])  # corrupt / empty / not an image
+            continue
+        assert r["strategy"] == "independent-gibbs" and r["steps"] == 8 and r["seconds"] > 0
+        assert r["caption"] == (case.captions[0] if case and case.captions else
+                                "" if case else Path(src / rel).with_suffix(".txt").read_text().splitlines()[0])
+        assert r["outputs"] == output_names(rel, opts)
+        sample, second, original, masked = (np.asarray(Image.open(out / o)) for o in r["outputs"][:4])
+        assert sample.shape == second.shape == original.shape == (SIZE, SIZE, 3)
+        hole = np.zeros((SIZE, SIZE), bool)
+        hole[4:12, 4:12] = True
+        # Observed pixels come through unchanged; the hole is grey in the masked view and sampled in the output.
+        assert (sample[~hole] == original[~hole]).all() and (second[~hole] == original[~hole]).all()
+        assert (masked[hole] == 127).all() and (masked[~hole] == original[~hole]).all()
+        with Image.open(out / r["outputs"][-1]) as gif:
+            assert gif.format == "GIF" and gif.n_frames > 2 and gif.size == (2 * SIZE, SIZE)
+    bad = [rel for rel, c in images.items() if not c.image_ok]
+    assert len(bad) == 4  # truncated, empty, text named .jpg, notes.md
+    assert summary["done"] == len(expected) - 4 and summary["failed"] == 4 and summary["skipped"] == 0
+    # The awkward images keep what they show: the EXIF-rotated one is upright, red above blue.
+    upright = np.asarray(Image.open(out / "awk/exif_rotated.original.png")).astype(int)
+    assert upright[1, SIZE // 2, 0] > 150 and upright[-2, SIZE // 2, 2] > 150
+
+    index = (out / "index.html").read_text()
+    for src_attr in re.findall(r'src="([^"]+)"', index):
+        assert (out / src_attr).is_file(), src_attr
+    assert index.count("<tr>") == len(expected) + 1 and "un café très coloré" in index
+
+    # Resume: one input lost an output (and a killed writer left a temp file): only it is redone.
+    (out / "synth/img_00002.gif").unlink()
+    (out / "synth/img_00003.png.partial-dead").write_bytes(b"half")
+    before = os.stat(out / "synth/img_00001.png").st_mtime_ns
+    again = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 8, "--samples", 2,
+                "--animate", "--batch-size", 8)
+    assert again["done"] == 1 and again["skipped"] == len(expected) - 4 - 1 and again["failed"] == 4
+    assert (out / "synth/img_00002.gif").is_file()
+    assert os.stat(out / "synth/img_00001.png").st_mtime_ns == before
+    recs2 = records(out)
+    assert set(recs2) == expected
+    assert recs2["synth/img_00001.png"]["caption"] == recs["synth/img_00001.png"]["caption"]
+
+
+@pytest.mark.timeout(180)
+def test_mask_folder_captions_jsonl_and_all_failed(ray_local, checkpoint, tmp_path):
+    src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    write_synthetic(src, 2, image_size=32)
+    for p in src.glob("*.txt"):
+        p.unlink()
+    (tmp_path / "caps.jsonl").write_text(json.dumps({"file": "img_00000.png", "caption": "a green square"}) + "\n"
+                                         + "not json\n")
+    masks.mkdir()
+    m = np.zeros((32, 32), np.uint8)
+    m[0:8, 24:32] = 255  # the top-right corner: 4x4 model pixels after the resize to 16
+    Image.fromarray(m).save(masks / "img_00000.png")
+    summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--mask", masks,
+                  "--captions", tmp_path / "caps.jsonl", "--strategy", "ancestral", "--chunk", 8)
+    recs = records(out)
+    assert recs["img_00000.png"]["status"] == "ok" and recs["img_00000.png"]["caption"] == "a green square"
+    assert recs["img_00000.png"]["steps"] == 6  # 4x4x3 hidden subpixels, 8 per pass
+    assert recs["img_00001.png"]["status"] == "error" and "no mask" in recs["img_00001.png"]["error"]
+    sample, original = (np.asarray(Image.open(out / f"img_00000{s}.png")) for s in ("", ".original"))
+    hole = np.zeros((SIZE, SIZE), bool)
+    hole[0:4, 12:16] = True
+    assert (sample[~hole] == original[~hole]).all() and summary["done"] == 1
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"")
+    (broken / "b.jpg").write_bytes(b"not a jpeg")
+    bad = run("--checkpoint", checkpoint, "--input", broken, "--output", tmp_path / "out2")
+    assert bad["done"] == 0 and bad["failed"] == 2 and job.exit_code(bad) == 1
+    assert job.exit_code(summary) == 0
+
+
+def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="not an onade checkpoint"):
+        run("--checkpoint", tmp_path, "--input", tmp_path, "--output", tmp_path / "o")
+    with pytest.raises(ValueError, match="box"):
+        run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "box:10,10,20,20")
+    with pytest.raises(ValueError, match="neither center"):
+        run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "middle")
+    with pytest.raises(ValueError, match="no images"):
+        run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", tmp_path / "o")
