@@ -1,0 +1,210 @@
+"""Inpainting speed, each against its natural baseline measured side by side in one run.
+
+    python bench/sample.py                                  # debug preset, CPU, everything
+    python bench/sample.py --preset base --batch-size 64 --device cuda --skip-job
+
+1. Seconds per sampler step (one forward pass of the body, the head only at the sampled subpixels, the
+   draw) / seconds of one bare `model(...)` forward of the same model and batch, per strategy. A sampler
+   doing one pass per step cannot beat 1.0 unless it saves on the head, which runs only where it samples.
+   Each strategy's time is paired with a bare-forward time measured right before and after it (the machine
+   is shared and noisy).
+2. Images/s of `ray_jobs.inpaint` with 1 actor / images/s of the same work (decode, `onade.inpaint`,
+   PNG writing) in one plain process, same checkpoint, batch and steps.
+3. Peak memory of the whole job (driver + Ray processes) for a folder of N and of 4N images: it streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+import onade
+from onade.masks import center_mask
+
+STRATEGY_RUNS = {
+    # strategy: options giving a run of a few tens of passes (seconds per pass does not depend on the count)
+    "independent-gibbs": dict(steps=20),
+    "ancestral-gibbs": dict(steps=2, chunk=64),
+    "ancestral": dict(chunk=32),
+    "greedy": dict(chunk=32),
+    "antigreedy": dict(chunk=32),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_forward(model, batch, device, reps=3) -> float:
+    with torch.inference_mode():
+        model(*batch)
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            model(*batch)
+        _sync(device)
+    return (time.perf_counter() - t) / reps
+
+
+def bench_samplers(args) -> list[tuple[str, float, float, float]]:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = onade.build_model(args.preset).to(device).eval()
+    S, B = model.cfg.image_size, args.batch_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g).to(device)
+    mask = center_mask(B, S, device=device)
+    tokens = torch.randint(4, model.cfg.vocab_size, (B, 12), generator=g).to(device)
+    lengths = torch.full((B,), 12).to(device)
+    batch = (x, mask, tokens, lengths)
+    passes = []
+    hook = model.stem.register_forward_hook(lambda *a: passes.append(1))
+    rows = []
+    try:
+        for strategy, kw in STRATEGY_RUNS.items():
+            times, bares = [], []
+            for _ in range(args.rounds):
+                before = bare_forward(model, batch, device)
+                passes.clear()
+                t = time.perf_counter()
+                onade.inpaint(model, *batch, strategy=strategy, seed=0, **kw)
+                _sync(device)
+                elapsed = time.perf_counter() - t
+                n = len(passes)
+                after = bare_forward(model, batch, device)
+                times.append(elapsed / n)
+                bares.append((before + after) / 2)
+            step, bare = statistics.median(times), statistics.median(bares)
+            rows.append((strategy, step, bare, statistics.median(t / b for t, b in zip(times, bares))))
+            print(f"  {strategy:18s} {step * 1e3:8.1f} ms/step  bare forward {bare * 1e3:8.1f} ms  "
+                  f"ratio {rows[-1][3]:.3f}", flush=True)
+    finally:
+        hook.remove()
+    return rows
+
+
+# ---- the Ray job ------------------------------------------------------------------------------------
+
+def make_checkpoint(root: Path, preset: str) -> str:
+    from data.synthetic import make_sample
+    from onade.tokenizer import Tokenizer
+
+    cfg = onade.get_preset(preset)
+    captions = [c for i in range(200) for c in make_sample(i, cfg.model.image_size)[1].captions]
+    tok = Tokenizer.train(captions, None, vocab_size=256)
+    cfg.model.vocab_size = tok.vocab_size
+    torch.manual_seed(0)
+    return str(onade.save_checkpoint(root / "ckpt", onade.build_model(cfg), cfg.validate(), tok))
+
+
+def direct_images_per_second(ckpt: str, folder: Path, out: Path, args) -> float:
+    """The job's work in one plain process: decode, tokenize, onade.inpaint, write PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from data.images import encode, load
+    from ray_jobs.inpaint_actor import spec_hidden
+
+    loaded = onade.load_checkpoint(ckpt)
+    S = loaded.config.model.image_size
+    hidden = torch.from_numpy(spec_hidden("center", S))[..., None].expand(S, S, 3)
+    files = sorted(folder.glob("*.png"))
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    for i in range(0, len(files), args.batch_size):
+        chunk = files[i:i + args.batch_size]
+        images = np.stack([np.asarray(load(f.read_bytes(), S)[0]) for f in chunk])
+        caps = [f.with_suffix(".txt").read_text().splitlines()[0] for f in chunk]
+        tokens, lengths = loaded.tokenizer.encode_batch(caps, loaded.config.data.max_tokens)
+        x = torch.from_numpy(images)
+        result, _ = onade.inpaint(loaded.model, x, ~hidden.expand(len(chunk), -1, -1, -1), tokens, lengths,
+                                  steps=args.job_steps)
+        for f, img in zip(chunk, result.numpy()):
+            (out / f.name).write_bytes(encode(Image.fromarray(img)))
+    return len(files) / (time.perf_counter() - t)
+
+
+def peak_job_memory(ckpt: str, folder: Path, out: Path, args) -> float:
+    """Peak RSS (GiB) of the job's whole process tree, sampled every 0.2 s, for a run in a fresh process."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "ray_jobs.inpaint", "--checkpoint", ckpt, "--input", str(folder), "--output",
+           str(out), "--steps", "1", "--batch-size", str(args.batch_size), "--no-progress"]
+    env = dict(os.environ, RAY_ADDRESS="")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    peak = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    return peak / 2 ** 30
+
+
+def bench_job(args) -> dict:
+    from data.synthetic import write_synthetic
+    from ray_jobs import inpaint as job
+
+    with tempfile.TemporaryDirectory(prefix="onade_bench_") as tmp:
+        root = Path(tmp)
+        ckpt = make_checkpoint(root, args.preset)
+        size = onade.get_preset(args.preset).model.image_size
+        write_synthetic(root / "images", args.job_images, image_size=size)
+        direct = direct_images_per_second(ckpt, root / "images", root / "direct", args)
+        print(f"  direct onade.inpaint: {direct:.2f} images/s", flush=True)
+        summary = job.main(["--checkpoint", ckpt, "--input", str(root / "images"), "--output", str(root / "job"),
+                            "--steps", str(args.job_steps), "--batch-size", str(args.batch_size), "--workers", "1",
+                            "--no-progress"])
+        ray_ips = summary["images_per_second"]
+        print(f"  ray job, 1 actor:     {ray_ips:.2f} images/s  ratio {ray_ips / direct:.3f}", flush=True)
+        out = {"direct": direct, "job": ray_ips, "ratio": ray_ips / direct}
+        if args.memory:
+            n = args.job_images
+            write_synthetic(root / "more", 4 * n, image_size=size)
+            small = peak_job_memory(ckpt, root / "images", root / "mem_small", args)
+            large = peak_job_memory(ckpt, root / "more", root / "mem_large", args)
+            print(f"  peak memory of the job: {small:.2f} GiB for {n} images, {large:.2f} GiB for {4 * n}",
+                  flush=True)
+            out.update(mem_small=small, mem_large=large)
+        return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="debug")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rounds", type=int, default=3, help="repeats per strategy (medians are printed)")
+    p.add_argument("--job-images", type=int, default=128)
+    p.add_argument("--job-steps", type=int, default=20, help="Gibbs steps per image in the job comparison")
+    p.add_argument("--skip-job", action="store_true")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the job's peak memory for N and 4N images")
+    args = p.parse_args(argv)
+    print(f"onade.inpaint, preset {args.preset}, batch {args.batch_size}, {args.device}, "
+          f"{torch.get_num_threads()} threads, centre hole")
+    bench_samplers(args)
+    if not args.skip_job:
+        print(f"ray_jobs.inpaint vs one process: {args.job_images} images, {args.job_steps} steps, "
+              f"batch {args.batch_size}")
+        bench_job(args)
+
+
+if __name__ == "__main__":
+    main()
