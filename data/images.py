@@ -1,0 +1,131 @@
+"""Decode any image a user may have into an RGB square of the target size, or say why it cannot be used.
+
+Modes: grayscale, 1-bit, palette (with or without transparency), RGBA/LA (composited on BACKGROUND),
+CMYK, 16-bit and 32-bit integer or float grayscale are all mapped to 8-bit RGB; the EXIF orientation is
+applied first. Resizing is a centre crop to a square then a resize (`crop`), or a resize of the long
+side then symmetric padding with BACKGROUND (`pad`). An image already RGB and of the target size is
+kept pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Transparent pixels and padding become this colour (white: what viewers show for transparency).
+BACKGROUND = (255, 255, 255)
+RESIZE_MODES = ("crop", "pad")
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+                    ".pgm", ".pbm", ".pnm")
+
+
+class ImageSkip(Exception):
+    """This input cannot be used; the message is the reason recorded in skipped.jsonl."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, compositing transparency on BACKGROUND."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (or 32-bit integer holding 16-bit) grey: scale 0..65535 to 0..255 with rounding.
+        arr = np.asarray(img).astype(np.int64)
+        arr = (np.clip(arr, 0, 65535) * 255 + 32767) // 65535
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        arr = np.nan_to_num(arr * scale, nan=0.0)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    # L, 1, CMYK, YCbCr, LAB, HSV: PIL's own conversions.
+    return img.convert("RGB")
+
+
+def fit(img: Image.Image, size: int, resize: str = "crop") -> Image.Image:
+    """Square `size` x `size`: centre crop then resize, or resize then pad with BACKGROUND."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    if resize == "crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    if resize == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        inner = img if (nw, nh) == (w, h) else img.resize((nw, nh), Image.Resampling.BICUBIC)
+        out = Image.new("RGB", (size, size), BACKGROUND)
+        out.paste(inner, ((size - nw) // 2, (size - nh) // 2))
+        return out
+    raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+
+
+def load(data: bytes, size: int, resize: str = "crop") -> tuple[Image.Image, tuple[int, int], str]:
+    """Bytes of any image file -> (RGB size x size image, original (w, h) after EXIF rotation, mode).
+
+    Raises ImageSkip with a short reason for empty, truncated, corrupt or non-image data.
+    """
+    if not data:
+        raise ImageSkip("empty file")
+    try:
+        with warnings.catch_warnings():
+            # A truncated file or a decompression bomb is a reason to skip, not a warning to print.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            mode = img.mode
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+                w, h = h, w
+            if img.format == "JPEG" and mode in ("RGB", "L"):
+                # Let libjpeg decode at a reduced scale that is still at least `size` on each side.
+                img.draft(mode, (size, size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Image.UnidentifiedImageError:
+        raise ImageSkip("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageSkip(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageSkip(f"corrupt image: {str(e) or type(e).__name__}") from None
+    if min(img.size) < 1:
+        raise ImageSkip(f"image has no pixels ({w}x{h})")
+    return fit(to_rgb(img), size, resize), (w, h), mode
+
+
+def encode(img: Image.Image, fmt: str = "png") -> bytes:
+    """Deterministic encoding: no timestamps or metadata, fixed settings."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    elif fmt == "jpg":
+        img.save(buf, format="JPEG", quality=95, subsampling=0)
+    elif fmt == "webp":
+        # Lossless: the model predicts exact 8-bit values, so a lossy store would change the target.
+        img.save(buf, format="WEBP", lossless=True, quality=80, method=4)
+    else:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    return buf.getvalue()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, 3] (raises on corrupt data)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(to_rgb(img), dtype=np.uint8)
+
+
+__all__ = ["BACKGROUND", "RESIZE_MODES", "FORMATS", "IMAGE_EXTENSIONS", "ImageSkip", "to_rgb", "fit", "load",
+           "encode", "decode_rgb"]

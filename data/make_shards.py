@@ -1,0 +1,237 @@
+"""Build WebDataset tar shards (local folder or S3) from image folders, caption files, COCO or other shards.
+
+Run locally:
+    python -m data.make_shards my_images/ shards/ --image-size 64
+    python -m data.make_shards my_images/ s3://bucket/run1 --captions captions.jsonl --workers 8
+    python -m data.make_shards coco/annotations/captions_train2017.json s3://bucket/coco64
+    python -m data.make_shards "s3://bucket/laion/{00000..00099}.tar" s3://bucket/laion64   # re-shard
+With Ray (any node of the cluster does the work; it streams, so memory stays flat):
+    ray job submit --working-dir . -- python -m data.make_shards s3://bucket/raw.tar s3://bucket/run1 --workers 8
+
+SRC is a folder of images with sidecar `name.txt` captions (one per line, searched recursively), a
+folder plus `--captions` JSONL (`{"file": ..., "caption": ...}` or `"captions": [...]`) or COCO JSON,
+a COCO `captions_*.json` (its image folder is found next to it, or give `--images`), or existing
+WebDataset/img2dataset shards (folder, s3:// prefix, manifest.json, brace pattern, comma list).
+DEST is a local folder or `s3://bucket/prefix`; AWS credentials, region and endpoint (including
+AWS_ENDPOINT_URL for S3-compatible stores) come from the standard AWS environment and config files.
+
+DEST receives `shard-000000.tar`, ... (each sample: `<key>.png`, `<key>.txt` with all captions one per
+line, `<key>.json` with source, original size and captions), `skipped.jsonl` (every unused input and
+why), `tokenizer.model` (sentencepiece trained on all captions) and, last, `manifest.json`. The same
+inputs give byte-identical output whatever --workers is. Shards appear under their final name only
+once complete; re-running an interrupted build finishes it, keeping the shards already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import importlib.metadata
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from data import images, shard_spec, sources, storage
+from data.process import CHUNK, chunks, ordered_map, process_chunk
+from data.shard_writer import ShardWriter
+
+# Same as onade.tokenizer.MODEL_TYPES; onade is imported lazily so worker processes (which import
+# this module as their __main__) do not pay for torch.
+TOKENIZER_TYPES = ("unigram", "word", "bpe")
+
+
+def tool_version() -> str:
+    try:
+        return importlib.metadata.version("onade")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# ---- the build ---------------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    dest: str
+    num_samples: int = 0
+    num_shards: int = 0
+    num_reused: int = 0
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+    vocab_size: int = 0
+    stale: list[str] = field(default_factory=list)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def line(self, fmt: str, size: int) -> str:
+        rate = self.num_samples / self.seconds if self.seconds > 0 else 0.0
+        skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
+        out = (f"make_shards: {self.num_samples} samples in {self.num_shards} shards ({fmt} {size}x{size}) -> "
+               f"{self.dest}; skipped {self.num_skipped}" + (f" ({skipped})" if skipped else "")
+               + f", listed in skipped.jsonl; tokenizer vocab {self.vocab_size}; {self.seconds:.1f} s, "
+               f"{rate:.0f} samples/s")
+        if self.num_reused:
+            out += f"; {self.num_reused} shards kept from an earlier run"
+        if self.stale:
+            out += f"; WARNING {len(self.stale)} older shards in DEST are not in this manifest"
+        return out
+
+
+def reason_kind(reason: str) -> str:
+    """`corrupt image: broken PNG` -> `corrupt image` (for the summary's counts)."""
+    for sep in (":", " ("):
+        reason = reason.split(sep, 1)[0]
+    return reason.strip()
+
+
+def _validate(image_size: int, shard_size: int, vocab_size: int, workers: int, fmt: str, resize: str,
+              tokenizer_type: str) -> None:
+    if not 1 <= image_size <= 4096:
+        raise ValueError(f"--image-size must be between 1 and 4096, got {image_size}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1 samples per shard, got {shard_size}")
+    if vocab_size < 8:
+        raise ValueError(f"--vocab-size must be >= 8, got {vocab_size}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if fmt not in images.FORMATS:
+        raise ValueError(f"--format must be one of {sorted(images.FORMATS)}, got {fmt!r}")
+    if resize not in images.RESIZE_MODES:
+        raise ValueError(f"--resize must be one of {images.RESIZE_MODES}, got {resize!r}")
+    if tokenizer_type not in TOKENIZER_TYPES:
+        raise ValueError(f"--tokenizer-type must be one of {TOKENIZER_TYPES}, got {tokenizer_type!r}")
+
+
+def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 1000, captions: str | None = None,
+                images_dir: str | None = None, vocab_size: int = 512, tokenizer_type: str = "unigram",
+                workers: int = 1, fmt: str = "png", resize: str = "crop", progress: bool = True) -> Summary:
+    """Build the shards; returns counts. ValueError for unusable arguments or an unreachable DEST."""
+    t0 = time.monotonic()
+    _validate(image_size, shard_size, vocab_size, workers, fmt, resize, tokenizer_type)
+    src, dest = str(src), str(dest)
+    if not storage.is_s3(dest):
+        dest = os.path.abspath(dest)
+    source = sources.detect(src, captions, images_dir)
+    storage.check_writable(dest)
+    # A local DEST inside SRC would otherwise be read back as input on a re-run.
+    exclude = (dest,) if not storage.is_s3(dest) else ()
+    total = sources.count_inputs(source.root, exclude) if source.kind in ("folder", "jsonl") else None
+
+    from tqdm import tqdm
+
+    writer = ShardWriter(dest, shard_size, fmt)
+    summary = Summary(dest)
+    all_captions: list[str] = []
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as skipped_log, \
+            tqdm(total=total, unit="input", desc="make_shards", disable=not progress, file=sys.stderr,
+                 mininterval=0.5) as bar:
+        tasks = ((chunk, image_size, resize, fmt) for chunk in chunks(sources.iter_items(source, exclude), CHUNK))
+        for results in ordered_map(process_chunk, tasks, workers, max_pending=4 * workers):
+            for r in results:
+                if r[0] == "skip":
+                    _, src_name, reason = r
+                    skipped_log.write((json.dumps({"source": src_name, "reason": reason}, ensure_ascii=False)
+                                       + "\n").encode("utf-8"))
+                    summary.skipped[reason_kind(reason)] += 1
+                else:
+                    _, src_name, caps, encoded, (w, h), mode = r
+                    key = f"{writer.num_samples:09d}"
+                    meta = {"key": key, "source": src_name, "original_size": [w, h], "original_mode": mode,
+                            "captions": caps}
+                    writer.add(key, encoded, caps, meta)
+                    all_captions.extend(caps)
+            bar.update(len(results))
+            bar.set_postfix(samples=writer.num_samples, skipped=summary.num_skipped, refresh=False)
+        writer.flush()
+        skipped_log.seek(0)
+        storage.write_file_atomic(storage.join(dest, "skipped.jsonl"), skipped_log)
+
+    summary.num_samples = writer.num_samples
+    summary.num_shards = len(writer.records)
+    summary.num_reused = sum(r.reused for r in writer.records)
+    if summary.num_samples == 0:
+        raise ValueError(f"no usable samples in {src}: all {summary.num_skipped} inputs were skipped "
+                         f"({dict(summary.skipped)}); see {storage.join(dest, 'skipped.jsonl')}")
+
+    from onade.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(all_captions, None, vocab_size=vocab_size, model_type=tokenizer_type)
+    tok_bytes = tok.to_bytes()
+    storage.write_bytes_atomic(storage.join(dest, shard_spec.TOKENIZER), tok_bytes)
+    summary.vocab_size = tok.vocab_size
+
+    manifest = {
+        "format": "onade-shards/1",
+        "tool": "data.make_shards",
+        "tool_version": tool_version(),
+        "source": {"kind": source.kind, "path": src, "captions": captions, "images": images_dir},
+        "image_size": image_size,
+        "resize": resize,
+        "image_format": fmt,
+        "shard_size": shard_size,
+        "num_samples": summary.num_samples,
+        "num_skipped": summary.num_skipped,
+        "skipped_by_reason": dict(sorted(summary.skipped.items())),
+        "shards": [r.to_json() for r in writer.records],
+        "tokenizer": {"file": shard_spec.TOKENIZER, "vocab_size": tok.vocab_size, "model_type": tokenizer_type,
+                      "sha256": hashlib.sha256(tok_bytes).hexdigest()},
+        "skipped_file": "skipped.jsonl",
+    }
+    # The manifest goes last: its presence means the build finished.
+    storage.write_bytes_atomic(storage.join(dest, shard_spec.MANIFEST),
+                               (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    summary.stale = _cleanup(dest, {r.name for r in writer.records})
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _cleanup(dest: str, current: set[str]) -> list[str]:
+    """Delete temporary files an interrupted run left; report (not delete) shards this run did not write."""
+    stale = []
+    for url in storage.list_files(dest):
+        name = storage.basename(url)
+        if storage.PARTIAL_SUFFIX + "-" in name:
+            storage.delete(url)
+        elif name.startswith("shard-") and name.endswith(".tar") and name not in current:
+            stale.append(url)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m data.make_shards", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="image folder, COCO captions_*.json, or existing shards")
+    ap.add_argument("dest", help="output folder or s3://bucket/prefix")
+    ap.add_argument("--image-size", type=int, default=64, help="output side in pixels (default 64)")
+    ap.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    ap.add_argument("--captions", help="JSONL captions file (or COCO JSON) for an image folder SRC")
+    ap.add_argument("--images", dest="images_dir", help="image folder of a COCO SRC (default: found beside it)")
+    ap.add_argument("--vocab-size", type=int, default=512, help="tokenizer vocabulary upper bound (default 512)")
+    ap.add_argument("--tokenizer-type", default="unigram", choices=TOKENIZER_TYPES)
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                    help="decoding processes (default: CPUs, at most 8); output does not depend on it")
+    ap.add_argument("--format", dest="fmt", default="png", choices=sorted(images.FORMATS),
+                    help="image encoding: png (default, lossless), webp (lossless) or jpg (lossy)")
+    ap.add_argument("--resize", default="crop", choices=images.RESIZE_MODES,
+                    help="crop (centre square, default) or pad (whole image, padded with white)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        summary = make_shards(args.src, args.dest, image_size=args.image_size, shard_size=args.shard_size,
+                              captions=args.captions, images_dir=args.images_dir, vocab_size=args.vocab_size,
+                              tokenizer_type=args.tokenizer_type, workers=args.workers, fmt=args.fmt,
+                              resize=args.resize, progress=not args.no_progress)
+    except ValueError as e:
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line(args.fmt, args.image_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

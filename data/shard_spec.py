@@ -1,0 +1,168 @@
+"""Turn a user's description of a set of shards into the list of shard URLs.
+
+A spec is one of, or a comma-separated list of:
+  - a folder or prefix (`shards/`, `s3://bucket/run1`): its `manifest.json` if present (only the
+    shards a finished build recorded), else every `*.tar` directly under it;
+  - a manifest file (`.../manifest.json`);
+  - a shard URL (`.../shard-000003.tar`);
+  - a brace pattern (`s3://b/p/shard-{000000..000099}.tar`, `x-{a,b}.tar`), expanded here because
+    Ray's and pyarrow's readers take literal paths.
+Local and s3:// specs cannot be mixed in one list (one reader filesystem per dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from data import storage
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?$")
+
+
+def split_top_level(spec: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside braces: `a-{1,2}.tar,b.tar` -> ["a-{1,2}.tar", "b.tar"]."""
+    parts, depth, cur = [], 0, []
+    for ch in spec:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced '}}' in shard spec {spec!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise ValueError(f"unbalanced '{{' in shard spec {spec!r}")
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Bash-style brace expansion: `{000..010}` (zero padding kept), `{0..10..2}`, `{a,b}`, nested, several."""
+    start = pattern.find("{")
+    if start < 0:
+        if "}" in pattern:
+            raise ValueError(f"unbalanced '}}' in {pattern!r}")
+        return [pattern]
+    depth = 0
+    for end in range(start, len(pattern)):
+        if pattern[end] == "{":
+            depth += 1
+        elif pattern[end] == "}":
+            depth -= 1
+            if depth == 0:
+                break
+    else:
+        raise ValueError(f"unbalanced '{{' in {pattern!r}")
+    head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
+    m = _RANGE.match(body)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        step = int(m.group(3) or 1)
+        if step == 0:
+            raise ValueError(f"brace range step must be positive in {pattern!r}")
+        width = max(len(m.group(1)), len(m.group(2))) if (m.group(1).startswith("0") and len(m.group(1)) > 1) \
+            or (m.group(2).startswith("0") and len(m.group(2)) > 1) else 0
+        rng = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
+        if len(rng) > 10_000_000:
+            raise ValueError(f"brace range in {pattern!r} expands to {len(rng)} names; that is surely a typo")
+        options = [str(i).zfill(width) for i in rng]
+    else:
+        options = split_top_level(body) if body else [""]
+        if len(options) == 1 and "{" not in body:
+            # `{x}` with no comma or range is literal in bash; keep it literal too.
+            return [head + "{" + body + "}" + t for t in expand_braces(tail)]
+    out = []
+    for opt in options:
+        for rest in expand_braces(opt + tail):
+            out.append(head + rest)
+    return out
+
+
+def _from_manifest(url: str) -> list[str]:
+    try:
+        m = json.loads(storage.read_bytes(url))
+        names = [s["name"] for s in m["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{url} is not a shard manifest written by data.make_shards ({e}); pass the shards "
+                         "themselves or their folder instead") from None
+    base = storage.dirname(url)
+    return [storage.join(base, n) for n in names]
+
+
+def _from_prefix(url: str) -> list[str]:
+    manifest = storage.join(url, MANIFEST)
+    if storage.exists(manifest):
+        return _from_manifest(manifest)
+    if not storage.is_s3(url) and not storage.exists(url):
+        raise ValueError(f"shard folder {url!r} does not exist")
+    return storage.list_files(url, suffix=".tar")
+
+
+def resolve_shards(spec: str | list[str], check: bool = True) -> list[str]:
+    """Every shard URL the spec names, in order; ValueError if none, or (with `check`) if any is missing."""
+    items = list(spec) if isinstance(spec, (list, tuple)) else split_top_level(str(spec))
+    if not items:
+        raise ValueError("empty shard spec: give a folder, s3:// prefix, manifest.json, shard URLs or a "
+                         "brace pattern like shard-{000000..000009}.tar")
+    urls: list[str] = []
+    literal: list[str] = []
+    for item in items:
+        for one in expand_braces(str(item)):
+            if one.endswith(".json"):
+                urls.extend(_from_manifest(one))
+            elif one.endswith(".tar"):
+                urls.append(one)
+                literal.append(one)
+            else:
+                found = _from_prefix(one)
+                if not found:
+                    raise ValueError(f"no shards (*.tar) found under {one!r}: build them with "
+                                     "`python -m data.make_shards SRC DEST`")
+                urls.extend(found)
+    kinds = {storage.is_s3(u) for u in urls}
+    if len(kinds) > 1:
+        raise ValueError("shard spec mixes local paths and s3:// URLs; read them as two datasets")
+    if check and literal:
+        _check_exist(literal)
+    return urls
+
+
+def _check_exist(urls: list[str]) -> None:
+    """One listing per folder instead of one request per shard, then name what is missing."""
+    by_dir: dict[str, list[str]] = {}
+    for u in urls:
+        by_dir.setdefault(storage.dirname(u), []).append(u)
+    missing = []
+    for d, us in by_dir.items():
+        try:
+            present = set(storage.list_files(d, suffix=".tar"))
+        except storage.StorageError:
+            present = set()
+        if not storage.is_s3(d):
+            present = {storage.dirname(p) + "/" + storage.basename(p) for p in present}
+            us = [storage.dirname(u) + "/" + storage.basename(u) for u in us]
+        missing.extend(u for u in us if u not in present)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} of {len(urls)} shards do not exist: {shown}")
+
+
+def shards_home(spec: str | list[str]) -> str:
+    """The folder a spec's shards (and their tokenizer.model and manifest.json) live in."""
+    items = list(spec) if isinstance(spec, (list, tuple)) else split_top_level(str(spec))
+    if not items:
+        raise ValueError("empty shard spec")
+    first = expand_braces(str(items[0]))[0]
+    if first.endswith(".json") or first.endswith(".tar"):
+        return storage.dirname(first)
+    return first.rstrip("/")
+
+
+__all__ = ["MANIFEST", "TOKENIZER", "split_top_level", "expand_braces", "resolve_shards", "shards_home"]

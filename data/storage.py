@@ -1,0 +1,384 @@
+"""One API over a local folder and S3 (AWS or any S3-compatible store), for `data/` and `ray_jobs/`.
+
+URLs are either local paths or `s3://bucket/key`. Credentials, region and endpoint come from the
+standard AWS chain (environment, ~/.aws/config and credentials, instance roles), including
+`AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for MinIO, Ceph, R2 or a local moto server; nothing is
+hard-coded. Failures a user can cause (unreachable endpoint, missing bucket, denied access, missing
+object) raise `StorageError` (a ValueError) whose message names the URL and the endpoint, never a
+credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse, urlunparse
+
+PARTIAL_SUFFIX = ".partial"
+# Parts of 64 MiB: a 10 GB shard stays under S3's 10,000-part limit and memory stays bounded.
+MULTIPART_CHUNK = 64 * 1024 * 1024
+
+
+class StorageError(ValueError):
+    """Storage is unreachable, missing or denied; the message says which URL and how to fix it."""
+
+
+# ---- URLs -------------------------------------------------------------------------------------
+
+def is_s3(url: str | os.PathLike) -> bool:
+    return str(url).startswith("s3://")
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b")."""
+    if not is_s3(url):
+        raise StorageError(f"{url!r} is not an s3:// URL")
+    rest = url[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{url!r} has no bucket name: use s3://bucket/prefix")
+    return bucket, key
+
+
+def join(url: str | os.PathLike, *parts: str) -> str:
+    url = str(url)
+    if is_s3(url):
+        out = url.rstrip("/")
+        for p in parts:
+            if p.strip("/"):
+                out += "/" + p.strip("/")
+        return out
+    return os.path.join(url, *parts)
+
+
+def dirname(url: str) -> str:
+    if is_s3(url):
+        bucket, key = split_s3(url)
+        head = key.rstrip("/").rpartition("/")[0]
+        return f"s3://{bucket}/{head}" if head else f"s3://{bucket}"
+    return os.path.dirname(os.path.abspath(url))
+
+
+def basename(url: str) -> str:
+    return str(url).rstrip("/").rpartition("/")[2]
+
+
+# ---- S3 clients ---------------------------------------------------------------------------------
+
+_clients: dict[tuple, Any] = {}
+# A client is reused while these are unchanged (a test or demo may point the environment elsewhere).
+_CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE",
+               "AWS_SHARED_CREDENTIALS_FILE")
+
+
+def s3_client():
+    """A boto3 S3 client from the standard AWS configuration (cached per process and environment)."""
+    pid = (os.getpid(), hash(tuple(os.environ.get(k) for k in _CLIENT_ENV)))
+    if pid not in _clients:
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session()
+        _clients[pid] = session.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    return _clients[pid]
+
+
+def endpoint_url() -> str:
+    """The S3 endpoint in use, with any user:password part removed so it is safe to print."""
+    url = s3_client().meta.endpoint_url
+    p = urlparse(url)
+    if p.username or p.password:
+        p = p._replace(netloc=p.hostname + (f":{p.port}" if p.port else ""))
+    return urlunparse(p)
+
+
+def _is_aws_endpoint(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
+
+
+def _error(e: Exception, url: str, action: str) -> StorageError:
+    """Translate a botocore error into a message a user can act on (no credentials in it)."""
+    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+                                     PartialCredentialsError)
+
+    where = f"{action} {url} (endpoint {endpoint_url()})"
+    if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+        return StorageError(f"cannot {where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY or configure a profile (~/.aws/credentials)")
+    if isinstance(e, EndpointConnectionError):
+        return StorageError(f"cannot {where}: the endpoint is unreachable; check AWS_ENDPOINT_URL "
+                            "and that the store is running")
+    if isinstance(e, ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket",):
+            return StorageError(f"cannot {where}: bucket {split_s3(url)[0]!r} does not exist; create it "
+                                "or fix the URL")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return StorageError(f"cannot {where}: no such object")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
+            return StorageError(f"cannot {where}: access denied ({code}); check the AWS credentials "
+                                "and the bucket policy")
+        return StorageError(f"cannot {where}: S3 error {code or type(e).__name__}")
+    return StorageError(f"cannot {where}: {type(e).__name__}: {e}")
+
+
+def _s3_errors():
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def exists(url: str) -> bool:
+    if not is_s3(url):
+        return os.path.exists(url)
+    bucket, key = split_s3(url)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except _s3_errors() as e:
+        code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _error(e, url, "check") from None
+
+
+def list_files(url: str, suffix: str | None = None, recursive: bool = False) -> list[str]:
+    """Sorted URLs of the files under `url` (a folder or prefix), optionally only those ending in `suffix`."""
+    url = str(url)
+    if not is_s3(url):
+        root = Path(url)
+        if not root.is_dir():
+            raise StorageError(f"folder {url!r} does not exist")
+        it = root.rglob("*") if recursive else root.iterdir()
+        out = [str(p) for p in it if p.is_file() and (suffix is None or p.name.endswith(suffix))]
+        return sorted(out)
+    bucket, key = split_s3(url)
+    prefix = key.rstrip("/") + "/" if key else ""
+    out = []
+    kwargs = dict(Bucket=bucket, Prefix=prefix)
+    if not recursive:
+        kwargs["Delimiter"] = "/"
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents", []):
+                k = obj["Key"]
+                if suffix is None or k.endswith(suffix):
+                    out.append(f"s3://{bucket}/{k}")
+    except _s3_errors() as e:
+        raise _error(e, url, "list") from None
+    return sorted(out)
+
+
+def read_bytes(url: str) -> bytes:
+    if not is_s3(url):
+        try:
+            return Path(url).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"file {url!r} does not exist") from None
+    bucket, key = split_s3(url)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except _s3_errors() as e:
+        raise _error(e, url, "read") from None
+
+
+def open_read(url: str) -> IO[bytes]:
+    """A readable binary stream (for tar files read sequentially, never fully in memory)."""
+    if not is_s3(url):
+        try:
+            return open(url, "rb")
+        except FileNotFoundError:
+            raise StorageError(f"file {url!r} does not exist") from None
+    bucket, key = split_s3(url)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    except _s3_errors() as e:
+        raise _error(e, url, "read") from None
+
+
+def sha256_of(url: str) -> str | None:
+    """The sha256 of an existing object: recorded in S3 metadata at write time, computed for local files."""
+    if not is_s3(url):
+        if not os.path.isfile(url):
+            return None
+        h = hashlib.sha256()
+        with open(url, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    bucket, key = split_s3(url)
+    try:
+        head = s3_client().head_object(Bucket=bucket, Key=key)
+    except _s3_errors() as e:
+        code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise _error(e, url, "check") from None
+    return head.get("Metadata", {}).get("sha256")
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def check_writable(url: str) -> None:
+    """Fail early, before any work, when the destination cannot be written."""
+    if not is_s3(url):
+        try:
+            os.makedirs(url, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create output folder {url!r}: {e.strerror}") from None
+        if not os.access(url, os.W_OK):
+            raise StorageError(f"output folder {url!r} is not writable")
+        return
+    bucket, _ = split_s3(url)
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except _s3_errors() as e:
+        code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise StorageError(f"bucket {bucket!r} does not exist (endpoint {endpoint_url()}): create it "
+                               "or fix the URL") from None
+        raise _error(e, url, "write to") from None
+
+
+def write_bytes_atomic(url: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+    write_file_atomic(url, io.BytesIO(data), metadata)
+
+
+def write_file_atomic(url: str, fileobj: IO[bytes], metadata: dict[str, str] | None = None) -> None:
+    """Write a stream to `url` so that `url` only ever holds complete content.
+
+    The data goes to `<url>.partial-<id>` first and is then moved (locally an atomic rename; on S3 a
+    server-side copy then delete of the temporary key). A crash leaves at most a `.partial` object,
+    which no reader treats as a shard.
+    """
+    tmp = f"{url}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
+    if not is_s3(url):
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(fileobj, f, 1 << 20)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, url)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(url)
+    _, tmp_key = split_s3(tmp)
+    extra = {"Metadata": dict(metadata or {})}
+    cfg = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK,
+                         max_concurrency=4)
+    client = s3_client()
+    try:
+        client.upload_fileobj(fileobj, bucket, tmp_key, ExtraArgs=extra, Config=cfg)
+        client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key, ExtraArgs=extra, Config=cfg)
+    except _s3_errors() as e:
+        raise _error(e, url, "write") from None
+    except Exception as e:  # s3transfer wraps some failures in its own exception types
+        if isinstance(e.__cause__, _s3_errors()):
+            raise _error(e.__cause__, url, "write") from None
+        raise
+    finally:
+        try:
+            client.delete_object(Bucket=bucket, Key=tmp_key)
+        except _s3_errors():
+            pass  # a leftover .partial key is harmless and is cleaned by the next run
+
+
+def delete(url: str) -> None:
+    if not is_s3(url):
+        if os.path.exists(url):
+            os.unlink(url)
+        return
+    bucket, key = split_s3(url)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except _s3_errors() as e:
+        raise _error(e, url, "delete") from None
+
+
+def upload_dir(local: str | os.PathLike, url: str) -> list[str]:
+    """Copy every file under a local folder to `url`, keeping relative paths; returns the written URLs."""
+    root = Path(local)
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            dst = join(url, *p.relative_to(root).parts)
+            with open(p, "rb") as f:
+                write_file_atomic(dst, f)
+            out.append(dst)
+    return out
+
+
+def download_dir(url: str, local: str | os.PathLike) -> list[str]:
+    """Copy every file under `url` into a local folder, keeping relative paths; returns local paths."""
+    out = []
+    base = str(url).rstrip("/")
+    for src in list_files(url, recursive=True):
+        rel = src[len(base):].lstrip("/")
+        dst = Path(local, *rel.split("/"))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open_read(src) as f, tempfile.NamedTemporaryFile(dir=dst.parent, delete=False) as t:
+            shutil.copyfileobj(f, t, 1 << 20)
+        os.replace(t.name, dst)
+        out.append(str(dst))
+    return out
+
+
+# ---- pyarrow (Ray Data) ---------------------------------------------------------------------------
+
+def pyarrow_fs(url: str):
+    """(pyarrow filesystem, path inside it) for `url`, honouring the same AWS settings as boto3.
+
+    pyarrow's S3 client ignores AWS_ENDPOINT_URL, so the endpoint, region and (static) credentials
+    are taken from the boto3 session and passed explicitly. Refreshable credentials (roles, SSO) are
+    left to pyarrow's own AWS chain so they keep refreshing in long jobs.
+    """
+    import pyarrow.fs as pafs
+
+    url = str(url)
+    if not is_s3(url):
+        return pafs.LocalFileSystem(), os.path.abspath(url)
+    import boto3
+    from botocore.credentials import RefreshableCredentials
+
+    session = boto3.session.Session()
+    kwargs: dict[str, Any] = {"region": session.region_name or "us-east-1"}
+    endpoint = s3_client().meta.endpoint_url
+    if not _is_aws_endpoint(endpoint):
+        p = urlparse(endpoint)
+        kwargs["endpoint_override"] = p.netloc.rpartition("@")[2]
+        kwargs["scheme"] = p.scheme or "https"
+    creds = session.get_credentials()
+    if creds is not None and not isinstance(creds, RefreshableCredentials):
+        frozen = creds.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+        if frozen.token:
+            kwargs["session_token"] = frozen.token
+    bucket, key = split_s3(url)
+    return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+
+
+def iter_chunks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    return iter(lambda: f.read(size), b"")
+
+
+__all__ = [
+    "StorageError", "PARTIAL_SUFFIX", "is_s3", "split_s3", "join", "dirname", "basename", "s3_client",
+    "endpoint_url", "exists", "list_files", "read_bytes", "open_read", "sha256_of", "check_writable",
+    "write_bytes_atomic", "write_file_atomic", "delete", "upload_dir", "download_dir", "pyarrow_fs",
+]
