@@ -1,5 +1,6 @@
 """End-to-end tests of `python -m ray_jobs.inpaint` through its main(argv), on a real local Ray."""
 
+import contextlib
 import json
 import os
 import re
@@ -145,3 +146,37 @@ def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
         run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "middle")
     with pytest.raises(ValueError, match="no images"):
         run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", tmp_path / "o")
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_actor_is_restarted_and_its_batch_retried(ray_local, checkpoint, tmp_path):
+    import threading
+    import time
+
+    import psutil
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_synthetic(src, 12, image_size=32)
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(
+        run("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 300, "--batch-size", 4)))
+    runner.start()
+    killed = None
+    # Kill the pool's actor (a real process of the Ray this test started) once its first batch is written.
+    while runner.is_alive() and killed is None:
+        if any(out.glob("*.masked.png")):
+            for proc in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "InpaintActor" in " ".join(proc.cmdline()):
+                        proc.kill()
+                        killed = proc.pid
+                        break
+        time.sleep(0.05)
+    runner.join()
+    assert killed is not None, "the job finished before the actor could be killed; give it more steps"
+    assert result["done"] == 12 and result["failed"] == 0
+    assert set(records(out)) == {f"img_{i:05d}.png" for i in range(12)}
+    for i in range(12):
+        for suffix in ("", ".original", ".masked"):
+            with Image.open(out / f"img_{i:05d}{suffix}.png") as img:
+                img.load()  # whole files only: a truncated PNG would raise here
