@@ -272,13 +272,12 @@ def iter_tar(url: str) -> Iterator[Item]:
                     continue
                 dirpart = m.name[: len(m.name) - len(base)]
                 k, ext = dirpart + base.split(".", 1)[0], base.split(".", 1)[1].lower()
-                data = tar.extractfile(m).read()
                 if k != key:
                     if key is not None:
                         n += 1
                         yield _sample_item(name, key, sample)
                     key, sample = k, {}
-                sample[ext] = data
+                sample[ext] = tar.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         yield Item(f"{name}#after-{n}-samples", skip=f"corrupt or truncated shard ({type(e).__name__}: {e})")
         # The sample being read when the shard broke may be incomplete: do not use it.
