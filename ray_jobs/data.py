@@ -142,7 +142,8 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
         for where, reason in skips:
             log.warning("skipping corrupt sample %s: %s", where, reason)
         if skip_counter is not None:
-            skip_counter.add.remote(skips)
+            # Wait for the count to land, so a summary read after the dataset is consumed includes it.
+            ray.get(skip_counter.add.remote(skips))
     tokens, lengths = tokenizer.encode_batch_numpy(captions, max_tokens)
     image = (np.stack(out_images) if out_images else np.zeros((0, image_size, image_size, 3), np.uint8))
     return {"image": np.ascontiguousarray(image, dtype=np.uint8), "tokens": tokens, "length": lengths}
