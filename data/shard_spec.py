@@ -96,10 +96,7 @@ def _from_manifest(url: str) -> list[str]:
     return [storage.join(base, n) for n in names]
 
 
-def _from_prefix(url: str) -> list[str]:
-    manifest = storage.join(url, MANIFEST)
-    if storage.exists(manifest):
-        return _from_manifest(manifest)
+def _list_prefix(url: str) -> list[str]:
     if not storage.is_s3(url) and not storage.exists(url):
         raise ValueError(f"shard folder {url!r} does not exist")
     return storage.list_files(url, suffix=".tar")
@@ -112,25 +109,31 @@ def resolve_shards(spec: str | list[str], check: bool = True) -> list[str]:
         raise ValueError("empty shard spec: give a folder, s3:// prefix, manifest.json, shard URLs or a "
                          "brace pattern like shard-{000000..000009}.tar")
     urls: list[str] = []
-    literal: list[str] = []
+    named: list[str] = []  # URLs that came from the spec or a manifest, not from a listing
     for item in items:
         for one in expand_braces(str(item)):
             if one.endswith(".json"):
-                urls.extend(_from_manifest(one))
+                found = _from_manifest(one)
+                named.extend(found)
             elif one.endswith(".tar"):
-                urls.append(one)
-                literal.append(one)
+                found = [one]
+                named.append(one)
             else:
-                found = _from_prefix(one)
+                manifest = storage.join(one, MANIFEST)
+                if storage.exists(manifest):
+                    found = _from_manifest(manifest)
+                    named.extend(found)
+                else:
+                    found = _list_prefix(one)
                 if not found:
                     raise ValueError(f"no shards (*.tar) found under {one!r}: build them with "
                                      "`python -m data.make_shards SRC DEST`")
-                urls.extend(found)
+            urls.extend(found)
     kinds = {storage.is_s3(u) for u in urls}
     if len(kinds) > 1:
         raise ValueError("shard spec mixes local paths and s3:// URLs; read them as two datasets")
-    if check and literal:
-        _check_exist(literal)
+    if check and named:
+        _check_exist(named)
     return urls
 
 

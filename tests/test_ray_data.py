@@ -81,7 +81,7 @@ def test_brace_expansion():
         expand_braces("s-{000..003.tar")
 
 
-def test_resolve_shards_every_spec_form(shards):
+def test_resolve_shards_every_spec_form(shards, s3_server):
     prefix, names = shards["prefix"], [s["name"] for s in shards["manifest"]["shards"]]
     full = [storage.join(prefix, n) for n in names]
     last = len(names) - 1
@@ -99,6 +99,11 @@ def test_resolve_shards_every_spec_form(shards):
         resolve_shards([full[0], local[0]])
     with pytest.raises(ValueError, match="no shards"):
         resolve_shards(storage.join(prefix, "nothing-here"))
+    # A manifest whose shards were deleted is caught before Ray starts reading.
+    broken = s3_server.url("ray-data", "broken")
+    storage.write_bytes_atomic(storage.join(broken, "manifest.json"), json.dumps(shards["manifest"]).encode())
+    with pytest.raises(ValueError, match=f"{len(names)} of {len(names)} shards do not exist"):
+        resolve_shards(broken)
 
 
 def test_tokenizer_ships_with_the_shards(shards):

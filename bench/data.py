@@ -1,0 +1,190 @@
+"""Data benchmark: Ray Data pipeline vs a single-process webdataset + PIL loop, shard build rate, build memory.
+
+    python bench/data.py                      # defaults: 8,000 64px images, 2 CPUs, 10,000-image memory run
+    python bench/data.py --num 2000 --mem-images 2000   # quicker
+    ray job submit --working-dir . -- python bench/data.py --cpus 0   # on a cluster (0 = use what Ray has)
+
+Everything runs against a real S3 endpoint: a moto server on 127.0.0.1 (data.local_s3), so both
+readers pay for HTTP. Measured, side by side in one run:
+  1. make_shards build rate (synthetic image folder -> S3 shards) with 1 and with N worker processes;
+  2. samples/s of `ray_jobs.data.build_dataset(train=True)` consumed with `iter_torch_batches`
+     (decode, random crop/flip, random caption, tokenize, torch batches) with 1 CPU and with N CPUs,
+     against the same work done by one process with `webdataset.WebDataset` + PIL + the tokenizer;
+  3. peak RSS of make_shards (main process and its workers) on 1/10 and all of --mem-images small images:
+     flat means the build streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from data import storage  # noqa: E402
+from data.local_s3 import local_s3_server  # noqa: E402
+from data.make_shards import make_shards  # noqa: E402
+from data.synthetic import write_synthetic  # noqa: E402
+
+
+def build_rate(images: str, dest: str, size: int, workers: int) -> float:
+    t = time.perf_counter()
+    summary = make_shards(images, dest, image_size=size, shard_size=1000, workers=workers, progress=False)
+    return summary.num_samples / (time.perf_counter() - t)
+
+
+def single_process_loop(urls: list[str], tok, size: int, max_tokens: int, batch_size: int) -> tuple[int, float]:
+    """The natural baseline: one process, webdataset's tar reader over the same S3 objects, PIL, tokenizer."""
+    import torch
+    import webdataset as wds
+    from PIL import Image
+
+    # webdataset has no S3 opener of its own (it shells out to the aws CLI); give it boto3's stream.
+    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = \
+        lambda url, mode="rb", bufsize=8192, **kw: storage.open_read(url)
+    rng = np.random.default_rng(0)
+    n, imgs, caps = 0, [], []
+    t = time.perf_counter()
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        img = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
+        h, w = img.shape[:2]
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        img = img[top:top + size, left:left + size]
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        lines = sample["txt"].decode().splitlines()
+        imgs.append(img)
+        caps.append(lines[int(rng.integers(len(lines)))])
+        if len(imgs) == batch_size:
+            batch = {"image": torch.from_numpy(np.stack(imgs))}
+            batch["tokens"], batch["length"] = tok.encode_batch(caps, max_tokens)
+            n += len(imgs)
+            imgs, caps = [], []
+    n += len(imgs)
+    return n, time.perf_counter() - t
+
+
+def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, cpus: int) -> dict:
+    import ray
+    import ray.data
+
+    from ray_jobs.data import build_dataset
+
+    ray.init(num_cpus=cpus or None, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"), ignore_reinit_error=True)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = build_dataset(prefix, size, max_tokens, tok, train=True)
+        out = {}
+        for epoch in ("cold", "warm"):  # cold includes starting Ray's worker processes
+            t, n = time.perf_counter(), 0
+            for batch in ds.iter_torch_batches(batch_size=batch_size):
+                n += len(batch["length"])
+            out[epoch] = n / (time.perf_counter() - t)
+            out["samples"] = n
+        return out
+    finally:
+        ray.shutdown()
+
+
+def peak_rss(images: str, dest: str, workers: int) -> tuple[float, float, float, float]:
+    """(main MiB, largest child MiB, main + children MiB, seconds) of a make_shards run, polled every 20 ms.
+
+    Children are the forkserver and its worker processes (not waitable from here, so getrusage cannot
+    see them).
+    """
+    import psutil
+
+    t = time.perf_counter()
+    proc = psutil.Popen([sys.executable, "-m", "data.make_shards", images, dest, "--image-size", "16",
+                         "--shard-size", "1000", "--workers", str(workers), "--no-progress"], cwd=ROOT,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_main = peak_child = peak_total = 0
+    while proc.poll() is None:
+        try:
+            main_rss = proc.memory_info().rss
+            kids = [c.memory_info().rss for c in proc.children(recursive=True)]
+        except psutil.Error:
+            continue  # a process ended between listing and reading it
+        peak_main, peak_child = max(peak_main, main_rss), max([peak_child, *kids])
+        peak_total = max(peak_total, main_rss + sum(kids))
+        time.sleep(0.02)
+    if proc.returncode != 0:
+        raise RuntimeError(f"make_shards failed: {proc.stderr.read().decode()[-2000:]}")
+    mib = 1024 * 1024
+    return peak_main / mib, peak_child / mib, peak_total / mib, time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--num", type=int, default=8000, help="images for the throughput runs")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs for the parallel runs (0: all Ray finds)")
+    ap.add_argument("--mem-images", type=int, default=10_000, help="images for the memory run")
+    args = ap.parse_args(argv)
+    cpus = args.cpus or os.cpu_count()
+    work = Path(tempfile.mkdtemp(prefix="onade_bench_data_"))
+    results: dict = {"num": args.num, "image_size": args.image_size, "cpus": cpus}
+    with local_s3_server("onade-bench") as s3:
+        images = str(work / "images")
+        t = time.perf_counter()
+        write_synthetic(images, args.num, image_size=args.image_size, seed=0)
+        print(f"wrote {args.num} synthetic {args.image_size}px images in {time.perf_counter() - t:.1f}s", flush=True)
+
+        prefix = s3.url("shards")
+        r1 = build_rate(images, s3.url("build1"), args.image_size, 1)
+        rn = build_rate(images, prefix, args.image_size, cpus)
+        results["build"] = {"workers_1": r1, f"workers_{cpus}": rn}
+        print(f"make_shards -> S3: {r1:.0f} samples/s with 1 worker, {rn:.0f} with {cpus} "
+              f"(x{rn / r1:.2f})", flush=True)
+
+        from ray_jobs.data import resolve_shards, tokenizer_for
+
+        tok = tokenizer_for(prefix)
+        n, dt = single_process_loop(resolve_shards(prefix), tok, args.image_size, args.max_tokens, args.batch_size)
+        base = n / dt
+        print(f"single process (webdataset + PIL): {n} samples, {base:.0f} samples/s", flush=True)
+        ray1 = ray_pipeline(prefix, tok, args.image_size, args.max_tokens, args.batch_size, 1)
+        print(f"Ray Data, 1 CPU: {ray1['warm']:.0f} samples/s warm ({ray1['cold']:.0f} cold)", flush=True)
+        rayn = ray_pipeline(prefix, tok, args.image_size, args.max_tokens, args.batch_size, cpus)
+        print(f"Ray Data, {cpus} CPUs: {rayn['warm']:.0f} samples/s warm ({rayn['cold']:.0f} cold)", flush=True)
+        assert ray1["samples"] == rayn["samples"] == n, (ray1, rayn, n)
+        results["read"] = {"single_process": base, "ray_1cpu": ray1, f"ray_{cpus}cpu": rayn}
+
+        small = str(work / "small")
+        write_synthetic(small, args.mem_images, image_size=16, seed=1)
+        tenth = str(work / "small_tenth")
+        write_synthetic(tenth, max(1, args.mem_images // 10), image_size=16, seed=1)
+        m_small = peak_rss(tenth, s3.url("mem_small"), cpus)
+        m_big = peak_rss(small, s3.url("mem_big"), cpus)
+        results["memory_mib"] = {str(args.mem_images // 10): m_small[:3], str(args.mem_images): m_big[:3]}
+        for n, m in ((args.mem_images // 10, m_small), (args.mem_images, m_big)):
+            print(f"make_shards peak RSS, {n} images: main {m[0]:.0f} MiB, largest child {m[1]:.0f} MiB, "
+                  f"all {m[2]:.0f} MiB ({n / m[3]:.0f} images/s incl. startup)", flush=True)
+
+    print(json.dumps(results))
+    print(f"RESULT Ray Data / single process on {cpus} CPUs: x{rayn['warm'] / base:.2f} "
+          f"(1 CPU: x{ray1['warm'] / base:.2f}; {cpus} vs 1 CPU: x{rayn['warm'] / ray1['warm']:.2f}); "
+          f"build {cpus} vs 1 worker: x{rn / r1:.2f}; build memory {args.mem_images // 10} -> {args.mem_images} "
+          f"images: main x{m_big[0] / m_small[0]:.2f}, all processes x{m_big[2] / m_small[2]:.2f}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
