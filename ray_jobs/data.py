@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     lens = np.concatenate(lengths) if lengths else np.zeros(0)
     print(f"{n} samples ({size}x{size}), {skipped['total']} corrupt skipped {skipped['by_reason']}, "
           f"caption tokens mean {lens.mean() if n else 0:.1f} max {int(lens.max()) if n else 0} "
-          f"(truncated to {args.max_tokens}), {n / dt:.0f} samples/s")
+          f"(truncated to {args.max_tokens}), {n / dt:.0f} samples/s (one pass, including Ray worker start-up)")
     return 0
 
 

@@ -367,3 +367,15 @@ def test_s3_errors_name_the_problem_without_credentials(src, s3_server, capsys, 
     err2 = capsys.readouterr().err
     assert "unreachable" in err2 and "AWS_ENDPOINT_URL" in err2
     assert not any(s in e for s in S3_ENV.values() if "secret" in s or "key" in s for e in (err, err2))
+
+
+def test_large_objects_are_uploaded_in_parts(s3_prefix, monkeypatch):
+    monkeypatch.setattr(storage, "MULTIPART_CHUNK", 5 * 1024 * 1024)  # S3's minimum part size
+    data = np.random.default_rng(0).integers(0, 256, 11 * 1024 * 1024, dtype=np.uint8).tobytes()
+    url = storage.join(s3_prefix, "big.tar")
+    storage.write_bytes_atomic(url, data, {"sha256": "x"})
+    bucket, key = storage.split_s3(url)
+    head = storage.s3_client().head_object(Bucket=bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts
+    assert storage.read_bytes(url) == data and head["Metadata"] == {"sha256": "x"}
+    assert storage.list_files(s3_prefix) == [url]  # the temporary key is gone
