@@ -29,6 +29,8 @@ from ray_jobs.train_loop import CONFIG_FILE, DS_TAG, STATE_FILE, TOKENIZER_FILE
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{8})$")
 EXPORT_DIR = "export"
+# Written by Ray Train (v2) into the run folder whenever its set of kept checkpoints changes.
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
 def run_url(storage_url: str, name: str) -> str:
@@ -36,18 +38,18 @@ def run_url(storage_url: str, name: str) -> str:
 
 
 def list_checkpoints(run: str) -> list[tuple[int, str]]:
-    """(step, url) of every complete checkpoint of a run, oldest first."""
+    """(step, url) of every checkpoint Ray Train registered for a run, oldest first.
+
+    Ray registers a checkpoint only after every rank uploaded its part, and lists the kept ones in
+    checkpoint_manager_snapshot.json in the run folder. A checkpoint folder missing from it is an upload cut
+    short or one not yet registered, and is not what a restart would resume from, so it is not listed."""
     fs, path = storage.pyarrow_fs(run)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    out = []
-    for info in infos:
-        m = CHECKPOINT_RE.match(info.base_name)
-        if info.type == pafs.FileType.Directory and m:
-            # The state file is written last by rank 0 into the uploaded folder; without it the upload of
-            # that checkpoint was cut short.
-            if fs.get_file_info(f"{info.path}/{STATE_FILE}").type == pafs.FileType.File:
-                out.append((int(m.group(1)), storage.join(run, info.base_name)))
-    return sorted(out)
+    snapshot = f"{path}/{SNAPSHOT_FILE}"
+    if fs.get_file_info(snapshot).type != pafs.FileType.File:
+        return []
+    with fs.open_input_stream(snapshot) as f:
+        names = [r["checkpoint_dir_name"] for r in json.loads(f.read()).get("checkpoint_results", [])]
+    return sorted((int(m.group(1)), storage.join(run, n)) for n in names if (m := CHECKPOINT_RE.match(n)))
 
 
 def read_checkpoint_config(checkpoint_url: str) -> dict:
@@ -61,7 +63,9 @@ def export_checkpoint(checkpoint_url: str, out_url: str) -> str:
     with tempfile.TemporaryDirectory(prefix="onade_export_") as tmp:
         src = Path(tmp, "checkpoint")
         if storage.is_s3(checkpoint_url):
-            storage.download_dir(checkpoint_url, src)
+            # pyarrow, like Ray Train which wrote it: it understands the directory markers it leaves in S3.
+            fs, path = storage.pyarrow_fs(checkpoint_url)
+            pafs.copy_files(path, str(src), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         else:
             src = Path(checkpoint_url)
         missing = [f for f in (CONFIG_FILE, TOKENIZER_FILE, STATE_FILE, DS_TAG) if not (src / f).exists()]

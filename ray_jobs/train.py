@@ -163,7 +163,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
 
     def dataset(shards, train: bool):
         return build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, tokenizer, train=train,
-                             seed=cfg.train.seed)
+                             seed=cfg.train.seed, random_flip=cfg.data.random_flip)
 
     # Progress bars redraw per block: unreadable in `ray job logs`; the loop prints its own progress.
     ray.data.DataContext.get_current().enable_progress_bars = False

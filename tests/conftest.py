@@ -5,4 +5,4 @@ import os
 # DeepSpeed must pick its CPU accelerator before it is first imported anywhere in the test process.
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.ray_local"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.ray_local", "tests.fixtures.ray_cluster", "tests.fixtures.train_data"]

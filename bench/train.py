@@ -1,0 +1,160 @@
+"""Training throughput: the Ray Train + DeepSpeed loop against a bare single-process PyTorch loop.
+
+    python -m bench.train                       # CPU: debug model, 32 px, global batch 16
+    python -m bench.train --gpus-per-worker 1 --preset small --global-batch 64   # on a GPU node
+
+Three measurements in one run, on the same synthetic shards, model, masks, loss and optimizer (AdamW with
+the same parameter groups, warmup + cosine LR, clipping):
+  bare   one process, no Ray, no DeepSpeed; batches pre-decoded in memory; torch threads = the threads one
+         Ray worker gets, so the comparison is per worker
+  ray1   `ray_jobs.train` with 1 worker (Ray Data streaming the shards, DeepSpeed ZeRO-2)
+  ray2   the same with 2 workers and the same global batch
+Reported: overhead = bare / ray1 samples/s (target <= 1.10) and scaling = ray2 / ray1 (target >= 1.7 with
+one core per worker). A loop's rate is the median of its logged windows after the first (which holds start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def build_data(root: Path, num_images: int, image_size: int) -> str:
+    from data.make_shards import main as make_shards
+    from data.synthetic import write_synthetic
+
+    write_synthetic(root / "images", num_images, image_size=image_size, seed=0)
+    shards = str(root / "shards")
+    make_shards([str(root / "images"), shards, "--image-size", str(image_size), "--shard-size", "256",
+                 "--workers", "1", "--no-progress"])
+    return shards
+
+
+def load_batches(shards: str, cfg, batch_size: int) -> list[dict]:
+    """Decode every shard sample into memory (the bare loop must not pay for decoding)."""
+    from PIL import Image
+
+    from onade.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(shards, "tokenizer.model"))
+    images, captions = [], []
+    for tar in sorted(Path(shards).glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            files = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+        for name in sorted(files):
+            if name.endswith(".png"):
+                images.append(np.asarray(Image.open(io.BytesIO(files[name])).convert("RGB")))
+                captions.append(files[name[:-4] + ".txt"].decode().splitlines()[0])
+    x = torch.from_numpy(np.stack(images))
+    tokens, lengths = tok.encode_batch(captions, cfg.data.max_tokens)
+    return [{"image": x[i:i + batch_size], "tokens": tokens[i:i + batch_size], "length": lengths[i:i + batch_size]}
+            for i in range(0, len(x) - batch_size + 1, batch_size)], tok.vocab_size
+
+
+def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str) -> float:
+    from onade.loss import nade_loss
+    from onade.masks import sample_masks
+    from onade.model import build_model
+    from ray_jobs.engine import lr_factor, param_groups
+
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model = build_model(cfg).to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio))
+    gen = torch.Generator().manual_seed(t.seed)
+    rates, window, tic = [], 0, time.perf_counter()
+    for step in range(1, steps + 1):
+        b = batches[(step - 1) % len(batches)]
+        x, tokens, lengths = b["image"].to(device), b["tokens"].to(device), b["length"].to(device)
+        mask = sample_masks(cfg.masks, x.shape[0], x.shape[1], gen).to(device)
+        loss = nade_loss(model(x, mask, tokens, lengths), x, mask, kind=t.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        sched.step()
+        window += x.shape[0]
+        if step % log_every == 0:
+            if device != "cpu":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            rates.append(window / (now - tic))
+            window, tic = 0, now
+    return statistics.median(rates[1:] or rates)
+
+
+def ray_loop(shards: str, out: str, name: str, args, workers: int) -> float:
+    from ray_jobs.run_dir import read_metrics
+    from ray_jobs.train import main
+
+    argv = ["--data", shards, "--output", out, "--name", name, "--preset", args.preset, "--workers", str(workers),
+            "--steps", str(args.steps), "--no-export", "--cpus-per-worker", str(args.cpus_per_worker),
+            "--gpus-per-worker", str(args.gpus_per_worker), *sum((["--set", s] for s in common_sets(args)), [])]
+    main(argv)
+    rows = [r for r in read_metrics(os.path.join(out, name, "metrics.jsonl")) if "samples_per_s" in r]
+    return statistics.median([r["samples_per_s"] for r in rows[1:]] or [rows[0]["samples_per_s"]])
+
+
+def common_sets(args) -> list[str]:
+    return [f"model.image_size={args.image_size}", f"data.global_batch_size={args.global_batch}",
+            f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
+            f"train.val_every={args.steps}", *args.set]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="debug")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--cpus-per-worker", type=float, default=0.5,
+                   help="Ray CPUs per worker (fractional on small machines so Ray Data keeps a CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the bare loop (= one worker's)")
+    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--set", action="append", default=[])
+    args = p.parse_args(argv)
+
+    import ray
+
+    from onade.config import load_config
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        # Enough images that no loop crosses an epoch boundary: epochs restart the data pipeline.
+        shards = build_data(Path(tmp), args.steps * args.global_batch + args.global_batch, args.image_size)
+        cfg = load_config(args.preset, sets=common_sets(args) + [f"train.steps={args.steps}"])
+        device = "cuda" if args.gpus_per_worker > 0 else "cpu"
+        batches, vocab = load_batches(shards, cfg, args.global_batch)
+        cfg.model.vocab_size = vocab
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        bare = bare_loop(cfg, batches, args.steps, args.log_every, device)
+        torch.set_num_threads(threads)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if device == "cpu" else None)
+        try:
+            ray1 = ray_loop(shards, os.path.join(tmp, "runs"), "w1", args, 1)
+            ray2 = ray_loop(shards, os.path.join(tmp, "runs"), "w2", args, 2)
+        finally:
+            ray.shutdown()
+    result = {"bare_samples_per_s": round(bare, 1), "ray1_samples_per_s": round(ray1, 1),
+              "ray2_samples_per_s": round(ray2, 1), "overhead_bare_over_ray1": round(bare / ray1, 3),
+              "scaling_ray2_over_ray1": round(ray2 / ray1, 3), "preset": args.preset, "image_size": args.image_size,
+              "global_batch": args.global_batch, "steps": args.steps, "device": device}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
