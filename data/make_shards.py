@@ -126,8 +126,10 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
 
     writer = ShardWriter(dest, shard_size, fmt)
     summary = Summary(dest)
-    all_captions: list[str] = []
-    with tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as skipped_log, \
+    # Captions for the tokenizer wait in an anonymous temporary file (deleted on close), not in a
+    # list that would grow with the input.
+    all_captions = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+    with all_captions, tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as skipped_log, \
             tqdm(total=total, unit="input", desc="make_shards", disable=not progress, file=sys.stderr,
                  mininterval=0.5) as bar:
         tasks = ((chunk, image_size, resize, fmt) for chunk in chunks(sources.iter_items(source, exclude), CHUNK))
@@ -144,23 +146,24 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
                     meta = {"key": key, "source": src_name, "original_size": [w, h], "original_mode": mode,
                             "captions": caps}
                     writer.add(key, encoded, caps, meta)
-                    all_captions.extend(caps)
+                    all_captions.writelines(c + "\n" for c in caps)
             bar.update(len(results))
             bar.set_postfix(samples=writer.num_samples, skipped=summary.num_skipped, refresh=False)
         writer.flush()
         skipped_log.seek(0)
         storage.write_file_atomic(storage.join(dest, "skipped.jsonl"), skipped_log)
 
-    summary.num_samples = writer.num_samples
-    summary.num_shards = len(writer.records)
-    summary.num_reused = sum(r.reused for r in writer.records)
-    if summary.num_samples == 0:
-        raise ValueError(f"no usable samples in {src}: all {summary.num_skipped} inputs were skipped "
-                         f"({dict(summary.skipped)}); see {storage.join(dest, 'skipped.jsonl')}")
+        summary.num_samples = writer.num_samples
+        summary.num_shards = len(writer.records)
+        summary.num_reused = sum(r.reused for r in writer.records)
+        if summary.num_samples == 0:
+            raise ValueError(f"no usable samples in {src}: all {summary.num_skipped} inputs were skipped "
+                             f"({dict(summary.skipped)}); see {storage.join(dest, 'skipped.jsonl')}")
 
-    from onade.tokenizer import Tokenizer
+        from onade.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(all_captions, None, vocab_size=vocab_size, model_type=tokenizer_type)
+        all_captions.seek(0)
+        tok = Tokenizer.train(all_captions, None, vocab_size=vocab_size, model_type=tokenizer_type)
     tok_bytes = tok.to_bytes()
     storage.write_bytes_atomic(storage.join(dest, shard_spec.TOKENIZER), tok_bytes)
     summary.vocab_size = tok.vocab_size

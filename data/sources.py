@@ -47,7 +47,9 @@ class Source:
 
 
 def clean_captions(lines) -> list[str]:
-    return [ln.strip() for ln in lines if isinstance(ln, str) and ln.strip()]
+    """Non-empty captions with whitespace runs (including newlines inside a JSON caption) made single
+    spaces: the shard's txt member holds one caption per line."""
+    return [" ".join(ln.split()) for ln in lines if isinstance(ln, str) and ln.strip()]
 
 
 def _is_coco(path: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import tempfile
 from collections.abc import Iterable
@@ -54,20 +55,22 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], path: str | os.PathLike | None, vocab_size: int = 512,
-              model_type: str = "unigram") -> "Tokenizer":
-        """Train on `texts` (one caption per item, streamed, no temp files) and write the model to `path`.
+              model_type: str = "unigram", max_sentences: int = 300_000) -> "Tokenizer":
+        """Train on `texts` (captions, streamed from memory, no temp files) and write the model to `path`.
 
         `vocab_size` is an upper bound: a corpus too small to fill it yields a smaller vocabulary, and
-        one that is below the number of distinct characters is raised to it. Training is deterministic
-        (single-threaded), so the same captions give a byte-identical model file.
+        one that is below the number of distinct characters is raised to it. Past `max_sentences`
+        lines a fixed-seed uniform sample is used, so memory stays bounded on huge caption sets.
+        Training is deterministic (single-threaded, seeded sampling): the same captions give a
+        byte-identical model file.
         """
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
         if vocab_size < 8:
             raise ValueError(f"vocab_size must be at least 8 (4 ids are reserved), got {vocab_size}")
-        # sentencepiece treats a newline inside a sentence as an ordinary character; split instead.
-        lines = [ln.strip() for t in texts for ln in str(t).splitlines()]
-        lines = [ln for ln in lines if ln]
+        if max_sentences < 1:
+            raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
+        lines = _sample_lines(texts, max_sentences)
         if not lines:
             raise ValueError("no caption text to train a tokenizer on: every caption is empty")
         proto = _train_proto(lines, vocab_size, model_type)
@@ -148,6 +151,28 @@ class Tokenizer:
                 tokens_BT[b, : len(ids)] = ids
                 lengths_B[b] = len(ids)
         return tokens_BT, lengths_B
+
+
+def _sample_lines(texts: Iterable[str], max_sentences: int, seed: int = 0) -> list[str]:
+    """Non-empty lines of `texts` in order, or a seeded reservoir sample of `max_sentences` of them."""
+    rng = random.Random(seed)
+    kept: list[tuple[int, str]] = []
+    n = 0
+    for t in texts:
+        # sentencepiece treats a newline inside a sentence as an ordinary character; split instead.
+        for ln in str(t).splitlines():
+            ln = ln.strip()
+            if not ln:
+                continue
+            if len(kept) < max_sentences:
+                kept.append((n, ln))
+            else:
+                j = rng.randrange(n + 1)
+                if j < max_sentences:
+                    kept[j] = (n, ln)
+            n += 1
+    kept.sort()
+    return [ln for _, ln in kept]
 
 
 def _train_proto(lines: list[str], vocab_size: int, model_type: str) -> bytes:

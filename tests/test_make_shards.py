@@ -173,7 +173,7 @@ def test_jsonl_captions(tmp_path):
     lines = [
         json.dumps({"file": "img_00000.png", "caption": "zero"}),
         json.dumps({"file": "img_00000.png", "captions": ["zero again", " "]}),
-        json.dumps({"file": str(root / "img_00001.png"), "captions": ["one"]}),
+        json.dumps({"file": str(root / "img_00001.png"), "captions": ["one\n  caption"]}),
         json.dumps({"file": "sub/x.png", "caption": "nested"}),
         "{not json",
         json.dumps({"caption": "no file key"}),
@@ -185,7 +185,7 @@ def test_jsonl_captions(tmp_path):
     summary = make_shards(str(root), dest, captions=str(caps), image_size=16, workers=1, progress=False)
     s = by_source(read_all(dest))
     assert {k: v["meta"]["captions"] for k, v in s.items()} == {
-        "img_00000.png": ["zero", "zero again"], "img_00001.png": ["one"], "sub/x.png": ["nested"]}
+        "img_00000.png": ["zero", "zero again"], "img_00001.png": ["one caption"], "sub/x.png": ["nested"]}
     got = {j["source"]: j["reason"] for j in map(json.loads, Path(dest, "skipped.jsonl").read_text().splitlines())}
     assert set(got) == {"caps.jsonl:5", "caps.jsonl:6", "img_00002.png", "img_00003.png", "missing.png"}
     assert "bad captions line" in got["caps.jsonl:5"] and "file not found" in got["missing.png"]

@@ -115,3 +115,16 @@ def test_bad_input_is_a_clear_error(tmp_path):
         Tokenizer.from_bytes(b"definitely not a model")
     with pytest.raises(ValueError, match="does not exist"):
         Tokenizer.from_file(tmp_path / "missing.model")
+
+
+def test_large_corpora_are_sampled_deterministically():
+    from onade.tokenizer import _sample_lines
+
+    texts = [f"caption number {i} word{i % 7}" for i in range(1000)]
+    sample = _sample_lines(iter(texts), 50)
+    assert len(sample) == 50 and sample == _sample_lines(texts, 50)
+    assert sample == sorted(sample, key=texts.index)  # corpus order kept
+    assert len({t.split()[-1] for t in sample}) == 7  # spread over the whole corpus, not its head
+    assert _sample_lines(texts, 5000) == texts
+    a = Tokenizer.train(iter(texts), None, vocab_size=40, max_sentences=50)
+    assert a.to_bytes() == Tokenizer.train(texts, None, vocab_size=40, max_sentences=50).to_bytes()
