@@ -45,8 +45,36 @@ def records(out: Path) -> dict[str, dict]:
     return by_rel
 
 
+@pytest.mark.timeout(180)
+def test_s3_checkpoint_input_and_output_with_resume(s3_server, ray_local, checkpoint, tmp_path):
+    """Everything in S3 (a real S3 API over HTTP); s3_server comes before ray_local so workers inherit it."""
+    from data import storage
+
+    src = tmp_path / "in"
+    write_synthetic(src / "a", 3, image_size=32)
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    prefix = s3_server.url(f"job-{tmp_path.name}")
+    storage.upload_dir(src, f"{prefix}/in")
+    storage.upload_dir(checkpoint, f"{prefix}/ckpt")
+    out = f"{prefix}/out"
+    args = ("--checkpoint", f"{prefix}/ckpt", "--input", f"{prefix}/in", "--output", out, "--steps", 4, "--animate")
+    summary = run(*args)
+    assert summary["done"] == 3 and summary["failed"] == 1
+    recs = {json.loads(line)["rel"]: json.loads(line)
+            for line in storage.read_bytes(f"{out}/results.jsonl").decode().splitlines()}
+    assert set(recs) == {"a/img_00000.png", "a/img_00001.png", "a/img_00002.png", "broken.png"}
+    assert recs["a/img_00001.png"]["caption"] == (src / "a/img_00001.txt").read_text().splitlines()[0]
+    listed = set(storage.list_files(out, recursive=True))
+    for rel, r in recs.items():
+        assert all(f"{out}/{o}" in listed for o in r["outputs"])
+    assert f"{out}/index.html" in listed
+    assert not any(".partial" in u for u in listed)
+    again = run(*args)
+    assert again["done"] == 0 and again["skipped"] == 3 and again["failed"] == 1
+
+
 @pytest.mark.timeout(240)
-def test_folder_with_awkward_and_broken_files_then_resume(ray_local, checkpoint, tmp_path):
+def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, checkpoint, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     cases = {f"awk/{c.path}": c for c in write_awkward_cases(src / "awk")}
     synth = write_synthetic(src / "synth", 5, image_size=32)
@@ -106,7 +134,7 @@ def test_folder_with_awkward_and_broken_files_then_resume(ray_local, checkpoint,
 
 
 @pytest.mark.timeout(180)
-def test_mask_folder_captions_jsonl_and_all_failed(ray_local, checkpoint, tmp_path):
+def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpoint, tmp_path):
     src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
     write_synthetic(src, 2, image_size=32)
     for p in src.glob("*.txt"):
@@ -149,7 +177,7 @@ def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_a_killed_actor_is_restarted_and_its_batch_retried(ray_local, checkpoint, tmp_path):
+def test_a_killed_actor_is_restarted_and_its_batch_retried(s3_server, ray_local, checkpoint, tmp_path):
     import threading
     import time
 
