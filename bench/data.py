@@ -10,8 +10,10 @@ readers pay for HTTP. Measured, side by side in one run:
   2. samples/s of `ray_jobs.data.build_dataset(train=True)` consumed with `iter_torch_batches`
      (decode, random crop/flip, random caption, tokenize, torch batches) with 1 CPU and with N CPUs,
      against the same work done by one process with `webdataset.WebDataset` + PIL + the tokenizer;
-  3. peak RSS of make_shards (main process and its workers) on 1/10 and all of --mem-images small images:
-     flat means the build streams.
+  3. the same two readers over the same shards copied to a local folder (no HTTP server on the CPUs);
+  4. peak RSS of make_shards (main process and its workers) on 1/10 and all of --mem-images small images,
+     in the image phase (must be flat: the build streams) and including tokenizer training.
+The machine's other load is printed first: on a shared box, compare only numbers from one run.
 """
 
 from __future__ import annotations
@@ -67,7 +69,12 @@ def single_process_loop(urls: list[str], tok, size: int, max_tokens: int, batch_
         imgs.append(img)
         caps.append(lines[int(rng.integers(len(lines)))])
         if len(imgs) == batch_size:
-            batch = {"image": torch.from_numpy(np.stack(imgs))}
+            # Same batching as the Ray pipeline: fill a preallocated array (np.stack over flipped
+            # views is ~20x slower and would make the baseline look worse than it need be).
+            image = np.empty((len(imgs), size, size, 3), np.uint8)
+            for i, im in enumerate(imgs):
+                image[i] = im
+            batch = {"image": torch.from_numpy(image)}
             batch["tokens"], batch["length"] = tok.encode_batch(caps, max_tokens)
             n += len(imgs)
             imgs, caps = [], []
@@ -98,11 +105,12 @@ def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, 
         ray.shutdown()
 
 
-def peak_rss(images: str, dest: str, workers: int) -> tuple[float, float, float, float]:
-    """(main MiB, largest child MiB, main + children MiB, seconds) of a make_shards run, polled every 20 ms.
+def peak_rss(images: str, dest: str, workers: int) -> dict[str, float]:
+    """Peak RSS (MiB) of a make_shards run into a local folder, polled every 20 ms, by phase.
 
-    Children are the forkserver and its worker processes (not waitable from here, so getrusage cannot
-    see them).
+    "stream" is the image phase (until skipped.jsonl is written), where memory must not grow with the
+    input; "tokenizer" adds sentencepiece training, which holds the captions (at most
+    Tokenizer.train's max_sentences of them). Children are the forkserver and its workers.
     """
     import psutil
 
@@ -110,20 +118,25 @@ def peak_rss(images: str, dest: str, workers: int) -> tuple[float, float, float,
     proc = psutil.Popen([sys.executable, "-m", "data.make_shards", images, dest, "--image-size", "16",
                          "--shard-size", "1000", "--workers", str(workers), "--no-progress"], cwd=ROOT,
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak_main = peak_child = peak_total = 0
+    peak = {"stream_main": 0, "stream_children": 0, "main": 0, "all": 0}
+    marker = Path(dest, "skipped.jsonl")
     while proc.poll() is None:
         try:
             main_rss = proc.memory_info().rss
             kids = [c.memory_info().rss for c in proc.children(recursive=True)]
         except psutil.Error:
             continue  # a process ended between listing and reading it
-        peak_main, peak_child = max(peak_main, main_rss), max([peak_child, *kids])
-        peak_total = max(peak_total, main_rss + sum(kids))
+        if not marker.exists():
+            peak["stream_main"] = max(peak["stream_main"], main_rss)
+            peak["stream_children"] = max(peak["stream_children"], sum(kids))
+        peak["main"] = max(peak["main"], main_rss)
+        peak["all"] = max(peak["all"], main_rss + sum(kids))
         time.sleep(0.02)
     if proc.returncode != 0:
         raise RuntimeError(f"make_shards failed: {proc.stderr.read().decode()[-2000:]}")
-    mib = 1024 * 1024
-    return peak_main / mib, peak_child / mib, peak_total / mib, time.perf_counter() - t
+    out = {k: v / 2**20 for k, v in peak.items()}
+    out["images_per_s"] = len(os.listdir(images)) / 2 / (time.perf_counter() - t)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cpus = args.cpus or os.cpu_count()
     work = Path(tempfile.mkdtemp(prefix="onade_bench_data_"))
-    results: dict = {"num": args.num, "image_size": args.image_size, "cpus": cpus}
+    results: dict = {"num": args.num, "image_size": args.image_size, "cpus": cpus,
+                     "load_average_before": os.getloadavg()}
+    print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     with local_s3_server("onade-bench") as s3:
         images = str(work / "images")
         t = time.perf_counter()
@@ -164,22 +179,32 @@ def main(argv: list[str] | None = None) -> int:
         assert ray1["samples"] == rayn["samples"] == n, (ray1, rayn, n)
         results["read"] = {"single_process": base, "ray_1cpu": ray1, f"ray_{cpus}cpu": rayn}
 
-        small = str(work / "small")
-        write_synthetic(small, args.mem_images, image_size=16, seed=1)
-        tenth = str(work / "small_tenth")
-        write_synthetic(tenth, max(1, args.mem_images // 10), image_size=16, seed=1)
-        m_small = peak_rss(tenth, s3.url("mem_small"), cpus)
-        m_big = peak_rss(small, s3.url("mem_big"), cpus)
-        results["memory_mib"] = {str(args.mem_images // 10): m_small[:3], str(args.mem_images): m_big[:3]}
-        for n, m in ((args.mem_images // 10, m_small), (args.mem_images, m_big)):
-            print(f"make_shards peak RSS, {n} images: main {m[0]:.0f} MiB, largest child {m[1]:.0f} MiB, "
-                  f"all {m[2]:.0f} MiB ({n / m[3]:.0f} images/s incl. startup)", flush=True)
+        local = str(work / "local_shards")
+        storage.download_dir(prefix, local)
+        n_l, dt_l = single_process_loop(resolve_shards(local), tok, args.image_size, args.max_tokens, args.batch_size)
+        rayn_l = ray_pipeline(local, tok, args.image_size, args.max_tokens, args.batch_size, cpus)
+        results["read_local_folder"] = {"single_process": n_l / dt_l, f"ray_{cpus}cpu": rayn_l}
+        print(f"same shards in a local folder: single process {n_l / dt_l:.0f} samples/s, Ray Data {cpus} CPUs "
+              f"{rayn_l['warm']:.0f} warm ({rayn_l['cold']:.0f} cold)", flush=True)
+
+    mem = {}
+    for n in (max(1, args.mem_images // 10), args.mem_images):
+        folder = str(work / f"small_{n}")
+        write_synthetic(folder, n, image_size=16, seed=1)
+        mem[n] = m = peak_rss(folder, str(work / f"small_{n}_shards"), cpus)
+        print(f"make_shards peak RSS, {n} 16px images, {cpus} workers: image phase main {m['stream_main']:.0f} MiB "
+              f"+ workers {m['stream_children']:.0f} MiB; with tokenizer training main {m['main']:.0f} MiB, "
+              f"all {m['all']:.0f} MiB ({m['images_per_s']:.0f} images/s incl. start-up)", flush=True)
+    results["memory_mib"] = mem
+    small, big = mem[max(1, args.mem_images // 10)], mem[args.mem_images]
 
     print(json.dumps(results))
-    print(f"RESULT Ray Data / single process on {cpus} CPUs: x{rayn['warm'] / base:.2f} "
-          f"(1 CPU: x{ray1['warm'] / base:.2f}; {cpus} vs 1 CPU: x{rayn['warm'] / ray1['warm']:.2f}); "
-          f"build {cpus} vs 1 worker: x{rn / r1:.2f}; build memory {args.mem_images // 10} -> {args.mem_images} "
-          f"images: main x{m_big[0] / m_small[0]:.2f}, all processes x{m_big[2] / m_small[2]:.2f}")
+    print(f"RESULT Ray Data / single process (S3, {cpus} CPUs): x{rayn['warm'] / base:.2f} "
+          f"[1 CPU: x{ray1['warm'] / base:.2f}; {cpus} vs 1 CPU: x{rayn['warm'] / ray1['warm']:.2f}; "
+          f"local folder: x{rayn_l['warm'] / (n_l / dt_l):.2f}]; build {cpus} vs 1 worker: x{rn / r1:.2f}; "
+          f"build memory x{args.mem_images // max(1, args.mem_images // 10)} images: image phase main "
+          f"x{big['stream_main'] / small['stream_main']:.2f}, workers x{big['stream_children'] / small['stream_children']:.2f}"
+          f", overall x{big['all'] / small['all']:.2f}")
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

