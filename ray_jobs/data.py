@@ -27,6 +27,7 @@ import argparse
 import collections
 import functools
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -166,8 +167,8 @@ def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, token
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be an onade Tokenizer (see tokenizer_for), got {type(tokenizer).__name__}")
     urls = resolve_shards(spec)
-    fs, _ = storage.pyarrow_fs(urls[0])
-    paths = [storage.pyarrow_fs(u)[1] if not storage.is_s3(u) else u[len("s3://"):] for u in urls]
+    fs, _ = storage.pyarrow_fs(urls[0])  # resolve_shards guarantees one kind: all local or all S3
+    paths = [u[len("s3://"):] if storage.is_s3(u) else os.path.abspath(u) for u in urls]
     from ray.data.datasource import FileShuffleConfig
 
     ds = ray.data.read_webdataset(
