@@ -20,6 +20,7 @@ tb/ (TensorBoard), samples/ (PNG grids: original, masked, one-shot prediction).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="worker-group restarts from the latest checkpoint before the run fails")
     p.add_argument("--export-only", action="store_true", help="export a checkpoint of the run, do not train")
     p.add_argument("--checkpoint-step", type=int, help="with --export-only: the step to export (default latest)")
+    p.add_argument("--export-to", help="where the export goes (default STORAGE/RUN/export, local or s3://)")
     p.add_argument("--no-export", action="store_true", help="skip the export at the end of training")
     args = p.parse_args(argv)
     if not args.export_only and not args.data:
@@ -87,9 +89,12 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
     return shards
 
 
-def check_resume(cfg: Config, run: str) -> int:
-    """The step a run with this name would resume from (0 if new); a changed model shape fails here."""
+def check_resume(cfg: Config, run: str, workers: int) -> int:
+    """The step a run with this name would resume from (0 if new). A changed model shape or worker count
+    fails here, before Ray starts, instead of in every restarted worker."""
+    from data import storage
     from ray_jobs.export import list_checkpoints, read_checkpoint_config
+    from ray_jobs.train_loop import STATE_FILE
 
     checkpoints = list_checkpoints(run)
     if not checkpoints:
@@ -101,6 +106,11 @@ def check_resume(cfg: Config, run: str) -> int:
     if changed:
         raise ValueError(f"run {run} already has a checkpoint at step {step} with a different model ({changed}): "
                          "use a new --name, or the same model settings to resume")
+    saved_workers = json.loads(storage.read_bytes(storage.join(url, STATE_FILE)))["world_size"]
+    if saved_workers != workers:
+        # ZeRO shards optimizer state by rank; DeepSpeed cannot reload it into a different world size.
+        raise ValueError(f"run {run} was checkpointed at step {step} by {saved_workers} workers: resume it with "
+                         f"--workers {saved_workers}, or start a new --name (export this one with --export-only)")
     return step
 
 
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     run = run_url(args.output, args.name)
     if args.export_only:
-        out = export_run(args.output, args.name, args.checkpoint_step)
+        out = export_run(args.output, args.name, args.checkpoint_step, args.export_to)
         print(f"exported {out}")
         return {"export": out}
 
@@ -138,15 +148,15 @@ def main(argv: list[str] | None = None) -> dict:
     plan_batches(cfg.data.global_batch_size, args.workers, cfg.train.micro_batch_size)
     zero = load_zero_json(cfg.train.zero_stage)
     storage.check_writable(args.output)
-    resume_step = check_resume(cfg, run)
+    resume_step = check_resume(cfg, run, args.workers)
     if resume_step >= cfg.train.steps:
-        print(f"run {run} is already at step {resume_step} >= train.steps={cfg.train.steps}; nothing to train")
-
-    init_ray()
-    result = fit(args, cfg, zero, tokenizer, train_shards, val_shards, run)
-    metrics = dict(result.metrics or {})
+        print(f"run {run} is already at step {resume_step} >= train.steps={cfg.train.steps}: nothing to train")
+        metrics = {"step": resume_step}
+    else:
+        init_ray()
+        metrics = dict(fit(args, cfg, zero, tokenizer, train_shards, val_shards, run).metrics or {})
     if not args.no_export:
-        metrics["export"] = export_run(args.output, args.name, out_url=storage.join(run, EXPORT_DIR))
+        metrics["export"] = export_run(args.output, args.name, out_url=args.export_to or storage.join(run, EXPORT_DIR))
         print(f"exported {metrics['export']}")
     print("final " + " ".join(f"{k}={v}" for k, v in metrics.items()))
     return metrics

@@ -209,6 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
     engine = build_engine(model, cfg, deepspeed_config(config["zero"], plan, precision, t.grad_clip))
     state = _restore(engine, world_size) or {"step": 0, "epoch": 0, "index": 0, "world_size": world_size}
     start_step = state["step"]
@@ -220,7 +221,7 @@ def train_loop_per_worker(config: dict) -> None:
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     run.event("resume" if start_step else "start", step=start_step, world_size=world_size,
               num_nodes=len(set(nodes)), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-              precision=precision, zero_stage=t.zero_stage, parameters=num_parameters(model),
+              precision=precision, zero_stage=t.zero_stage, parameters=num_params, torch_threads=torch.get_num_threads(),
               adam_step=optimizer_step_count(engine))
 
     train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state["epoch"], state["index"])

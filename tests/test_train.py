@@ -85,7 +85,6 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained):
 def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     import onade
     from onade.metrics import center_bits
-    from onade.masks import center_mask  # noqa: F401 - the metric uses the same centre hole
 
     run, metrics, _ = trained
     assert metrics["export"] == storage.join(run, "export")
@@ -99,6 +98,18 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     x, tokens, lengths = (torch.tensor(batch[k]) for k in ("image", "tokens", "length"))
     fresh = onade.build_model(loaded.config).eval()
     assert center_bits(loaded.model, x, tokens, lengths) < center_bits(fresh, x, tokens, lengths) - 1.0
+
+    # Any kept checkpoint can be exported again on its own, without Ray; a rotated-out one is refused.
+    from ray_jobs.train import main
+
+    again = storage.join(run, "export_again")
+    assert main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--checkpoint-step", "100",
+                 "--export-to", again])["export"] == again
+    reloaded = onade.load_checkpoint(again)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match=r"no checkpoint at step 50; kept steps: \[100\]"):
+        main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--checkpoint-step", "50"])
 
 
 @pytest.mark.timeout(180)
