@@ -79,7 +79,8 @@ class RunDir(NullRunDir):
         rel = f"samples/step_{step:08d}.png"
         (self.local / "samples").mkdir(exist_ok=True)
         scale = max(1, 64 // H)  # tiny training images are unreadable at 1:1
-        Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(self.local / rel)
+        image = Image.fromarray(grid)
+        image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(self.local / rel)
         self._dirty.add(rel)
 
     def sync(self) -> None:

@@ -221,8 +221,8 @@ def train_loop_per_worker(config: dict) -> None:
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     run.event("resume" if start_step else "start", step=start_step, world_size=world_size,
               num_nodes=len(set(nodes)), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-              precision=precision, zero_stage=t.zero_stage, parameters=num_params, torch_threads=torch.get_num_threads(),
-              adam_step=optimizer_step_count(engine))
+              precision=precision, zero_stage=t.zero_stage, parameters=num_params,
+              torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine))
 
     train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state["epoch"], state["index"])
     val = None

@@ -94,7 +94,8 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     # The trained export beats an untrained model of the same shape on the same held-out images.
     from ray_jobs.data import build_dataset
 
-    batch = build_dataset(shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False).take_batch(16)
+    ds = build_dataset(shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
+    batch = ds.take_batch(16)
     x, tokens, lengths = (torch.tensor(batch[k]) for k in ("image", "tokens", "length"))
     fresh = onade.build_model(loaded.config).eval()
     assert center_bits(loaded.model, x, tokens, lengths) < center_bits(fresh, x, tokens, lengths) - 1.0

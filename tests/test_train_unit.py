@@ -40,7 +40,8 @@ def test_zero_json_ships_no_derived_keys_and_rejects_them(tmp_path):
         ds = eng.load_zero_json(stage)
         assert ds["zero_optimization"]["stage"] == stage
     cfg = eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), "bf16", 0.5)
-    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (16, 4, 2)
+    sizes = (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"])
+    assert sizes == (16, 4, 2)
     assert cfg["bf16"] == {"enabled": True} and cfg["gradient_clipping"] == 0.5
     (tmp_path / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_batch_size": 8}))
     with pytest.raises(ValueError, match="train_batch_size"):
