@@ -118,14 +118,16 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def init_ray() -> None:
+def init_ray() -> bool:
+    """Connect to RAY_ADDRESS, or start a local Ray; True when we started it (so its size is fixed)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     # "local" never attaches to some other cluster whose address file happens to be on this host.
     address = os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, **({"include_dashboard": False} if address == "local" else {}))
+    return address == "local"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,13 +155,28 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"run {run} is already at step {resume_step} >= train.steps={cfg.train.steps}: nothing to train")
         metrics = {"step": resume_step}
     else:
-        init_ray()
+        if init_ray():
+            check_cpus_left_for_data(args)
         metrics = dict(fit(args, cfg, zero, tokenizer, train_shards, val_shards, run).metrics or {})
     if not args.no_export:
         metrics["export"] = export_run(args.output, args.name, out_url=args.export_to or storage.join(run, EXPORT_DIR))
         print(f"exported {metrics['export']}")
     print("final " + " ".join(f"{k}={v}" for k, v in metrics.items()))
     return metrics
+
+
+def check_cpus_left_for_data(args: argparse.Namespace) -> None:
+    """Ray Data's read and decode tasks need a free CPU somewhere; training workers holding every CPU of a
+    local Ray would leave the input pipeline waiting forever. (Not checked on a cluster: an autoscaler may
+    still be adding nodes.)"""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    held = args.workers * args.cpus_per_worker
+    if total - held < 0.5:
+        raise ValueError(f"{args.workers} workers x {args.cpus_per_worker} CPUs hold all {total:g} CPUs of the Ray "
+                         "cluster, leaving none for the data pipeline: lower --cpus-per-worker (e.g. 0.5) or "
+                         "--workers, or add nodes")
 
 
 def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run: str):

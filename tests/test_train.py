@@ -134,6 +134,19 @@ def test_same_name_resumes_step_optimizer_and_schedule(trained, s3_server, shard
     assert after[0]["loss"] < before[0]["loss"] - 1.5
 
 
+@pytest.mark.timeout(30)
+def test_workers_holding_every_cpu_of_a_local_ray_are_refused(ray_local, tmp_path):
+    from ray_jobs.train import check_cpus_left_for_data, parse_args
+
+    def args(cpus: str):
+        return parse_args(["--data", "x", "--output", str(tmp_path), "--name", "x", "--workers", "2",
+                           "--cpus-per-worker", cpus])
+
+    with pytest.raises(ValueError, match="leaving none for the data pipeline"):
+        check_cpus_left_for_data(args("1"))  # the module's Ray has 2 CPUs
+    check_cpus_left_for_data(args("0.5"))
+
+
 def _train_workers() -> list[psutil.Process]:
     """RayTrainWorker processes of *our* Ray instance (started by this test process), never other users'."""
     out = []

@@ -116,3 +116,4 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     assert after["bits_per_dim"] < before["bits_per_dim"] - 1.0
     assert after["num_images"] == 4 and set(after) >= {"exact_bits_per_dim", "center_bits_true_caption",
                                                        "center_bits_shuffled_caption"}
+
