@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strategy", default="independent-gibbs", choices=STRATEGIES)
     p.add_argument("--steps", type=int, default=0, help="Gibbs steps (default: the number of hole subpixels)")
     p.add_argument("--samples", type=int, default=1, help="samples per image (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = most likely value)")
+    p.add_argument("--final-temperature", type=float, default=0.0,
+                   help="anneal geometrically from --temperature to this over the run (default 0: no annealing)")
     p.add_argument("--chunk", type=int, default=1, help="subpixels per forward pass (ancestral, confidence)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
@@ -66,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("samples", "batch_size", "workers", "chunk"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.steps < 0 or args.temperature < 0:
-        p.error("--steps and --temperature must be >= 0")
+    if args.steps < 0 or args.temperature < 0 or args.final_temperature < 0:
+        p.error("--steps, --temperature and --final-temperature must be >= 0")
     return args
 
 
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     storage.check_writable(args.output)
     opts = JobOptions(checkpoint=args.checkpoint, output=args.output, image_size=S, mask=mask,
                       strategy=args.strategy, steps=args.steps, samples=args.samples, temperature=args.temperature,
-                      seed=args.seed, chunk=args.chunk, animate=args.animate, use_gpu=args.gpus_per_worker > 0)
+                      final_temperature=args.final_temperature, seed=args.seed, chunk=args.chunk,
+                      animate=args.animate, use_gpu=args.gpus_per_worker > 0)
     todo, known = plan(args, opts, read_previous(args.output))
     if not todo and not known:
         raise ValueError(f"no images under {args.input!r}")

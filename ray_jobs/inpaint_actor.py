@@ -39,6 +39,7 @@ class JobOptions:
     steps: int = 0
     samples: int = 1
     temperature: float = 1.0
+    final_temperature: float = 0.0  # 0 = no annealing
     seed: int = 0
     chunk: int = 1
     animate: bool = False
@@ -226,7 +227,8 @@ class InpaintActor:
         record_every = max(1, steps // o.frames) if o.animate else 0
         out, chain = onade.inpaint(self.model, x.to(self.device), mask.to(self.device), tokens, lengths,
                                    strategy=o.strategy, steps=o.steps or None, temperature=o.temperature,
-                                   seed=o.seed, record_every=record_every, chunk=o.chunk)
+                                   final_temperature=o.final_temperature, seed=o.seed, record_every=record_every,
+                                   chunk=o.chunk)
         out = out.cpu().numpy().reshape(len(images), K, *out.shape[1:])
         frames = None
         if o.animate:

@@ -1,0 +1,137 @@
+"""`make demo`: the whole pipeline on a laptop in minutes, ending with a gallery of inpainted images.
+
+    make demo                               # = .venv/bin/python -m ray_jobs.demo
+    python -m ray_jobs.demo --dest s3://my-bucket/onade-demo --out demo_out
+
+On a cluster (shards and the run go to the bucket; the gallery is written under --out on the head node):
+
+    ray job submit --working-dir . -- python -m ray_jobs.demo --dest s3://my-bucket/onade-demo
+
+Steps: write a synthetic captioned dataset (the shape and colour in each image's centre are only known from
+its caption) as train / val / held-back folders; build WebDataset shards of train and val with
+`data.make_shards` into --dest (default: $DEST or $ONADE_DEMO_BUCKET; without either, a local S3 server on
+127.0.0.1 that lives as long as the demo); train the `debug` preset with `ray_jobs.train` (2 CPU workers,
+DeepSpeed); inpaint the held-back folder with `ray_jobs.inpaint --animate`; print the path of index.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+IMAGE_SIZE = 32
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="demo_out", help="local folder for the images and the gallery")
+    p.add_argument("--dest", default=os.environ.get("DEST") or os.environ.get("ONADE_DEMO_BUCKET"),
+                   help="where shards and the run go: s3://bucket/prefix or a folder (default: a local S3 server)")
+    p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--val-images", type=int, default=256)
+    p.add_argument("--heldout-images", type=int, default=12)
+    p.add_argument("--steps", type=int, default=400, help="training steps (debug preset)")
+    p.add_argument("--workers", type=int, default=2, help="training workers (CPU, DeepSpeed)")
+    p.add_argument("--samples", type=int, default=2, help="inpainted samples per held-back image")
+    p.add_argument("--inpaint-steps", type=int, default=200,
+                   help="Gibbs steps (default 200; 0 = one per hole subpixel, 768 here)")
+    return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def storage_root(dest: str | None, out: Path):
+    """The demo's storage: the user's, else a local S3 server, else (no moto installed) a local folder."""
+    if dest:
+        yield dest.rstrip("/")
+        return
+    try:
+        from data.local_s3 import local_s3_server
+    except ImportError:
+        yield str(out / "store")
+        return
+    with local_s3_server("onade-demo") as s3:
+        print(f"local S3 server at {s3.endpoint_url} (bucket {s3.bucket}; set DEST=s3://... to use yours)",
+              flush=True)
+        yield s3.url("demo")
+
+
+def stage(name: str):
+    print(f"\n== {name}", flush=True)
+    return time.perf_counter()
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from data import storage
+    from data.make_shards import main as make_shards
+    from data.synthetic import write_synthetic
+    from ray_jobs import inpaint, train
+
+    out = Path(args.out).resolve()
+    images = out / "images"
+    t_start = t = stage(f"synthetic dataset -> {images}")
+    splits = {"train": args.train_images, "val": args.val_images, "heldout": args.heldout_images}
+    start = 0
+    for split, n in splits.items():
+        # Disjoint index ranges: the held-back images were never seen in training.
+        write_synthetic(images / split, n, image_size=IMAGE_SIZE, seed=0, start=start)
+        start += n
+    print(f"   {splits} images in {time.perf_counter() - t:.0f}s", flush=True)
+
+    with storage_root(args.dest, out) as root, _ray_cleanup():
+        shards = {s: storage.join(root, "shards", s) for s in ("train", "val")}
+        t = stage(f"shards -> {storage.join(root, 'shards')}")
+        for split, url in shards.items():
+            rc = make_shards([str(images / split), url, "--image-size", str(IMAGE_SIZE), "--shard-size", "1000",
+                              "--no-progress"])
+            if rc != 0:
+                raise SystemExit(f"demo: data.make_shards failed for {split} (exit {rc})")
+        print(f"   {time.perf_counter() - t:.0f}s", flush=True)
+
+        t = stage(f"training the debug preset, {args.workers} CPU workers, {args.steps} steps")
+        runs = storage.join(root, "runs")
+        # Validation, checkpoints and run-file uploads cost seconds each on 2 CPUs: do them once, at the end.
+        metrics = train.main(["--data", shards["train"], "--val-data", shards["val"], "--output", runs,
+                              "--name", "demo", "--preset", "debug", "--workers", str(args.workers),
+                              "--cpus-per-worker", "0.5", "--steps", str(args.steps),
+                              "--set", "train.log_every=50", "--set", f"train.val_every={args.steps}",
+                              "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_batches=1"])
+        checkpoint = metrics.get("export") or storage.join(runs, "demo", "export")
+        print(f"   {time.perf_counter() - t:.0f}s; checkpoint {checkpoint}", flush=True)
+
+        t = stage("inpainting the held-back images")
+        summary = inpaint.main(["--checkpoint", checkpoint, "--input", str(images / "heldout"),
+                                "--output", str(out / "inpainted"), "--animate", "--samples", str(args.samples),
+                                "--steps", str(args.inpaint_steps), "--batch-size", "32"])
+        print(f"   {time.perf_counter() - t:.0f}s", flush=True)
+    print(f"\ndemo finished in {(time.perf_counter() - t_start) / 60:.1f} min. Open the gallery:\n{summary['index']}",
+          flush=True)
+    return summary["index"]
+
+
+@contextlib.contextmanager
+def _ray_cleanup():
+    """The stages share the Ray instance the first one starts; stop it before the S3 server goes away."""
+    try:
+        yield
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def cli() -> None:
+    try:
+        main()
+    except ValueError as e:
+        sys.exit(f"demo: error: {e}")
+
+
+if __name__ == "__main__":
+    cli()
