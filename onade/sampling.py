@@ -15,9 +15,10 @@ Strategies (onade.config.STRATEGIES); the hole is every subpixel where `mask_BHW
 - greedy / antigreedy: like ancestral, but each pass fills the k hidden subpixels whose predictive
   entropy is lowest (greedy) or highest (antigreedy).
 
-Every strategy does one forward pass of the network body per step, runs the output head only at the
-subpixels it samples, and draws on the model's device from one seeded torch.Generator: the loop never waits
-on the device (per-step block sizes are drawn on the host before the loop). Observed subpixels never change.
+Every strategy does one forward pass of the network body per step and runs the output head only where it
+needs logits (the pixels it samples; the whole hole for greedy/antigreedy, which rank it by entropy). It
+draws on the model's device from one seeded torch.Generator, and the loop never waits on the device (block
+sizes are drawn on the host before the loop). Observed subpixels never change.
 
 Shapes: B batch, H/W image side, C = 3 channels, K = 256 levels, D = H*W*C subpixels of an image,
 S = the batch's largest hole in subpixels, M subpixels sampled in one pass (padded; `valid_BM` says which

@@ -38,7 +38,6 @@ from onade.config import STRATEGIES, config_from_dict
 
 RESULTS = "results.jsonl"
 INDEX = "index.html"
-CAPTION_EXTENSIONS = (".txt",)
 IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
 
 
@@ -124,6 +123,17 @@ def read_captions_jsonl(url: str, input_root: str) -> tuple[dict[str, str], int]
     return caps, bad
 
 
+def _nested(inner: str, outer: str) -> str | None:
+    """inner's path relative to outer when it lies inside it (an output folder inside the input folder
+    must not become input on the next run), else None."""
+    from data import storage
+
+    if not storage.is_s3(inner) and not storage.is_s3(outer):
+        inner, outer = os.path.abspath(inner), os.path.abspath(outer)
+    inner, outer = inner.rstrip("/"), outer.rstrip("/")
+    return _rel(inner, outer) if inner.startswith(outer + "/") else None
+
+
 def plan(args, opts, previous: dict[str, dict]):
     """Split the input tree into (rows to inpaint, result lines already known)."""
     from data import storage
@@ -133,13 +143,7 @@ def plan(args, opts, previous: dict[str, dict]):
     files = list_tree(args.input)
     if not files and not storage.is_s3(args.input) and not os.path.isdir(args.input):
         raise ValueError(f"--input {args.input!r} does not exist")
-    out_root = args.output.rstrip("/")
-    # An output folder inside the input folder must not become input on the next run.
-    in_root = args.input.rstrip("/")
-    out_rel = _rel(out_root, in_root) if (out_root + "/").startswith(in_root + "/") else None
-    if not storage.is_s3(args.input) and out_rel is None:
-        a, b = os.path.abspath(args.input), os.path.abspath(args.output)
-        out_rel = os.path.relpath(b, a).replace(os.sep, "/") if (b + os.sep).startswith(a + os.sep) else None
+    out_rel = _nested(args.output, args.input)
     captions, bad_lines = read_captions_jsonl(args.captions, args.input) if args.captions else ({}, 0)
     if bad_lines:
         print(f"warning: {bad_lines} line(s) of {args.captions} are not {{\"file\", \"caption\"}} JSON; ignored",

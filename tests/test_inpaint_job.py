@@ -208,3 +208,10 @@ def test_a_killed_actor_is_restarted_and_its_batch_retried(s3_server, ray_local,
         for suffix in ("", ".original", ".masked"):
             with Image.open(out / f"img_{i:05d}{suffix}.png") as img:
                 img.load()  # whole files only: a truncated PNG would raise here
+
+
+def test_an_output_folder_inside_the_input_is_never_read_as_input(tmp_path):
+    assert job._nested(str(tmp_path / "in" / "out"), str(tmp_path / "in")) == "out"
+    assert job._nested("s3://b/photos/inpainted/", "s3://b/photos") == "inpainted"
+    assert job._nested(str(tmp_path / "in2"), str(tmp_path / "in")) is None
+    assert job._nested("s3://b/photos", "s3://b/photos") is None
