@@ -46,8 +46,57 @@ def build_rate(images: str, dest: str, size: int, workers: int) -> float:
     return summary.num_samples / (time.perf_counter() - t)
 
 
-def single_process_loop(urls: list[str], tok, size: int, max_tokens: int, batch_size: int) -> tuple[int, float]:
-    """The natural baseline: one process, webdataset's tar reader over the same S3 objects, PIL, tokenizer."""
+class TreeCpu:
+    """CPU seconds (user + system) used by this process and its descendants (Ray's raylet, GCS and
+    workers) between start() and stop(), polled every 100 ms so that workers Ray retires mid-epoch
+    still count with their last reading. Processes in `exclude` (the S3 server) are left out."""
+
+    def __init__(self, exclude: set[int]):
+        import psutil
+
+        self.me, self.exclude = psutil.Process(), exclude
+        self.before: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def _poll(self) -> None:
+        import psutil
+
+        for p in [self.me, *self.me.children(recursive=True)]:
+            if p.pid in self.exclude:
+                continue
+            try:
+                cpu = sum(p.cpu_times()[:2])
+            except psutil.Error:
+                continue
+            self.last[p.pid] = cpu
+
+    def start(self) -> "TreeCpu":
+        import threading
+
+        self._poll()
+        self.before = dict(self.last)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._poll()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        # A process first seen mid-run started after start(): all of its CPU is part of the run.
+        return sum(cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
+def single_process_loop(urls: list[str], tok, size: int, max_tokens: int,
+                        batch_size: int) -> tuple[int, float, float]:
+    """The natural baseline: one process, webdataset's tar reader over the same S3 objects, PIL, tokenizer.
+
+    Returns (samples, wall seconds, CPU seconds)."""
     import torch
     import webdataset as wds
     from PIL import Image
@@ -57,7 +106,7 @@ def single_process_loop(urls: list[str], tok, size: int, max_tokens: int, batch_
         lambda url, mode="rb", bufsize=8192, **kw: storage.open_read(url)
     rng = np.random.default_rng(0)
     n, imgs, caps = 0, [], []
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         img = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
         h, w = img.shape[:2]
@@ -79,15 +128,20 @@ def single_process_loop(urls: list[str], tok, size: int, max_tokens: int, batch_
             n += len(imgs)
             imgs, caps = [], []
     n += len(imgs)
-    return n, time.perf_counter() - t
+    return n, time.perf_counter() - t, time.process_time() - cpu
 
 
-def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, cpus: int) -> dict:
+def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, cpus: int,
+                 exclude: set[int]) -> dict:
     import ray
     import ray.data
 
     from ray_jobs.data import build_dataset
 
+    # Ray starts its workers at nice 15; the baseline runs at nice 0. On a machine other jobs share,
+    # that alone decides the comparison, so both run at the same priority here (as `ray job submit`
+    # does for its driver).
+    os.environ["RAY_worker_niceness"] = "0"
     ray.init(num_cpus=cpus or None, include_dashboard=False, log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"), ignore_reinit_error=True)
     try:
@@ -95,10 +149,11 @@ def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, 
         ds = build_dataset(prefix, size, max_tokens, tok, train=True)
         out = {}
         for epoch in ("cold", "warm"):  # cold includes starting Ray's worker processes
-            t, n = time.perf_counter(), 0
+            t, cpu, n = time.perf_counter(), TreeCpu(exclude).start(), 0
             for batch in ds.iter_torch_batches(batch_size=batch_size):
                 n += len(batch["length"])
             out[epoch] = n / (time.perf_counter() - t)
+            out[f"{epoch}_cpu_ms_per_sample"] = 1000 * cpu.stop() / n
             out["samples"] = n
         return out
     finally:
@@ -169,20 +224,26 @@ def main(argv: list[str] | None = None) -> int:
         from ray_jobs.data import resolve_shards, tokenizer_for
 
         tok = tokenizer_for(prefix)
-        n, dt = single_process_loop(resolve_shards(prefix), tok, args.image_size, args.max_tokens, args.batch_size)
+        exclude = {s3.pid}  # the S3 server's CPU is storage, not either reader's cost
+        n, dt, cpu = single_process_loop(resolve_shards(prefix), tok, args.image_size, args.max_tokens,
+                                         args.batch_size)
         base = n / dt
-        print(f"single process (webdataset + PIL): {n} samples, {base:.0f} samples/s", flush=True)
-        ray1 = ray_pipeline(prefix, tok, args.image_size, args.max_tokens, args.batch_size, 1)
-        print(f"Ray Data, 1 CPU: {ray1['warm']:.0f} samples/s warm ({ray1['cold']:.0f} cold)", flush=True)
-        rayn = ray_pipeline(prefix, tok, args.image_size, args.max_tokens, args.batch_size, cpus)
-        print(f"Ray Data, {cpus} CPUs: {rayn['warm']:.0f} samples/s warm ({rayn['cold']:.0f} cold)", flush=True)
+        print(f"single process (webdataset + PIL): {n} samples, {base:.0f} samples/s, "
+              f"{1000 * cpu / n:.3f} CPU ms/sample", flush=True)
+        ray1 = ray_pipeline(prefix, tok, args.image_size, args.max_tokens, args.batch_size, 1, exclude)
+        rayn = ray_pipeline(prefix, tok, args.image_size, args.max_tokens, args.batch_size, cpus, exclude)
+        for c, r in ((1, ray1), (cpus, rayn)):
+            print(f"Ray Data, {c} CPU: {r['warm']:.0f} samples/s warm ({r['cold']:.0f} cold, with worker start-up), "
+                  f"{r['warm_cpu_ms_per_sample']:.3f} CPU ms/sample (all Ray processes)", flush=True)
         assert ray1["samples"] == rayn["samples"] == n, (ray1, rayn, n)
-        results["read"] = {"single_process": base, "ray_1cpu": ray1, f"ray_{cpus}cpu": rayn}
+        results["read"] = {"single_process": base, "single_process_cpu_ms_per_sample": 1000 * cpu / n,
+                           "ray_1cpu": ray1, f"ray_{cpus}cpu": rayn}
 
         local = str(work / "local_shards")
         storage.download_dir(prefix, local)
-        n_l, dt_l = single_process_loop(resolve_shards(local), tok, args.image_size, args.max_tokens, args.batch_size)
-        rayn_l = ray_pipeline(local, tok, args.image_size, args.max_tokens, args.batch_size, cpus)
+        n_l, dt_l, _ = single_process_loop(resolve_shards(local), tok, args.image_size, args.max_tokens,
+                                           args.batch_size)
+        rayn_l = ray_pipeline(local, tok, args.image_size, args.max_tokens, args.batch_size, cpus, exclude)
         results["read_local_folder"] = {"single_process": n_l / dt_l, f"ray_{cpus}cpu": rayn_l}
         print(f"same shards in a local folder: single process {n_l / dt_l:.0f} samples/s, Ray Data {cpus} CPUs "
               f"{rayn_l['warm']:.0f} warm ({rayn_l['cold']:.0f} cold)", flush=True)

@@ -154,13 +154,15 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
 
 
 def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, tokenizer: Tokenizer, train: bool,
-                  seed: int = 0, *, random_flip: bool = True, skip_counter=None, num_cpus: float = 0.5,
-                  batch_size: int = 256) -> "ray.data.Dataset":
+                  seed: int = 0, *, random_flip: bool = True, skip_counter=None, num_cpus: float = 1.0,
+                  read_num_cpus: float = 0.25, batch_size: int = 256) -> "ray.data.Dataset":
     """A Ray Dataset of fixed-shape rows `image` uint8 [H,W,3], `tokens` int64 [T], `length` int64.
 
     `seed` fixes the training file order (reshuffled each epoch, reproducibly); validation keeps the
-    shard order. `num_cpus` is per read/decode task: fractional by default so data tasks still get
-    scheduled next to training workers that hold whole CPUs.
+    shard order. `num_cpus` is per decode task: decoding is CPU-bound, and packing several decode
+    tasks onto one core measured 2-3x slower (bench/data.py). Reading a tar stream is mostly waiting
+    on storage, hence the small `read_num_cpus`. Data tasks need CPUs the training workers leave free
+    (e.g. `--cpus-per-worker 0.5`); lower `num_cpus` if only a fraction of a CPU is left.
     """
     if image_size < 1 or max_tokens < 1:
         raise ValueError(f"image_size and max_tokens must be >= 1, got {image_size} and {max_tokens}")
@@ -172,7 +174,7 @@ def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, token
     from ray.data.datasource import FileShuffleConfig
 
     ds = ray.data.read_webdataset(
-        paths, filesystem=fs, decoder=None, num_cpus=num_cpus,
+        paths, filesystem=fs, decoder=None, num_cpus=read_num_cpus,
         shuffle=FileShuffleConfig(seed=seed) if train else None)
     fn = functools.partial(preprocess_batch, image_size=image_size, max_tokens=max_tokens, tokenizer=tokenizer,
                            train=train, random_flip=random_flip, skip_counter=skip_counter)
