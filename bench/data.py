@@ -195,6 +195,16 @@ def peak_rss(images: str, dest: str, workers: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import shutil
+
+    work = Path(tempfile.mkdtemp(prefix="onade_bench_data_"))
+    try:
+        return run(work, argv)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--num", type=int, default=8000, help="images for the throughput runs")
     ap.add_argument("--image-size", type=int, default=64)
@@ -204,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-images", type=int, default=10_000, help="images for the memory run")
     args = ap.parse_args(argv)
     cpus = args.cpus or os.cpu_count()
-    work = Path(tempfile.mkdtemp(prefix="onade_bench_data_"))
     results: dict = {"num": args.num, "image_size": args.image_size, "cpus": cpus,
                      "load_average_before": os.getloadavg()}
     print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
@@ -266,9 +275,6 @@ def main(argv: list[str] | None = None) -> int:
           f"build memory x{args.mem_images // max(1, args.mem_images // 10)} images: image phase main "
           f"x{big['stream_main'] / small['stream_main']:.2f}, workers x{big['stream_children'] / small['stream_children']:.2f}"
           f", overall x{big['all'] / small['all']:.2f}")
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
