@@ -329,6 +329,8 @@ def download_dir(url: str, local: str | os.PathLike) -> list[str]:
     out = []
     base = str(url).rstrip("/")
     for src in list_files(url, recursive=True):
+        if src.endswith("/"):  # a "directory marker" key that pyarrow and Ray leave in S3; not a file
+            continue
         rel = src[len(base):].lstrip("/")
         dst = Path(local, *rel.split("/"))
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Evaluate an exported checkpoint on shards: bits per subpixel, printed and written as JSON.
+r"""Evaluate an exported checkpoint on shards: bits per subpixel, printed and written as JSON.
 
 Locally (starts a local Ray when RAY_ADDRESS is unset):
 
