@@ -6,8 +6,7 @@ instance specs below instead of an EC2 call), KubeRay's RayCluster-to-autoscaler
 and the autoscaler's node planner (`get_nodes_for`). A guard fails any test that opens a network
 connection.
 
-The job commands come from the "Run on a cluster" section of README.md when it has one, and
-from docs/cluster.md (the section's source) when that file exists: every copy is checked.
+The job commands come from the "Run on a cluster" section of README.md.
 """
 
 import copy
@@ -129,9 +128,6 @@ def doc_sources() -> list[tuple[str, str]]:
     readme = ROOT / "README.md"
     if readme.exists() and (text := section(readme.read_text(), "Run on a cluster")):
         sources.append(("README.md", text))
-    doc = ROOT / "docs" / "cluster.md"
-    if doc.exists():
-        sources.append(("docs/cluster.md", doc.read_text()))
     return sources
 
 
@@ -312,7 +308,7 @@ def test_without_accelerator_type_a_big_inpainting_pool_lands_on_training_nodes(
 
 def test_docs_show_both_jobs():
     sources = doc_sources()
-    assert sources, "neither README.md's 'Run on a cluster' section nor docs/cluster.md exists"
+    assert sources, "README.md has no 'Run on a cluster' section"
     for where, text in sources:
         modules = {m for m, _ in job_commands(text)}
         assert modules == set(JOB_NODE_TYPE), f"{where} shows {modules}"
