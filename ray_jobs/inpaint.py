@@ -168,9 +168,11 @@ def plan(args, opts, previous: dict[str, dict]):
         stem = os.path.splitext(rel)[0]
         if all(o in done_outputs for o in output_names(rel, opts)):
             prev = previous.get(url)
+            # The earlier run's line when there is one (it has the caption, steps and timing).
             known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
-                         {"input": url, "rel": rel, "outputs": output_names(rel, opts), "caption": captions.get(rel, ""),
-                          "strategy": opts.strategy, "status": "ok", "resumed": True})
+                         {"input": url, "rel": rel, "outputs": output_names(rel, opts),
+                          "caption": captions.get(rel, ""), "strategy": opts.strategy, "status": "ok",
+                          "resumed": True})
             continue
         sidecar = files.get(stem + ".txt", "") if not args.captions else ""
         todo.append({"input": url, "rel": rel, "caption": captions.get(rel, ""), "caption_url": sidecar,
