@@ -21,7 +21,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
-	$(PY) -m ray_jobs.demo
+	$(PY) -m ray_jobs.demo $(if $(DEST),--dest $(DEST))
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -1,4 +1,4 @@
-"""Inpaint every image of a folder (local or S3) with a trained onade checkpoint, on a Ray actor pool.
+r"""Inpaint every image of a folder (local or S3) with a trained onade checkpoint, on a Ray actor pool.
 
 Locally (starts a local Ray when RAY_ADDRESS is unset):
 
@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--accelerator-type", default=None, metavar="TYPE",
+                   help="GPU type each actor needs (e.g. A10G): steers the autoscaler to that node type")
     p.add_argument("--cpus-per-worker", type=float, default=0,
                    help="default: 1 with GPUs; on CPU the node's CPUs shared out, leaving some for decoding")
     p.add_argument("--animate", action="store_true", help="also write <stem>.gif of the sampling chain")
@@ -229,7 +231,8 @@ def build_dataset(todo: list[dict], args, opts):
     return ds.map_batches(
         InpaintActor, fn_constructor_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=args.workers), num_cpus=opts_cpus(args),
-        num_gpus=args.gpus_per_worker or None)
+        num_gpus=args.gpus_per_worker or None,
+        **({"accelerator_type": args.accelerator_type} if args.accelerator_type else {}))
 
 
 def opts_cpus(args) -> float:
