@@ -34,7 +34,7 @@ def parse_args(argv):
     p.add_argument("--train-images", type=int, default=4000)
     p.add_argument("--val-images", type=int, default=256)
     p.add_argument("--heldout-images", type=int, default=12)
-    p.add_argument("--steps", type=int, default=400, help="training steps (debug preset)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (debug preset)")
     p.add_argument("--workers", type=int, default=2, help="training workers (CPU, DeepSpeed)")
     p.add_argument("--samples", type=int, default=2, help="inpainted samples per held-back image")
     p.add_argument("--inpaint-steps", type=int, default=200,
