@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray.data
 
     from ray_jobs.data import build_dataset, resolve_shards
-    from ray_jobs.train import init_ray
+    from ray_jobs.ray_env import init_ray
 
     loaded = onade.load_checkpoint(args.checkpoint)  # fails fast on a path that is not a checkpoint
     cfg = loaded.config

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 from onade.config import STRATEGIES, config_from_dict
+from ray_jobs.ray_env import init_ray
 
 RESULTS = "results.jsonl"
 INDEX = "index.html"
@@ -200,21 +201,6 @@ def read_previous(output: str) -> dict[str, dict]:
 
 # ---- Ray ----------------------------------------------------------------------------------------
 
-def init_ray() -> bool:
-    """Attach to RAY_ADDRESS, or start a local Ray; returns whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        # "local" never attaches to another cluster whose address file happens to be on this host.
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
-    return True
-
-
 def build_dataset(todo: list[dict], args, opts):
     import ray
     import ray.data
@@ -286,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             for rec in known:
                 results.write(json.dumps(rec, ensure_ascii=False) + "\n")
             if todo:
-                started = init_ray()
+                started = init_ray() is not None
                 import ray
 
                 ray.data.DataContext.get_current().enable_progress_bars = False

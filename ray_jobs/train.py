@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from onade.config import Config, ConfigError, PRESETS, load_config
+from ray_jobs.ray_env import init_ray
 
 DEFAULT_MAX_FAILURES = 3
 
@@ -120,18 +120,6 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def init_ray() -> bool:
-    """Connect to RAY_ADDRESS, or start a local Ray; True when we started it (so its size is fixed)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # "local" never attaches to some other cluster whose address file happens to be on this host.
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, **({"include_dashboard": False} if address == "local" else {}))
-    return address == "local"
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = build_config(args)  # ConfigError names a bad key before anything starts
@@ -157,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"run {run} is already at step {resume_step} >= train.steps={cfg.train.steps}: nothing to train")
         metrics = {"step": resume_step}
     else:
-        if init_ray():
+        if init_ray() == "local":
             check_cpus_left_for_data(args)
         metrics = dict(fit(args, cfg, zero, tokenizer, train_shards, val_shards, run).metrics or {})
     if not args.no_export:
