@@ -1,5 +1,8 @@
 """Small builders shared by unit tests (tiny real models; nothing is faked)."""
 
+import io
+import tarfile
+
 import torch
 
 from onade.config import ModelConfig
@@ -25,3 +28,19 @@ def random_batch(batch: int, image_size: int, seq: int = 6, vocab: int = 20, see
     tokens = torch.randint(4, vocab, (batch, seq), generator=g)
     lengths = torch.randint(1, seq + 1, (batch,), generator=g)
     return x, mask, tokens, lengths
+
+
+def tar_bytes(members: list[tuple[str, bytes]], cut_inside: str | None = None) -> bytes:
+    """A tar of (name, data) members; with `cut_inside`, it ends partway through that member's data
+    (a truncated upload)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    if cut_inside:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            data = data[: tar.getmember(cut_inside).offset_data + 100]
+    return data

@@ -20,6 +20,7 @@ from data.local_s3 import ENV as S3_ENV
 from data.make_shards import main, make_shards
 from data.synthetic import write_awkward_cases, write_synthetic
 from onade.tokenizer import Tokenizer
+from tests.helpers import tar_bytes
 
 SIZE = 32
 NUM_SYNTHETIC = 20
@@ -211,21 +212,6 @@ def test_coco_captions(tmp_path):
     assert [g["source"] for g in got] == ["img_00001.png", "captions_val2017.json#annotation-13"]
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]], cut_inside: str | None = None) -> None:
-    """Write a tar; with `cut_inside`, end the file partway through that member's data (a truncated upload)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    data = buf.getvalue()
-    if cut_inside:
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            data = data[: tar.getmember(cut_inside).offset_data + 100]
-    path.write_bytes(data)
-
-
 def _jpg(colour) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 24), colour).save(buf, format="JPEG", quality=95)
@@ -235,17 +221,18 @@ def _jpg(colour) -> bytes:
 def test_reshards_img2dataset_style_shards(tmp_path):
     shards = tmp_path / "laion"
     shards.mkdir()
-    _tar(shards / "00000.tar", [
+    (shards / "00000.tar").write_bytes(tar_bytes([
         ("000000000.jpg", _jpg((255, 0, 0))), ("000000000.txt", b"a red thing"),
         ("000000000.json", json.dumps({"caption": "a red thing", "url": "http://x"}).encode()),
         ("000000001.jpg", _jpg((0, 255, 0))), ("000000001.json", json.dumps({"caption": "only json"}).encode()),
         ("000000002.jpg", _jpg((0, 0, 255))), ("000000002.json", json.dumps({"url": "no caption"}).encode()),
         ("000000003.jpg", _jpg((5, 5, 5))[:300]), ("000000003.txt", b"corrupt image"),
         ("000000004.txt", b"caption without image"),
-    ])
-    _tar(shards / "00001.tar", [("000000010.jpg", _jpg((9, 9, 9))), ("000000010.txt", b"dark"),
-                                ("000000011.jpg", _jpg((200, 200, 200))), ("000000011.txt", b"cut off")],
-         cut_inside="000000011.jpg")
+    ]))
+    (shards / "00001.tar").write_bytes(tar_bytes([
+        ("000000010.jpg", _jpg((9, 9, 9))), ("000000010.txt", b"dark"),
+        ("000000011.jpg", _jpg((200, 200, 200))), ("000000011.txt", b"cut off"),
+    ], cut_inside="000000011.jpg"))
     (shards / "00000.parquet").write_bytes(b"PAR1")  # img2dataset writes these beside the tars
     dest = str(tmp_path / "out")
     summary = make_shards(str(shards / "{00000..00001}.tar"), dest, image_size=16, workers=1, progress=False)

@@ -15,6 +15,7 @@ from data.shard_spec import expand_braces, resolve_shards, split_top_level
 from data.synthetic import write_awkward_cases, write_synthetic
 from onade.tokenizer import Tokenizer
 from ray_jobs.data import build_dataset, make_skip_counter, skip_summary, tokenizer_for
+from tests.helpers import tar_bytes
 
 SIZE = 32
 T = 12
@@ -169,14 +170,8 @@ def test_corrupt_samples_inside_shards_are_counted_and_skipped(shards, ray_env, 
         ("004.txt", b"no image at all"),
         ("005.jpg", _jpeg()), ("005.txt", b"a jpeg sample\nsecond caption"),
     ]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     url = s3_server.url("ray-data", "corrupt", "shard-000000.tar")
-    storage.write_bytes_atomic(url, buf.getvalue())
+    storage.write_bytes_atomic(url, tar_bytes(members))
     tok = tokenizer_for(shards["prefix"])
     counter = make_skip_counter()
     spec = f"{url},{storage.join(shards['prefix'], 'shard-000000.tar')}"
