@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -130,12 +129,7 @@ def _ray_cleanup():
             ray.shutdown()
 
 
-def cli() -> None:
-    try:
-        main()
-    except ValueError as e:
-        sys.exit(f"demo: error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    from ray_jobs.cli import run
+
+    run(main)

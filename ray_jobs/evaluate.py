@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import numpy as np
 import torch
@@ -106,12 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def cli() -> None:
-    try:
-        main()
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    from ray_jobs.cli import run
+
+    run(main)

@@ -333,13 +333,7 @@ def exit_code(summary: dict) -> int:
     return 1 if summary["failed"] and not summary["done"] and not summary["skipped"] else 0
 
 
-def cli() -> None:
-    try:
-        summary = main()
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    sys.exit(exit_code(summary))
-
-
 if __name__ == "__main__":
-    cli()
+    from ray_jobs.cli import run
+
+    run(main, exit_code)

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from onade.config import Config, ConfigError, PRESETS, load_config
+from onade.config import Config, PRESETS, load_config
 from ray_jobs.ray_env import init_ray
 
 DEFAULT_MAX_FAILURES = 3
@@ -217,14 +216,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     return trainer.fit()
 
 
-def cli() -> None:
-    try:
-        main()
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    from ray_jobs.cli import run
+
+    run(main)

@@ -14,7 +14,6 @@ split hands blocks to workers as they become ready, so the exact order is not re
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 import warnings
