@@ -9,12 +9,17 @@ kept pixel for pixel.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import struct
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 
 # Transparent pixels and padding become this colour (white: what viewers show for transparency).
 BACKGROUND = (255, 255, 255)
@@ -28,16 +33,61 @@ class ImageSkip(Exception):
     """This input cannot be used; the message is the reason recorded in skipped.jsonl."""
 
 
+def set_max_pixels(n: int) -> None:
+    """PIL's decompression-bomb limit, for this process: `Image.open` refuses an image with more pixels from
+    its header, before decoding anything (PIL warns above the limit and raises above twice it; `load` and
+    `decode_rgb` treat both as a refusal, so the limit is exactly `n`)."""
+    if n < 1:
+        raise ValueError(f"the pixel limit must be >= 1, got {n}")
+    Image.MAX_IMAGE_PIXELS = n
+
+
+@contextlib.contextmanager
+def pixel_limit(n: int) -> Iterator[None]:
+    """PIL's limit set to `n` for a block of decoding (a job's worker), then put back."""
+    previous = Image.MAX_IMAGE_PIXELS
+    set_max_pixels(n)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+set_max_pixels(DEFAULT_MAX_IMAGE_PIXELS)  # explicit, whatever PIL's own default is in the installed version
+
+
+BAND_PIXELS = 1 << 22  # to_rgb converts a large image this many pixels at a time
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB, compositing transparency on BACKGROUND."""
-    mode = img.mode
-    if mode == "RGB":
+    """Any PIL mode -> 8-bit RGB, compositing transparency on BACKGROUND. Every conversion is per pixel, so a
+    large image is converted in bands of rows: beyond the decoded image and its RGB result, memory stays at a
+    few bands (a 100 Mpx RGBA image would otherwise need four more full-size copies)."""
+    if img.mode == "RGB":
         return img
+    w, h = img.size
+    rows = max(1, BAND_PIXELS // max(1, w))
+    bands = [(0, top, w, min(h, top + rows)) for top in range(0, h, rows)]
+    scale = 1.0
+    if img.mode == "F":  # [0, 1] floats are scaled to [0, 255]; decided on the whole image
+        peak = max((float(np.nanmax(np.asarray(img.crop(b), dtype=np.float64), initial=0.0)) for b in bands),
+                   default=0.0)
+        scale = 255.0 if peak <= 1.0 else 1.0
+    if len(bands) <= 1:
+        return _to_rgb(img, scale)
+    out = Image.new("RGB", img.size)
+    for b in bands:
+        out.paste(_to_rgb(img.crop(b), scale), b[:2])
+    return out
+
+
+def _to_rgb(img: Image.Image, float_scale: float) -> Image.Image:
+    mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -46,9 +96,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = (np.clip(arr, 0, 65535) * 255 + 32767) // 65535
         return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
-        arr = np.nan_to_num(arr * scale, nan=0.0)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64) * float_scale, nan=0.0)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
     # L, 1, CMYK, YCbCr, LAB, HSV: PIL's own conversions.
     return img.convert("RGB")
@@ -93,11 +141,14 @@ def load(data: bytes, size: int, resize: str = "crop") -> tuple[Image.Image, tup
                 # Let libjpeg decode at a reduced scale that is still at least `size` on each side.
                 img.draft(mode, (size, size))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would double a large image's memory
     except Image.UnidentifiedImageError:
         raise ImageSkip("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageSkip(f"image too large: {e}") from None
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        got = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+        raise ImageSkip(f"image too large: {got}, over the limit of {Image.MAX_IMAGE_PIXELS:,} "
+                        "(--max-image-pixels raises it)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise ImageSkip(f"corrupt image: {str(e) or type(e).__name__}") from None
     if min(img.size) < 1:
@@ -121,11 +172,15 @@ def encode(img: Image.Image, fmt: str = "png") -> bytes:
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> uint8 [H, W, 3] (raises on corrupt data)."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return np.asarray(to_rgb(img), dtype=np.uint8)
+    """Encoded image bytes -> uint8 [H, W, 3] (raises on corrupt data, and on more pixels than the limit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(to_rgb(img), dtype=np.uint8)
 
 
-__all__ = ["BACKGROUND", "RESIZE_MODES", "FORMATS", "IMAGE_EXTENSIONS", "ImageSkip", "to_rgb", "fit", "load",
+__all__ = ["BACKGROUND", "RESIZE_MODES", "FORMATS", "IMAGE_EXTENSIONS", "ImageSkip", "set_max_pixels", "pixel_limit",
+           "to_rgb",
+           "fit", "load",
            "encode", "decode_rgb"]

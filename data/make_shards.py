@@ -20,6 +20,10 @@ line, `<key>.json` with source, original size and captions), `skipped.jsonl` (ev
 why), `tokenizer.model` (sentencepiece trained on all captions) and, last, `manifest.json`. The same
 inputs give byte-identical output whatever --workers is. Shards appear under their final name only
 once complete; re-running an interrupted build finishes it, keeping the shards already written.
+
+Inputs are untrusted (data/untrusted.py): symlinks out of SRC, captions-file entries or COCO file names
+outside the image folder, images over --max-image-pixels and oversized captions are listed in
+skipped.jsonl and never read; outputs are named by index, never after an input.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from data import images, shard_spec, sources, storage
+from data import images, shard_spec, sources, storage, untrusted
 from data.process import CHUNK, chunks, ordered_map, process_chunk
 from data.shard_writer import ShardWriter
 
@@ -90,7 +94,7 @@ def reason_kind(reason: str) -> str:
 
 
 def _validate(image_size: int, shard_size: int, vocab_size: int, workers: int, fmt: str, resize: str,
-              tokenizer_type: str) -> None:
+              tokenizer_type: str, max_pixels: int) -> None:
     if not 1 <= image_size <= 4096:
         raise ValueError(f"--image-size must be between 1 and 4096, got {image_size}")
     if shard_size < 1:
@@ -105,18 +109,23 @@ def _validate(image_size: int, shard_size: int, vocab_size: int, workers: int, f
         raise ValueError(f"--resize must be one of {images.RESIZE_MODES}, got {resize!r}")
     if tokenizer_type not in TOKENIZER_TYPES:
         raise ValueError(f"--tokenizer-type must be one of {TOKENIZER_TYPES}, got {tokenizer_type!r}")
+    if max_pixels < 1:
+        raise ValueError(f"--max-image-pixels must be >= 1, got {max_pixels}")
 
 
 def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 1000, captions: str | None = None,
                 images_dir: str | None = None, vocab_size: int = 512, tokenizer_type: str = "unigram",
-                workers: int = 1, fmt: str = "png", resize: str = "crop", progress: bool = True) -> Summary:
+                workers: int = 1, fmt: str = "png", resize: str = "crop", progress: bool = True,
+                max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> Summary:
     """Build the shards; returns counts. ValueError for unusable arguments or an unreachable DEST."""
     t0 = time.monotonic()
-    _validate(image_size, shard_size, vocab_size, workers, fmt, resize, tokenizer_type)
+    _validate(image_size, shard_size, vocab_size, workers, fmt, resize, tokenizer_type, max_pixels)
     src, dest = str(src), str(dest)
+    untrusted.check_s3_root(dest, "DEST")
     if not storage.is_s3(dest):
         dest = os.path.abspath(dest)
     source = sources.detect(src, captions, images_dir)
+    source.max_pixels = max_pixels
     storage.check_writable(dest)
     # A local DEST inside SRC would otherwise be read back as input on a re-run.
     exclude = (dest,) if not storage.is_s3(dest) else ()
@@ -132,7 +141,8 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
     with all_captions, tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as skipped_log, \
             tqdm(total=total, unit="input", desc="make_shards", disable=not progress, file=sys.stderr,
                  mininterval=0.5) as bar:
-        tasks = ((chunk, image_size, resize, fmt) for chunk in chunks(sources.iter_items(source, exclude), CHUNK))
+        items = sources.iter_items(source, exclude)
+        tasks = ((chunk, image_size, resize, fmt, max_pixels) for chunk in chunks(items, CHUNK))
         for results in ordered_map(process_chunk, tasks, workers, max_pending=4 * workers):
             for r in results:
                 if r[0] == "skip":
@@ -177,6 +187,7 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
         "resize": resize,
         "image_format": fmt,
         "shard_size": shard_size,
+        "max_image_pixels": max_pixels,
         "num_samples": summary.num_samples,
         "num_skipped": summary.num_skipped,
         "skipped_by_reason": dict(sorted(summary.skipped.items())),
@@ -222,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="image encoding: png (default, lossless), webp (lossless) or jpg (lossy)")
     ap.add_argument("--resize", default="crop", choices=images.RESIZE_MODES,
                     help="crop (centre square, default) or pad (whole image, padded with white)")
+    ap.add_argument("--max-image-pixels", type=int, default=untrusted.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                    help="larger images are skipped from their header, undecoded (default "
+                         f"{untrusted.DEFAULT_MAX_IMAGE_PIXELS:,}); files over 4 bytes per pixel are not read")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
         summary = make_shards(args.src, args.dest, image_size=args.image_size, shard_size=args.shard_size,
                               captions=args.captions, images_dir=args.images_dir, vocab_size=args.vocab_size,
                               tokenizer_type=args.tokenizer_type, workers=args.workers, fmt=args.fmt,
-                              resize=args.resize, progress=not args.no_progress)
+                              resize=args.resize, progress=not args.no_progress, max_pixels=args.max_image_pixels)
     except ValueError as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2

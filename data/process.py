@@ -7,25 +7,30 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 
-from data import images, sources
+from data import images, sources, storage, untrusted
 
 CHUNK = 32  # items per worker task: amortises inter-process overhead, keeps the queue short
 
 
-def process_item(item: sources.Item, size: int, resize: str, fmt: str) -> tuple:
+def process_item(item: sources.Item, size: int, resize: str, fmt: str,
+                 max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> tuple:
     """("ok", source, captions, encoded image, (w, h), mode) or ("skip", source, reason)."""
     if item.skip:
         return ("skip", item.source, item.skip)
     data = item.data
     if data is None:
         try:
-            with open(item.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+            data = untrusted.read(item.path, item.root or os.path.dirname(item.path),
+                                  untrusted.max_image_bytes(max_pixels), "image file",
+                                  untrusted.IMAGE_SIZE_HINT)
+        except storage.StorageError:
             return ("skip", item.source, "file not found")
+        except untrusted.UnsafeInput as e:
+            return ("skip", item.source, f"not read: {e}")
         except OSError as e:
             return ("skip", item.source, f"unreadable file ({e.strerror or type(e).__name__})")
     try:
@@ -36,8 +41,9 @@ def process_item(item: sources.Item, size: int, resize: str, fmt: str) -> tuple:
 
 
 def process_chunk(args: tuple) -> list[tuple]:
-    chunk, size, resize, fmt = args
-    return [process_item(it, size, resize, fmt) for it in chunk]
+    chunk, size, resize, fmt, max_pixels = args
+    with images.pixel_limit(max_pixels):  # PIL's limit is per process, and this may be a worker's
+        return [process_item(it, size, resize, fmt, max_pixels) for it in chunk]
 
 
 def ordered_map(fn: Callable, tasks: Iterable, workers: int, max_pending: int) -> Iterator:

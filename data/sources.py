@@ -18,11 +18,13 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from data import shard_spec, storage
+from data import shard_spec, storage, untrusted
 from data.images import IMAGE_EXTENSIONS
 
 SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "ppm", "gif")
+TOO_LARGE = "\0too-large"  # a sample's entry for a member left unread (no tar extension can clash with it)
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Item:
     source: str  # what skipped.jsonl and the sample's json call it (relative to SRC where possible)
     captions: list[str] | None = None
     path: str | None = None  # local file the worker reads
+    root: str | None = None  # the folder `path` must stay inside (symlinks are resolved when it is read)
     data: bytes | None = None  # or the bytes themselves (from a tar)
     skip: str | None = None  # already known to be unusable, and why
 
@@ -40,6 +43,7 @@ class Source:
     root: str  # SRC as a folder (or the shard spec)
     captions_file: str | None = None
     images_dir: str | None = None
+    max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS  # bounds what is read of a shard's image member
 
     def describe(self) -> str:
         extra = f" + {self.captions_file}" if self.captions_file else ""
@@ -98,51 +102,44 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def walk_sorted(root: str, exclude: tuple[str, ...] = ()) -> Iterator[str]:
-    """Files under root, recursively, in a deterministic order (a folder's files, then its sub-folders)."""
-    ex = {os.path.abspath(e) for e in exclude}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) not in ex)
-        for f in sorted(filenames):
-            full = os.path.join(dirpath, f)
-            if os.path.abspath(full) not in ex:
-                yield full
-
-
 def count_inputs(root: str, exclude: tuple[str, ...] = ()) -> int:
     """How many Items a folder walk yields (sidecar captions are part of their image's input)."""
     n = 0
-    for dirpath, files in itertools.groupby(walk_sorted(root, exclude), key=os.path.dirname):
-        names = [os.path.basename(f) for f in files]
-        image_stems = {os.path.splitext(f)[0] for f in names if _is_image_name(f)}
-        n += sum(1 for f in names if not (f.endswith(".txt") and os.path.splitext(f)[0] in image_stems))
+    entries = untrusted.walk_local(root, exclude)
+    for _, group in itertools.groupby(entries, key=lambda e: e.rel.rpartition("/")[0]):
+        group = list(group)
+        image_stems = {os.path.splitext(e.rel)[0] for e in group if _is_image_name(e.rel)}
+        n += sum(1 for e in group if e.problem or not (e.rel.endswith(".txt") and os.path.splitext(e.rel)[0]
+                                                       in image_stems))
     return n
 
 
-def _rel(path: str, root: str) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
+def _sidecar_captions(txt: str, root: str) -> list[str] | str:
+    """The captions of a sidecar file, or the reason they cannot be used."""
+    name = os.path.basename(txt)
+    if not os.path.lexists(txt):
+        return f"no caption (no sidecar {name})"
+    try:
+        data = untrusted.read(txt, root, untrusted.MAX_CAPTION_FILE_BYTES, "caption file")
+        caps = untrusted.check_captions(clean_captions(data.decode("utf-8", errors="replace").splitlines()))
+    except untrusted.UnsafeInput as e:
+        return f"bad caption ({name}: {e})"
+    except (OSError, storage.StorageError) as e:
+        return f"no caption (cannot read {name}: {e})"
+    return caps or f"no caption (sidecar {name} is blank)"
 
 
 def iter_folder(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
     root = src.root
-    for full in walk_sorted(root, exclude):
-        rel = _rel(full, root)
-        name = os.path.basename(full)
+    for entry in untrusted.walk_local(root, exclude):
+        rel, full = entry.rel, entry.url
+        if entry.problem:
+            yield Item(rel, skip=f"not read: {entry.problem}")
+            continue
         stem, ext = os.path.splitext(full)
-        if _is_image_name(name):
-            txt = stem + ".txt"
-            if not os.path.isfile(txt):
-                yield Item(rel, skip=f"no caption (no sidecar {os.path.basename(txt)})")
-                continue
-            try:
-                caps = clean_captions(Path(txt).read_text(encoding="utf-8", errors="replace").splitlines())
-            except OSError as e:
-                yield Item(rel, skip=f"no caption (cannot read {os.path.basename(txt)}: {e.strerror})")
-                continue
-            if not caps:
-                yield Item(rel, skip=f"no caption (sidecar {os.path.basename(txt)} is blank)")
-                continue
-            yield Item(rel, captions=caps, path=full)
+        if _is_image_name(rel):
+            caps = _sidecar_captions(stem + ".txt", root)
+            yield Item(rel, captions=caps, path=full, root=root) if isinstance(caps, list) else Item(rel, skip=caps)
         elif ext == ".txt":
             if not any(os.path.isfile(stem + e) or os.path.isfile(stem + e.upper()) for e in IMAGE_EXTENSIONS):
                 yield Item(rel, skip="caption file without image")
@@ -150,61 +147,98 @@ def iter_folder(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
             yield Item(rel, skip=f"not an image (extension {ext or 'none'!r})")
 
 
+def caption_lines(f: IO[bytes], name: str) -> Iterator[tuple[str, str, list, str]]:
+    """(where, file, captions, problem) for every non-blank line of a captions JSONL stream
+    (`{"file": ..., "caption": ...}` or `"captions": [...]`), where = `name:line`. A line that cannot be
+    used has its problem set; lines are read bounded (untrusted.lines)."""
+    for n, raw in untrusted.lines(f):
+        where = f"{name}:{n}"
+        if raw is None:
+            yield where, "", [], f"bad captions line (longer than {untrusted.MAX_CAPTION_FILE_BYTES} bytes)"
+            continue
+        line = raw.decode("utf-8", errors="replace")
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            file = rec["file"]
+            got = rec["captions"] if "captions" in rec else [rec["caption"]]
+            if not isinstance(file, str) or not isinstance(got, list):
+                raise TypeError("'file' must be a string and 'captions' a list")
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            yield where, "", [], (f"bad captions line ({type(e).__name__}: {e}); expected "
+                                  '{"file": ..., "caption": ...} or "captions": [...]')
+            continue
+        yield where, file, got, ""
+
+
 def _load_jsonl(path: str) -> tuple[dict[str, list[str]], list[Item]]:
     caps: dict[str, list[str]] = {}
     bad: list[Item] = []
-    name = os.path.basename(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                file = rec["file"]
-                got = rec["captions"] if "captions" in rec else [rec["caption"]]
-                if not isinstance(file, str) or not isinstance(got, list):
-                    raise TypeError("'file' must be a string and 'captions' a list")
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                bad.append(Item(f"{name}:{n}", skip=f"bad captions line ({type(e).__name__}: {e}); expected "
-                                                    '{"file": ..., "caption": ...} or "captions": [...]'))
-                continue
-            caps.setdefault(file, []).extend(clean_captions(got))
+    with open(path, "rb") as f:
+        for where, file, got, problem in caption_lines(f, os.path.basename(path)):
+            if problem:
+                bad.append(Item(where, skip=problem))
+            else:
+                caps.setdefault(file, []).extend(clean_captions(got))
     return caps, bad
+
+
+def listed_rel(file: str, root: str) -> str:
+    """A captions file's `file` entry as a path relative to the image folder (relative, `./`-prefixed, or
+    absolute under it); UnsafeInput when it names anything outside."""
+    if os.path.isabs(file):
+        if not (os.path.abspath(file) + os.sep).startswith(os.path.abspath(root).rstrip(os.sep) + os.sep):
+            raise untrusted.UnsafeInput(f"{file!r} lies outside the image folder")
+        file = os.path.relpath(os.path.abspath(file), os.path.abspath(root))
+    rel = Path(file).as_posix() if os.sep != "/" else file
+    return untrusted.safe_rel(rel.removeprefix("./"), "'file'")
 
 
 def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
     caps, bad = _load_jsonl(src.captions_file)
     yield from bad
     root = src.root
-    # Entries may be written relative to the folder or as absolute paths under it.
+    name = os.path.basename(src.captions_file)
     by_rel: dict[str, str] = {}
     for file in caps:
-        rel = _rel(file, root) if os.path.isabs(file) else Path(file).as_posix().removeprefix("./")
-        by_rel.setdefault(rel, file)
+        try:
+            by_rel.setdefault(listed_rel(file, root), file)
+        except untrusted.UnsafeInput as e:
+            yield Item(file, skip=f"not read: {e} (listed in {name})")
     seen: set[str] = set()
-    for full in walk_sorted(root, exclude):
-        rel = _rel(full, root)
+    for entry in untrusted.walk_local(root, exclude):
+        rel, full = entry.rel, entry.url
+        if entry.problem:
+            yield Item(rel, skip=f"not read: {entry.problem}")
+            seen.add(rel)
+            continue
         if rel not in by_rel:
-            why = "not an image" if not _is_image_name(full) else f"no caption (not in {os.path.basename(src.captions_file)})"
+            why = "not an image" if not _is_image_name(full) else f"no caption (not in {name})"
             yield Item(rel, skip=why)
             continue
         seen.add(rel)
         got = caps[by_rel[rel]]
         if not got:
             yield Item(rel, skip="no caption (blank in captions file)")
-        elif not _is_image_name(full):
-            yield Item(rel, path=full, captions=got)  # let the decoder decide; it names the reason
-        else:
-            yield Item(rel, captions=got, path=full)
+            continue
+        try:
+            untrusted.check_captions(got)
+        except untrusted.UnsafeInput as e:
+            yield Item(rel, skip=f"bad caption ({e})")
+            continue
+        # Not an image by name: let the decoder decide; it names the reason.
+        yield Item(rel, captions=got, path=full, root=root)
     for rel in sorted(set(by_rel) - seen):
-        file = by_rel[rel]
-        if os.path.isabs(file) and os.path.isfile(file):
-            yield Item(file, captions=caps[file], path=file) if caps[file] else Item(file, skip="no caption")
-        else:
-            yield Item(rel, skip=f"file not found (listed in {os.path.basename(src.captions_file)})")
+        yield Item(rel, skip=f"file not found (listed in {name})")
 
 
 def iter_coco(src: Source) -> Iterator[Item]:
+    size = os.path.getsize(src.captions_file)
+    if size > untrusted.MAX_JSON_BYTES:
+        raise ValueError(f"{src.captions_file} is {size / 1e9:.1f} GB; a COCO captions file is parsed whole and "
+                         f"may be at most {untrusted.MAX_JSON_BYTES / 1e9:.1f} GB: split it, or convert it to "
+                         "JSONL and pass that with --captions")
     try:
         with open(src.captions_file, encoding="utf-8") as f:
             coco = json.load(f)
@@ -228,7 +262,13 @@ def iter_coco(src: Source) -> Iterator[Item]:
         if not caps:
             yield Item(rel, skip=f"no caption (no annotation in {json_name})")
             continue
-        yield Item(rel, captions=caps, path=os.path.join(src.images_dir, rel))
+        try:
+            untrusted.safe_rel(rel, "file_name")
+            untrusted.check_captions(caps)
+        except untrusted.UnsafeInput as e:
+            yield Item(rel, skip=f"not read: {e}")
+            continue
+        yield Item(rel, captions=caps, path=os.path.join(src.images_dir, rel), root=src.images_dir)
     for a in sorted(orphans, key=lambda a: str(a.get("id"))):
         yield Item(f"{json_name}#annotation-{a.get('id')}", skip=f"annotation for unknown image id {a.get('image_id')}")
 
@@ -251,18 +291,26 @@ def _captions_from_sample(sample: dict[str, bytes]) -> list[str]:
 
 def _sample_item(shard_name: str, key: str, sample: dict[str, bytes]) -> Item:
     source = f"{shard_name}#{key}"
+    if TOO_LARGE in sample:
+        return Item(source, skip=sample[TOO_LARGE].decode())
     img_ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
     if img_ext is None:
         return Item(source, skip=f"no image in sample (has {', '.join(sorted(sample)) or 'nothing'})")
     caps = _captions_from_sample(sample)
     if not caps:
         return Item(source, skip="no caption (no txt, or json without caption)")
+    try:
+        untrusted.check_captions(caps)
+    except untrusted.UnsafeInput as e:
+        return Item(source, skip=f"bad caption ({e})")
     return Item(source, captions=caps, data=sample[img_ext])
 
 
-def iter_tar(url: str) -> Iterator[Item]:
-    """Samples of one tar shard, grouped WebDataset-style (key = member name before the first dot)."""
+def iter_tar(url: str, max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Item]:
+    """Samples of one tar shard, grouped WebDataset-style (key = member name before the first dot). A member
+    over its size limit is not read (the stream skips it) and its sample is skipped."""
     name = storage.basename(url)
+    max_image = untrusted.max_image_bytes(max_pixels)
     key, sample, n = None, {}, 0
     try:
         with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
@@ -279,7 +327,12 @@ def iter_tar(url: str) -> Iterator[Item]:
                         n += 1
                         yield _sample_item(name, key, sample)
                     key, sample = k, {}
-                sample[ext] = tar.extractfile(m).read()
+                limit = max_image if ext in SHARD_IMAGE_EXTS else untrusted.MAX_TEXT_MEMBER_BYTES
+                if m.size > limit:
+                    sample[TOO_LARGE] = (f"too large: member {base} is {m.size} bytes; the limit is {limit}"
+                                         + (" (--max-image-pixels raises it)" if limit == max_image else "")).encode()
+                else:
+                    sample[ext] = tar.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         yield Item(f"{name}#after-{n}-samples", skip=f"corrupt or truncated shard ({type(e).__name__}: {e})")
         # The sample being read when the shard broke may be incomplete: do not use it.
@@ -292,7 +345,7 @@ def iter_tar(url: str) -> Iterator[Item]:
 
 def iter_shards(src: Source) -> Iterator[Item]:
     for url in shard_spec.resolve_shards(src.root):
-        yield from iter_tar(url)
+        yield from iter_tar(url, src.max_pixels)
 
 
 def iter_items(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
@@ -307,4 +360,5 @@ def iter_items(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
     raise AssertionError(src.kind)
 
 
-__all__ = ["Item", "Source", "detect", "iter_items", "count_inputs", "walk_sorted", "clean_captions"]
+__all__ = ["Item", "Source", "detect", "iter_items", "count_inputs", "clean_captions", "listed_rel",
+           "caption_lines"]

@@ -30,6 +30,14 @@ class StorageError(ValueError):
     """Storage is unreachable, missing or denied; the message says which URL and how to fix it."""
 
 
+class TooLarge(StorageError):
+    """An object is over the size its reader allows (known before its bytes are read)."""
+
+    def __init__(self, url: str, size: int, limit: int):
+        super().__init__(f"{url!r} is {size} bytes, over the limit of {limit}")
+        self.size, self.limit = size, limit
+
+
 # ---- URLs -------------------------------------------------------------------------------------
 
 def is_s3(url: str | os.PathLike) -> bool:
@@ -180,15 +188,24 @@ def list_files(url: str, suffix: str | None = None, recursive: bool = False) -> 
     return sorted(out)
 
 
-def read_bytes(url: str) -> bytes:
+def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
+    """The whole object; with `max_bytes`, TooLarge for a bigger one, raised before its bytes are read."""
     if not is_s3(url):
         try:
-            return Path(url).read_bytes()
+            with open(url, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise TooLarge(url, size, max_bytes)
+                return f.read() if max_bytes is None else f.read(max_bytes)
         except FileNotFoundError:
             raise StorageError(f"file {url!r} does not exist") from None
     bucket, key = split_s3(url)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        obj = s3_client().get_object(Bucket=bucket, Key=key)
+        if max_bytes is not None and obj["ContentLength"] > max_bytes:
+            obj["Body"].close()
+            raise TooLarge(url, obj["ContentLength"], max_bytes)
+        return obj["Body"].read()
     except _s3_errors() as e:
         raise _error(e, url, "read") from None
 
@@ -380,7 +397,7 @@ def iter_chunks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
 
 
 __all__ = [
-    "StorageError", "PARTIAL_SUFFIX", "is_s3", "split_s3", "join", "dirname", "basename", "s3_client",
+    "StorageError", "TooLarge", "PARTIAL_SUFFIX", "is_s3", "split_s3", "join", "dirname", "basename", "s3_client",
     "endpoint_url", "exists", "list_files", "read_bytes", "open_read", "sha256_of", "check_writable",
     "write_bytes_atomic", "write_file_atomic", "delete", "upload_dir", "download_dir", "pyarrow_fs",
 ]

@@ -37,6 +37,7 @@ import ray
 
 from data import images, shard_spec, storage
 from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
+from data.untrusted import MAX_CAPTION_CHARS
 from onade.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
         caps = [c.strip() for c in txt.decode("utf-8", errors="replace").splitlines() if c.strip()] if txt else []
         if not caps:
             skips.append((where, "no caption"))
+            continue
+        if any(len(c) > MAX_CAPTION_CHARS for c in caps):
+            skips.append((where, f"caption longer than {MAX_CAPTION_CHARS} characters"))
             continue
         try:
             img = images.decode_rgb(data)

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import os
+import urllib.parse
 from collections.abc import Iterable
 
 import numpy as np
@@ -51,8 +52,14 @@ img {{ image-rendering: pixelated; height: {px}px; }}
 """
 
 
+def href(path: str) -> str:
+    """A relative output path as an attribute value: percent-encoded first (a `#`, `?` or `%` in a file name
+    would otherwise end or change the URL), then HTML-escaped."""
+    return html.escape(urllib.parse.quote(path, safe="/"), quote=True)
+
+
 def _img(src: str) -> str:
-    return f'<img src="{html.escape(src, quote=True)}" alt="">'
+    return f'<a href="{href(src)}"><img src="{href(src)}" alt=""></a>'
 
 
 def write_index(path: str, records: Iterable[dict], summary: str) -> int:
@@ -93,4 +100,4 @@ def read_records(path: str) -> Iterable[dict]:
                 yield json.loads(line)
 
 
-__all__ = ["gif_bytes", "write_index", "read_records"]
+__all__ = ["gif_bytes", "href", "write_index", "read_records"]

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="training shards: folder/prefix, manifest.json, brace pattern or comma list")
     p.add_argument("--val-data", help="validation shards (same forms as --data)")
     p.add_argument("--output", required=True, help="storage root: a local folder or s3://bucket/prefix")
-    p.add_argument("--name", required=True, help="run name; the same name resumes the run")
+    p.add_argument("--name", required=True, help="run name (one folder under --output); the same name resumes the run")
     p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     p.add_argument("--config", help="YAML file with a partial config tree")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
@@ -122,9 +122,13 @@ def _norm(v):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = build_config(args)  # ConfigError names a bad key before anything starts
-    from data import storage
+    from data import storage, untrusted
     from ray_jobs.export import EXPORT_DIR, export_run, run_url
 
+    untrusted.check_run_name(args.name)  # a run folder cannot climb out of the storage root
+    for flag in ("output", "export_to"):
+        if getattr(args, flag):
+            untrusted.check_s3_root(getattr(args, flag), "--" + flag.replace("_", "-"))
     run = run_url(args.output, args.name)
     if args.export_only:
         out = export_run(args.output, args.name, args.checkpoint_step, args.export_to)

@@ -1,0 +1,297 @@
+"""Rules for inputs that other people fill (folders, buckets, caption files): where a name derived from an
+input may point, which files may be read, and how big anything read may be.
+
+Paths. An input's path relative to its root (an S3 key minus the prefix, a folder entry, the `file` of a
+captions line, a COCO `file_name`) must be a plain relative path: no leading `/`, no empty, `.` or `..`
+segment, no backslash or control character, each segment at most MAX_NAME_BYTES. Anything else is
+refused rather than normalised: such a name does not denote a file on any file system, could climb out of
+the output, and once normalised could collide with another input's outputs.
+
+Symlinks in a local input folder are followed only when their target lies inside the folder (the target
+is checked again, after resolving, when the file is opened); only regular files are read (a FIFO would
+block a reader forever).
+
+Sizes. Every read is bounded before the bytes arrive: an image file by 4 bytes per allowed pixel (an
+uncompressed 8-bit RGBA image of the largest allowed size), a caption file by MAX_CAPTION_FILE_BYTES, a
+line of a captions JSONL by MAX_CAPTION_FILE_BYTES, a shard's text member by MAX_TEXT_MEMBER_BYTES, a COCO
+captions JSON by MAX_JSON_BYTES; a caption by MAX_CAPTION_CHARS. The pixel limit itself is PIL's
+(`data.images.pixel_limit`): the header is checked before anything is decoded, so a decompression bomb costs
+a few KB of reading.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from data import storage
+
+MAX_NAME_BYTES = 200  # one path segment; leaves room for output suffixes and temp names under NAME_MAX (255)
+MAX_CAPTION_FILE_BYTES = 64_000  # a sidecar caption file, or one line of a captions JSONL
+MAX_CAPTION_CHARS = 2000  # one caption; models read at most a few dozen tokens of it
+MAX_TEXT_MEMBER_BYTES = 1_000_000  # a shard's txt or json member: captions plus metadata
+MAX_JSON_BYTES = 1_000_000_000  # a COCO captions JSON is parsed whole (COCO 2017 train: 92 MB)
+# 100 Mpx, a 12000x8000 photo: decoding one peaks at 0.4 GB (RGB) to 0.85 GB (RGBA) (bench/untrusted.py).
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+BYTES_PER_PIXEL_LIMIT = 4
+
+
+class UnsafeInput(ValueError):
+    """This input may not be used; the message is the reason recorded in its error row."""
+
+
+IMAGE_SIZE_HINT = f" ({BYTES_PER_PIXEL_LIMIT} bytes per allowed pixel; --max-image-pixels raises it)"
+
+
+def max_image_bytes(max_pixels: int) -> int:
+    return BYTES_PER_PIXEL_LIMIT * max_pixels
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n / 1e3:.0f} KB" if n >= 1000 else f"{n} bytes"
+
+
+def safe_rel(rel: str, what: str = "path") -> str:
+    """`rel` unchanged if it is a plain relative path (see the module docstring), else UnsafeInput."""
+    if not rel:
+        raise UnsafeInput(f"empty {what}")
+    if rel.startswith("/"):
+        raise UnsafeInput(f"{what} {rel!r} is absolute; inputs must lie under their root")
+    if "\\" in rel:
+        raise UnsafeInput(f"{what} {rel!r} contains a backslash (a path separator on Windows)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        raise UnsafeInput(f"{what} {rel!r} contains a control character")
+    for seg in rel.split("/"):
+        if seg in ("", ".", ".."):
+            raise UnsafeInput(f"{what} {rel!r} has {'a ' + repr(seg) if seg else 'an empty'} segment; '..' could climb "
+                              "out of the output, and '.' or '//' would collide with another name")
+        if len(seg.encode("utf-8")) > MAX_NAME_BYTES:
+            raise UnsafeInput(f"{what} has a name of {len(seg.encode('utf-8'))} bytes; at most {MAX_NAME_BYTES}")
+    return rel
+
+
+def check_s3_root(url: str, flag: str) -> None:
+    """A storage root given on the command line must itself be a plain prefix (S3 keeps `..` literally)."""
+    if storage.is_s3(url):
+        _, key = storage.split_s3(url)
+        key = key.rstrip("/")
+        if key:
+            try:
+                safe_rel(key, "key")
+            except UnsafeInput as e:
+                raise ValueError(f"{flag} {url!r}: {e}") from None
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder under the storage root."""
+    try:
+        safe_rel(name, "run name")
+    except UnsafeInput as e:
+        raise ValueError(f"--name: {e}") from None
+    if "/" in name:
+        raise ValueError(f"--name {name!r}: a run name is one folder name under --output, without '/'")
+    return name
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether the local `path`, with every symlink resolved, lies in (or is) the local folder `root`."""
+    return _under(os.path.realpath(path), os.path.realpath(root))
+
+
+def _real_root(root: str) -> str:
+    return _cached_realpath(os.path.abspath(root))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_realpath(path: str) -> str:  # an input root, resolved once per process instead of once per file
+    return os.path.realpath(path)
+
+
+def _under(real: str, base: str) -> bool:
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+# ---- listing ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    rel: str  # relative to the root, '/'-separated
+    url: str  # what to read (local path or s3:// URL)
+    problem: str = ""  # non-empty: this entry may not be used, and why
+
+
+def walk_local(root: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
+    """Every entry under a local folder that could be an input, in a deterministic order (a folder's files,
+    then its sub-folders), each with a problem when it may not be read. Symlinked folders are not descended
+    into (those inside the root are listed under their own path already); one pointing outside is reported.
+    Plain files and folders cost no system call beyond reading their folder (scandir's d_type)."""
+    base = _real_root(root)
+    ex = {os.path.abspath(e) for e in exclude}
+
+    def walk(folder: str, rel: str) -> Iterator[Entry]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield Entry(rel or ".", folder, f"folder unreadable ({e.strerror})")
+            return
+        subdirs = []
+        for e in entries:
+            if ex and os.path.abspath(e.path) in ex:
+                continue
+            r = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                subdirs.append((e.path, r + "/"))
+            elif e.is_file(follow_symlinks=False):
+                yield Entry(r, e.path)
+            elif e.is_symlink():
+                if (entry := _symlink_entry(e.path, r, base)) is not None:
+                    yield entry
+            else:
+                yield Entry(r, e.path, "not a regular file")
+        for path, r in subdirs:
+            yield from walk(path, r)
+
+    yield from walk(root, "")
+
+
+def _symlink_entry(path: str, rel: str, base: str) -> Entry | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Entry(rel, path, "broken symlink")
+    except OSError as e:
+        return Entry(rel, path, f"unreadable symlink ({e.strerror})")
+    folder = stat.S_ISDIR(st.st_mode)
+    if not _under(os.path.realpath(path), base):
+        return Entry(rel, path, ("symlinked folder" if folder else "symlink") + " pointing outside the input "
+                                "folder; not followed")
+    if folder:  # inside the root: its files are listed under their own path (and it could loop)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return Entry(rel, path, "not a regular file")
+    return Entry(rel, path)
+
+
+def list_inputs(root: str) -> Iterator[Entry]:
+    """Entries under a local folder or an s3:// prefix; a key that is not a plain relative path is an entry
+    with a problem (nothing derived from it is ever read or written)."""
+    if not storage.is_s3(root):
+        if os.path.isdir(root):
+            yield from walk_local(root)
+        return
+    prefix = root.rstrip("/") + "/"
+    for url in storage.list_files(root, recursive=True):
+        rel = url[len(prefix):]
+        if url.endswith("/"):  # an S3 "directory marker"; not a file
+            continue
+        try:
+            safe_rel(rel, "key")
+            yield Entry(rel, url)
+        except UnsafeInput as e:
+            yield Entry(rel, url, str(e))
+
+
+# ---- reading ------------------------------------------------------------------------------------------
+
+def read(url: str, root: str, max_bytes: int, what: str = "file", hint: str = "") -> bytes:
+    """The bytes of an input under `root`, refusing (UnsafeInput) anything the listing rules would refuse now:
+    a local file that is not regular or that resolves outside the root (what was actually opened is checked,
+    so a symlink swapped in since the listing is caught), an S3 key that is not plain, or more than
+    `max_bytes` (checked before reading; `hint` is added to that message)."""
+    if storage.is_s3(url):
+        prefix = root.rstrip("/") + "/"
+        if not url.startswith(prefix):
+            raise UnsafeInput(f"{what} {url!r} is not under {root!r}")
+        safe_rel(url[len(prefix):], "key")
+        try:
+            return storage.read_bytes(url, max_bytes=max_bytes)
+        except storage.TooLarge as e:
+            raise UnsafeInput(f"{what} is {_mb(e.size)}; the limit is {_mb(max_bytes)}{hint}") from None
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); no effect on files.
+        fd = os.open(url, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise storage.StorageError(f"file {url!r} does not exist") from None
+    except OSError as e:
+        raise UnsafeInput(f"{what} cannot be opened ({e.strerror})") from None
+    try:
+        if not _under(_opened_path(fd, url), _real_root(root)):
+            raise UnsafeInput(f"{what} resolves outside {root!r} (a symlink); not read")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeInput(f"{what} is not a regular file")
+        if st.st_size > max_bytes:
+            raise UnsafeInput(f"{what} is {_mb(st.st_size)}; the limit is {_mb(max_bytes)}{hint}")
+        parts, n = [], 0
+        while n <= max_bytes:  # os.read, not a buffered file: half the cost for small files
+            part = os.read(fd, min(max_bytes + 1 - n, max(st.st_size - n, 0) + (1 << 16)))
+            if not part:
+                break
+            parts.append(part)
+            n += len(part)
+    finally:
+        os.close(fd)
+    if n > max_bytes:  # grew since fstat
+        raise UnsafeInput(f"{what} is over the limit of {_mb(max_bytes)}{hint}")
+    return b"".join(parts)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of what `fd` is open on: Linux names it in /proc (one readlink, and no race with the
+    open); elsewhere resolve `path` again."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def check_captions(captions: list[str], what: str = "caption") -> list[str]:
+    for c in captions:
+        if len(c) > MAX_CAPTION_CHARS:
+            raise UnsafeInput(f"{what} is {len(c)} characters; at most {MAX_CAPTION_CHARS}")
+    return captions
+
+
+def lines(f: IO[bytes], max_line: int = MAX_CAPTION_FILE_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) of a stream without ever holding more than `max_line` bytes of one line; a longer
+    line comes out as (number, None)."""
+    pending, n, too_long = b"", 0, False
+    for chunk in iter(lambda: f.read(1 << 16), b""):
+        parts = chunk.split(b"\n")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if not too_long:
+                pending += part
+                if len(pending) > max_line:
+                    pending, too_long = b"", True
+            if not last:
+                n += 1
+                yield n, (None if too_long else pending)
+                pending, too_long = b"", False
+    if pending or too_long:
+        yield n + 1, (None if too_long else pending)
+
+
+def confined_output(root: str, rel: str) -> str:
+    """The URL of output `rel` under the output root. Locally, an existing folder on the way that resolves
+    outside the root (a symlink placed in the output) is refused before anything is created through it."""
+    safe_rel(rel, "output path")
+    url = storage.join(root, rel)
+    if storage.is_s3(root):
+        return url
+    parent = os.path.dirname(os.path.abspath(url))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not inside(parent, root):  # the file itself may be a link: os.replace replaces it, never follows it
+        raise UnsafeInput(f"output {rel!r} would be written through a symlink leading outside {root!r}")
+    return url
+
+
+__all__ = ["UnsafeInput", "Entry", "MAX_NAME_BYTES", "MAX_CAPTION_FILE_BYTES", "MAX_CAPTION_CHARS", "MAX_JSON_BYTES",
+           "DEFAULT_MAX_IMAGE_PIXELS", "max_image_bytes", "safe_rel", "check_s3_root", "check_run_name", "inside",
+           "walk_local", "list_inputs", "read", "check_captions", "lines", "confined_output"]
