@@ -21,6 +21,10 @@ Outputs, at each input's relative path under --output: `<stem>.png` (and `<stem>
 input in `results.jsonl` and a gallery in `index.html`. Every file is written whole or not at all; running
 again skips inputs whose outputs are all there, so a killed job resumes. A bad input becomes an error line;
 the job exits 0 unless every input failed.
+
+Inputs are untrusted (data/untrusted.py): a key or entry that is not a plain relative path (`..`, a leading
+`/`, ...), a symlink out of the input folder, an image over --max-image-pixels, an oversized caption file or
+caption becomes an error line, and nothing is read or written for it; nothing is written outside --output.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 
+from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import STRATEGIES, config_from_dict
 from ray_jobs.ray_env import init_ray
 
@@ -64,10 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="GPU type each actor needs (e.g. A10G): steers the autoscaler to that node type")
     p.add_argument("--cpus-per-worker", type=float, default=0,
                    help="default: 1 with GPUs; on CPU the node's CPUs shared out, leaving some for decoding")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help=f"larger images become error rows, refused from their header (default "
+                        f"{DEFAULT_MAX_IMAGE_PIXELS:,}); files over 4 bytes per pixel are not read")
     p.add_argument("--animate", action="store_true", help="also write <stem>.gif of the sampling chain")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     args = p.parse_args(argv)
-    for flag in ("samples", "batch_size", "workers", "chunk"):
+    for flag in ("samples", "batch_size", "workers", "chunk", "max_image_pixels"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.steps < 0 or args.temperature < 0 or args.final_temperature < 0:
@@ -96,33 +104,51 @@ def _rel(url: str, root: str) -> str:
     return os.path.relpath(url, root).replace(os.sep, "/")
 
 
-def list_tree(root: str) -> dict[str, str]:
-    """rel path -> url of every file under root (empty when root does not exist yet)."""
-    from data import storage
+def list_tree(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """Every entry under root (none when root does not exist yet): ({rel: url} of usable files,
+    {rel: (url, problem)} of entries that may not be read: unsafe keys, symlinks out of root, FIFOs...)."""
+    from data import untrusted
 
-    if not storage.is_s3(root) and not os.path.isdir(root):
-        return {}
-    return {_rel(u, root): u for u in storage.list_files(root, recursive=True)}
+    good, bad = {}, {}
+    for e in untrusted.list_inputs(root):
+        if e.problem:
+            bad[e.rel] = (e.url, e.problem)
+        else:
+            good[e.rel] = e.url
+    return good, bad
 
 
-def read_captions_jsonl(url: str, input_root: str) -> tuple[dict[str, str], int]:
-    """rel path -> first caption; also how many lines were unusable."""
-    from data import storage
+def error_row(url: str, rel: str, error: str, opts) -> dict:
+    return {"input": url, "rel": rel, "outputs": [], "caption": "", "strategy": opts.strategy, "steps": 0,
+            "seconds": 0.0, "status": "error", "error": error}
 
-    caps, bad = {}, 0
-    for line in storage.read_bytes(url).decode("utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            got = rec["captions"] if "captions" in rec else [rec["caption"]]
-            file = str(rec["file"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            bad += 1
-            continue
-        rel = _rel(file, input_root) if os.path.isabs(file) or file.startswith("s3://") else file.removeprefix("./")
-        text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
-        caps.setdefault(rel, text)
+
+def read_captions_jsonl(url: str, input_root: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """{rel path: first caption}, and (where, reason) for every line that cannot be used. Streamed: memory
+    holds one line (at most untrusted.MAX_CAPTION_FILE_BYTES) plus the captions kept."""
+    from data import storage, untrusted
+    from data.sources import caption_lines, listed_rel
+
+    caps, bad = {}, []
+    with storage.open_read(url) as f:
+        for where, file, got, problem in caption_lines(f, storage.basename(url)):
+            if problem:
+                bad.append((where, problem))
+                continue
+            try:
+                if storage.is_s3(file) or storage.is_s3(input_root):
+                    prefix = input_root.rstrip("/") + "/"
+                    if storage.is_s3(file) and not file.startswith(prefix):
+                        raise untrusted.UnsafeInput(f"{file!r} lies outside --input")
+                    rel = untrusted.safe_rel(file.removeprefix(prefix).removeprefix("./"), "'file'")
+                else:
+                    rel = listed_rel(file, input_root)
+                text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
+                untrusted.check_captions([text])
+            except untrusted.UnsafeInput as e:
+                bad.append((where, f"captions line not used: {e}"))
+                continue
+            caps.setdefault(rel, text)
     return caps, bad
 
 
@@ -138,37 +164,56 @@ def _nested(inner: str, outer: str) -> str | None:
 
 
 def plan(args, opts, previous: dict[str, dict]):
-    """Split the input tree into (rows to inpaint, result lines already known)."""
+    """Split the input tree into (rows to inpaint, result lines already known). Every entry gets a row:
+    unusable ones (unsafe names, symlinks out of the input, not images) an error row, and nothing is
+    read or written for them."""
     from data import storage
     from data.images import IMAGE_EXTENSIONS
     from ray_jobs.inpaint_actor import output_names
 
-    files = list_tree(args.input)
-    if not files and not storage.is_s3(args.input) and not os.path.isdir(args.input):
+    files, unsafe = list_tree(args.input)
+    if not files and not unsafe and not storage.is_s3(args.input) and not os.path.isdir(args.input):
         raise ValueError(f"--input {args.input!r} does not exist")
     out_rel = _nested(args.output, args.input)
-    captions, bad_lines = read_captions_jsonl(args.captions, args.input) if args.captions else ({}, 0)
-    if bad_lines:
-        print(f"warning: {bad_lines} line(s) of {args.captions} are not {{\"file\", \"caption\"}} JSON; ignored",
-              file=sys.stderr)
-    masks = {}
+
+    def in_output(rel: str) -> bool:
+        return bool(out_rel) and (rel + "/").startswith(out_rel + "/")
+
+    known = []
+    captions = {}
+    if args.captions:
+        captions, bad_lines = read_captions_jsonl(args.captions, args.input)
+        known += [error_row(args.captions, where, why, opts) for where, why in bad_lines]
+        if bad_lines:
+            print(f"warning: {len(bad_lines)} line(s) of {args.captions} cannot be used (see results.jsonl)",
+                  file=sys.stderr)
+    masks, bad_masks = {}, {}
     if opts.mask == "dir":
-        masks = {os.path.splitext(rel)[0]: url for rel, url in list_tree(args.mask).items()}
-    done_outputs = set(list_tree(args.output))
-    todo, known = [], []
+        good, bad = list_tree(args.mask)
+        masks = {os.path.splitext(rel)[0]: url for rel, url in good.items()}
+        bad_masks = {os.path.splitext(rel)[0]: why for rel, (_, why) in bad.items()}
+    done_outputs = set(list_tree(args.output)[0])
+    for rel, (url, why) in sorted(unsafe.items()):
+        if not in_output(rel):
+            known.append(error_row(url, rel, f"not read: {why}", opts))
+    todo = []
     for rel, url in sorted(files.items()):
         name = rel.rsplit("/", 1)[-1]
-        if name.startswith(".") or (out_rel and (rel + "/").startswith(out_rel + "/")):
+        if name.startswith(".") or in_output(rel):
             continue
         ext = os.path.splitext(name)[1].lower()
         if not ext.endswith(IMAGE_EXTENSIONS):
             if ext not in IGNORED_EXTENSIONS:
-                known.append({"input": url, "rel": rel, "outputs": [], "caption": "", "strategy": opts.strategy,
-                              "steps": 0, "seconds": 0.0, "status": "error",
-                              "error": f"not an image (extension {ext or 'none'!r}); images are "
-                                       + ", ".join(IMAGE_EXTENSIONS)})
+                known.append(error_row(url, rel, f"not an image (extension {ext or 'none'!r}); images are "
+                                       + ", ".join(IMAGE_EXTENSIONS), opts))
             continue
         stem = os.path.splitext(rel)[0]
+        if stem + ".txt" in unsafe and not args.captions:
+            known.append(error_row(url, rel, f"caption file {stem}.txt not read: {unsafe[stem + '.txt'][1]}", opts))
+            continue
+        if stem in bad_masks:
+            known.append(error_row(url, rel, f"mask file not read: {bad_masks[stem]}", opts))
+            continue
         if all(o in done_outputs for o in output_names(rel, opts)):
             prev = previous.get(url)
             # The earlier run's line when there is one (it has the caption, steps and timing).
@@ -237,10 +282,12 @@ def opts_cpus(args) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from data import storage
+    from data import storage, untrusted
     from ray_jobs.gallery import read_records, write_index
     from ray_jobs.inpaint_actor import JobOptions, parse_box
 
+    for flag in ("input", "output", "mask"):
+        untrusted.check_s3_root(getattr(args, flag), f"--{flag}")
     cfg = read_model_config(args.checkpoint)
     S = cfg.model.image_size
     mask = args.mask
@@ -251,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"--mask {mask!r} is neither center, box:X,Y,W,H nor an existing folder of mask PNGs")
         mask = "dir"
     storage.check_writable(args.output)
-    opts = JobOptions(checkpoint=args.checkpoint, output=args.output, image_size=S, mask=mask,
+    opts = JobOptions(checkpoint=args.checkpoint, input=args.input, output=args.output, image_size=S, mask=mask,
+                      mask_dir=args.mask if mask == "dir" else "", max_pixels=args.max_image_pixels,
                       strategy=args.strategy, steps=args.steps, samples=args.samples, temperature=args.temperature,
                       final_temperature=args.final_temperature, seed=args.seed, chunk=args.chunk,
                       animate=args.animate, use_gpu=args.gpus_per_worker > 0)

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from data import storage
-from data.images import ImageSkip, load
+from data import storage, untrusted
+from data.images import ImageSkip, load, pixel_limit
 
 ORIGINAL_SUFFIX = ".original.png"
 MASKED_SUFFIX = ".masked.png"
@@ -34,7 +34,10 @@ class JobOptions:
     checkpoint: str
     output: str
     image_size: int
+    input: str = ""  # the input root: nothing outside it is read
     mask: str = "center"  # "center", "box:X,Y,W,H" or "dir" (each row then names its mask file)
+    mask_dir: str = ""  # with mask="dir": the mask root, nothing outside it is read
+    max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS
     strategy: str = "independent-gibbs"
     steps: int = 0
     samples: int = 1
@@ -92,23 +95,29 @@ def _crop_box(w: int, h: int) -> tuple[int, int, int, int]:
 def _first_caption(data: bytes) -> str:
     for line in data.decode("utf-8", errors="replace").splitlines():
         if line.strip():
-            return line.strip()
+            return untrusted.check_captions([line.strip()])[0]
     return ""
 
 
 def _mask_from_png(data: bytes, upright_size: tuple[int, int], image_size: int) -> np.ndarray:
-    """A mask image (white = hide) fitted exactly like its image: same centre crop, nearest resize."""
+    """A mask image (white = hide) fitted exactly like its image: same centre crop, nearest resize. Its size
+    is checked from the header, before decoding (a mask can be no larger than its image)."""
     from PIL import Image, ImageOps
 
     try:
         img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+            w, h = h, w
+        if (w, h) != upright_size:
+            raise ImageSkip(f"mask is {w}x{h} but the image is {upright_size[0]}x{upright_size[1]}: masks must "
+                            "match their image")
         img.load()
         img = ImageOps.exif_transpose(img).convert("L")
+    except ImageSkip:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files; all mean "unusable mask"
         raise ImageSkip(f"mask is not a readable image ({type(e).__name__})") from None
-    if img.size != upright_size:
-        raise ImageSkip(f"mask is {img.size[0]}x{img.size[1]} but the image is "
-                        f"{upright_size[0]}x{upright_size[1]}: masks must match their image")
     fitted = img.resize((image_size, image_size), Image.Resampling.NEAREST, box=_crop_box(*upright_size))
     return np.asarray(fitted) > 127
 
@@ -116,6 +125,12 @@ def _mask_from_png(data: bytes, upright_size: tuple[int, int], image_size: int) 
 def decode_batch(batch: dict[str, np.ndarray], opts: dict) -> dict[str, np.ndarray]:
     """Rows {input, rel, caption, caption_url, mask_url} -> + {image [S,S,3], hidden [S,S], fit, error}."""
     o = JobOptions(**opts)
+    with pixel_limit(o.max_pixels):  # PIL's limit is per process, and this is a Ray worker's
+        return _decode_rows(batch, o)
+
+
+def _decode_rows(batch: dict[str, np.ndarray], o: JobOptions) -> dict[str, np.ndarray]:
+    max_bytes = untrusted.max_image_bytes(o.max_pixels)
     S = o.image_size
     n = len(batch["input"])
     images = np.zeros((n, S, S, 3), np.uint8)
@@ -126,8 +141,10 @@ def decode_batch(batch: dict[str, np.ndarray], opts: dict) -> dict[str, np.ndarr
         caption, fit, error = str(batch["caption"][i]), "", ""
         try:
             if batch["caption_url"][i]:
-                caption = _first_caption(storage.read_bytes(str(batch["caption_url"][i])))
-            img, (w, h), mode = load(storage.read_bytes(str(batch["input"][i])), S, "crop")
+                caption = _first_caption(untrusted.read(str(batch["caption_url"][i]), o.input,
+                                                        untrusted.MAX_CAPTION_FILE_BYTES, "caption file"))
+            data = untrusted.read(str(batch["input"][i]), o.input, max_bytes, "image file", untrusted.IMAGE_SIZE_HINT)
+            img, (w, h), mode = load(data, S, "crop")
             images[i] = np.asarray(img, dtype=np.uint8)
             fit = json.dumps({"width": w, "height": h, "mode": mode, "crop": _crop_box(w, h),
                               "resize": [S, S]})
@@ -135,12 +152,12 @@ def decode_batch(batch: dict[str, np.ndarray], opts: dict) -> dict[str, np.ndarr
                 mask_url = str(batch["mask_url"][i])
                 if not mask_url:
                     raise ImageSkip("no mask file for this image in the mask folder")
-                hidden[i] = _mask_from_png(storage.read_bytes(mask_url), (w, h), S)
+                hidden[i] = _mask_from_png(untrusted.read(mask_url, o.mask_dir, max_bytes, "mask file"), (w, h), S)
                 if not hidden[i].any():
                     raise ImageSkip("the mask hides nothing (white = hide)")
             else:
                 hidden[i] = default_hidden
-        except (ImageSkip, storage.StorageError) as e:
+        except (ImageSkip, storage.StorageError, untrusted.UnsafeInput) as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - one bad input must not fail the batch of good ones
             error = f"cannot read input: {type(e).__name__}: {e}"
@@ -191,7 +208,7 @@ class InpaintActor:
                     try:
                         outputs[i] = self.write(str(batch["rel"][i]), batch["image"][i], batch["hidden"][i],
                                                 *results[j])
-                    except (OSError, storage.StorageError) as e:
+                    except (OSError, storage.StorageError, untrusted.UnsafeInput) as e:
                         errors[i] = f"cannot write outputs: {e}"
         seconds = (time.perf_counter() - start) / max(1, n)
         o = self.opts
@@ -250,9 +267,10 @@ class InpaintActor:
         if o.animate:
             blobs.append(gif_bytes(frames))
         assert len(blobs) == len(names)
+        urls = [untrusted.confined_output(o.output, name) for name in names]  # all checked before any is written
         # The first sample is written last: a reader (or a resume) that finds it finds the rest too.
-        for name, blob in list(zip(names, blobs))[1:] + [(names[0], blobs[0])]:
-            storage.write_bytes_atomic(storage.join(o.output, name), blob)
+        for url, blob in list(zip(urls, blobs))[1:] + [(urls[0], blobs[0])]:
+            storage.write_bytes_atomic(url, blob)
         return names
 
 

@@ -1,9 +1,11 @@
 """End-to-end tests of `python -m ray_jobs.inpaint` through its main(argv), on a real local Ray."""
 
 import contextlib
+import html
 import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +118,7 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
 
     index = (out / "index.html").read_text()
     for src_attr in re.findall(r'src="([^"]+)"', index):
-        assert (out / src_attr).is_file(), src_attr
+        assert (out / urllib.parse.unquote(html.unescape(src_attr))).is_file(), src_attr
     assert index.count("<tr>") == len(expected) + 1 and "un café très coloré" in index
 
     # Resume: one input lost an output (and a killed writer left a temp file): only it is redone.
@@ -136,21 +138,27 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
 @pytest.mark.timeout(180)
 def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpoint, tmp_path):
     src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
-    write_synthetic(src, 2, image_size=32)
+    write_synthetic(src, 4, image_size=32)
     for p in src.glob("*.txt"):
         p.unlink()
     (tmp_path / "caps.jsonl").write_text(json.dumps({"file": "img_00000.png", "caption": "a green square"}) + "\n"
-                                         + "not json\n")
+                                         + "not json\n" + json.dumps({"file": "../x.png", "caption": "c"}) + "\n")
     masks.mkdir()
     m = np.zeros((32, 32), np.uint8)
     m[0:8, 24:32] = 255  # the top-right corner: 4x4 model pixels after the resize to 16
     Image.fromarray(m).save(masks / "img_00000.png")
+    Image.fromarray(m).save(tmp_path / "outside_mask.png")
+    os.symlink(tmp_path / "outside_mask.png", masks / "img_00002.png")  # a mask from outside the mask folder
+    Image.fromarray(m[:16]).save(masks / "img_00003.png")  # 32x16: not the image's size
     summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--mask", masks,
                   "--captions", tmp_path / "caps.jsonl", "--strategy", "ancestral", "--chunk", 8)
     recs = records(out)
     assert recs["img_00000.png"]["status"] == "ok" and recs["img_00000.png"]["caption"] == "a green square"
     assert recs["img_00000.png"]["steps"] == 6  # 4x4x3 hidden subpixels, 8 per pass
     assert recs["img_00001.png"]["status"] == "error" and "no mask" in recs["img_00001.png"]["error"]
+    assert "mask file not read: symlink pointing outside" in recs["img_00002.png"]["error"]
+    assert "mask is 32x16 but the image is 32x32" in recs["img_00003.png"]["error"]
+    assert "bad captions line" in recs["caps.jsonl:2"]["error"] and "'..'" in recs["caps.jsonl:3"]["error"]
     sample, original = (np.asarray(Image.open(out / f"img_00000{s}.png")) for s in ("", ".original"))
     hole = np.zeros((SIZE, SIZE), bool)
     hole[0:4, 12:16] = True
@@ -215,3 +223,90 @@ def test_an_output_folder_inside_the_input_is_never_read_as_input(tmp_path):
     assert job._nested("s3://b/photos/inpainted/", "s3://b/photos") == "inpainted"
     assert job._nested(str(tmp_path / "in2"), str(tmp_path / "in")) is None
     assert job._nested("s3://b/photos", "s3://b/photos") is None
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if not p.is_symlink() and p.is_file()}
+
+
+def _check_hostile_rows(recs: dict[str, dict], cases) -> None:
+    from tests.hostile_inputs import SECRET_CAPTION
+
+    for case in cases:
+        r = recs[case.rel]
+        assert r["status"] == ("ok" if case.ok else "error"), (case.rel, r)
+        if case.ok:
+            assert r["caption"] == case.caption, (case.rel, r)
+        else:
+            assert case.reason in r["error"] and r["outputs"] == [], (case.rel, r)
+    assert not any(SECRET_CAPTION in json.dumps(r) for r in recs.values())
+
+
+def _check_gallery(index: str, exists) -> None:
+    from tests.hostile_inputs import SCRIPT_CAPTION
+
+    assert SCRIPT_CAPTION not in index and html.escape(SCRIPT_CAPTION) in index  # text from inputs is escaped
+    links = re.findall(r'(?:src|href)="([^"]*)"', index)
+    assert links and all("#" not in u and "?" not in u and " " not in u for u in links)
+    for u in links:  # the browser's view: every link, percent-decoded, names an output
+        assert exists(urllib.parse.unquote(html.unescape(u))), u
+
+
+@pytest.mark.timeout(240)
+def test_hostile_bucket_writes_only_under_output(s3_server, ray_local, checkpoint, tmp_path):
+    """S3 keys with '..', absolute-looking keys, '.', '//' and backslashes, a decompression bomb, a 50 MB
+    caption file and URL-special names: exit 0, a row for every input, and nothing written outside --output
+    (the '..' key would land in tmp_path/escape/dotdot/ if joined naively to the local output)."""
+    from data import storage
+    from tests.hostile_inputs import common_files, hostile_keys
+
+    src = tmp_path / "src"
+    cases = common_files(src)
+    prefix = s3_server.url(f"hostile-{tmp_path.name}")
+    storage.upload_dir(src, f"{prefix}/in")
+    client = storage.s3_client()
+    bucket, key = storage.split_s3(f"{prefix}/in")
+    for rel, data, case in hostile_keys(tmp_path / "escape"):
+        client.put_object(Bucket=bucket, Key=f"{key}/{rel}", Body=data)
+        cases.append(case)
+    out = tmp_path / "out"
+    before = _files_under(tmp_path)
+    summary = run("--checkpoint", checkpoint, "--input", f"{prefix}/in", "--output", out, "--steps", 2)
+    assert job.exit_code(summary) == 0
+    assert not (tmp_path / "escape").exists()
+    written = _files_under(tmp_path) - before
+    assert written and all(out in p.parents for p in written), sorted(p for p in written if out not in p.parents)
+    recs = records(out)
+    assert set(recs) == {c.rel for c in cases}
+    _check_hostile_rows(recs, cases)
+    assert summary["done"] == sum(c.ok for c in cases) and summary["failed"] == sum(not c.ok for c in cases)
+    _check_gallery((out / "index.html").read_text(), lambda rel: (out / rel).is_file())
+
+
+@pytest.mark.timeout(240)
+def test_hostile_folder_writes_only_under_output(s3_server, ray_local, checkpoint, tmp_path):
+    """A local folder with symlinks out of it (file, folder, sidecar caption), a broken symlink, a FIFO, a
+    bomb, a 50 MB caption file and URL-special names, inpainted into S3: exit 0, a row for every input, every
+    key written under the output prefix, and the secret beside the folder never read."""
+    from data import storage
+    from tests.hostile_inputs import write_hostile_folder
+
+    src = tmp_path / "in"
+    cases = write_hostile_folder(src, tmp_path / "outside")
+    prefix = s3_server.url(f"hostile-{tmp_path.name}")
+    out = f"{prefix}/out"
+    keys_before = set(storage.list_files(s3_server.url(), recursive=True))
+    files_before = _files_under(tmp_path)
+    summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 2)
+    assert job.exit_code(summary) == 0
+    assert _files_under(tmp_path) == files_before
+    new_keys = set(storage.list_files(s3_server.url(), recursive=True)) - keys_before
+    assert new_keys and all(k.startswith(out + "/") for k in new_keys)
+    recs = {json.loads(line)["rel"]: json.loads(line)
+            for line in storage.read_bytes(f"{out}/results.jsonl").decode().splitlines()}
+    assert set(recs) == {c.rel for c in cases}
+    _check_hostile_rows(recs, cases)
+    # The symlink inside the folder is followed: its outputs show the image it points to.
+    original = storage.read_bytes(f"{out}/link_in.original.png")
+    assert original == storage.read_bytes(f"{out}/ok/a.original.png")
+    _check_gallery(storage.read_bytes(f"{out}/index.html").decode(), lambda rel: f"{out}/{rel}" in new_keys)
