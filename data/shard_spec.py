@@ -13,9 +13,11 @@ Local and s3:// specs cannot be mixed in one list (one reader filesystem per dat
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 
-from data import storage
+from data import storage, untrusted
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
@@ -85,25 +87,54 @@ def expand_braces(pattern: str) -> list[str]:
     return out
 
 
-def _from_manifest(url: str) -> list[str]:
+def _from_manifest(url: str, refused: list[tuple[str, str]]) -> list[str]:
+    """The shards a manifest lists, each a plain name under the manifest's folder (inside it, locally, once
+    symlinks are resolved); any other name goes to `refused` with the reason."""
     try:
-        m = json.loads(storage.read_bytes(url))
+        m = json.loads(storage.read_bytes(url, max_bytes=untrusted.MAX_MANIFEST_BYTES))
         names = [s["name"] for s in m["shards"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{url} is not a shard manifest written by data.make_shards ({e}); pass the shards "
-                         "themselves or their folder instead") from None
+    except storage.TooLarge as e:
+        raise ValueError(f"{url} is {e.size} bytes; a manifest may be at most {e.limit}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"{url} is not a shard manifest written by data.make_shards ({type(e).__name__}); pass "
+                         "the shards themselves or their folder instead") from None
     base = storage.dirname(url)
-    return [storage.join(base, n) for n in names]
+    out = []
+    for n in names:
+        try:
+            shard = storage.join(base, untrusted.safe_rel(str(n), "shard name"))
+            if not storage.is_s3(shard) and os.path.lexists(shard) and not untrusted.inside(shard, base):
+                raise untrusted.UnsafeInput(f"shard {n!r} is a symlink pointing outside {base!r}")
+        except untrusted.UnsafeInput as e:
+            refused.append((f"{storage.basename(url)}:{untrusted.printable(str(n))}", str(e)))
+            continue
+        out.append(shard)
+    return out
 
 
-def _list_prefix(url: str) -> list[str]:
-    if not storage.is_s3(url) and not storage.exists(url):
+def _list_prefix(url: str, refused: list[tuple[str, str]]) -> list[str]:
+    """The *.tar directly under a folder or prefix; locally, symlinks out of the folder go to `refused`."""
+    if storage.is_s3(url):
+        return storage.list_files(url, suffix=".tar")
+    if not os.path.isdir(url):
         raise ValueError(f"shard folder {url!r} does not exist")
-    return storage.list_files(url, suffix=".tar")
+    out = []
+    for e in untrusted.walk_local(url, recursive=False):
+        if e.rel.endswith(".tar"):
+            if e.problem:
+                refused.append((e.url, e.problem))
+            else:
+                out.append(e.url)
+    return out
 
 
-def resolve_shards(spec: str | list[str], check: bool = True) -> list[str]:
-    """Every shard URL the spec names, in order; ValueError if none, or (with `check`) if any is missing."""
+def resolve_shards(spec: str | list[str], check: bool = True, refused: list[tuple[str, str]] | None = None
+                   ) -> list[str]:
+    """Every shard URL the spec names, in order; ValueError if none, or (with `check`) if any is missing.
+    Shards a listing or manifest names but that may not be read (untrusted.py: unsafe names, symlinks out of
+    their folder) are left out and appended to `refused` as (where, why), or printed when it is None."""
+    report = refused is None
+    refused = [] if refused is None else refused
     items = list(spec) if isinstance(spec, (list, tuple)) else split_top_level(str(spec))
     if not items:
         raise ValueError("empty shard spec: give a folder, s3:// prefix, manifest.json, shard URLs or a "
@@ -113,7 +144,7 @@ def resolve_shards(spec: str | list[str], check: bool = True) -> list[str]:
     for item in items:
         for one in expand_braces(str(item)):
             if one.endswith(".json"):
-                found = _from_manifest(one)
+                found = _from_manifest(one, refused)
                 named.extend(found)
             elif one.endswith(".tar"):
                 found = [one]
@@ -121,12 +152,13 @@ def resolve_shards(spec: str | list[str], check: bool = True) -> list[str]:
             else:
                 manifest = storage.join(one, MANIFEST)
                 if storage.exists(manifest):
-                    found = _from_manifest(manifest)
+                    found = _from_manifest(manifest, refused)
                     named.extend(found)
                 else:
-                    found = _list_prefix(one)
+                    found = _list_prefix(one, refused)
                 if not found:
-                    raise ValueError(f"no shards (*.tar) found under {one!r}: build them with "
+                    why = f" (refused: {'; '.join(f'{w}: {r}' for w, r in refused[:3])})" if refused else ""
+                    raise ValueError(f"no shards (*.tar) found under {one!r}{why}: build them with "
                                      "`python -m data.make_shards SRC DEST`")
             urls.extend(found)
     kinds = {storage.is_s3(u) for u in urls}
@@ -134,6 +166,9 @@ def resolve_shards(spec: str | list[str], check: bool = True) -> list[str]:
         raise ValueError("shard spec mixes local paths and s3:// URLs; read them as two datasets")
     if check and named:
         _check_exist(named)
+    if report:
+        for where, why in refused:
+            print(f"warning: shard {where} not read: {why}", file=sys.stderr)
     return urls
 
 

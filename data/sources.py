@@ -150,7 +150,21 @@ def iter_folder(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
 def caption_lines(f: IO[bytes], name: str) -> Iterator[tuple[str, str, list, str]]:
     """(where, file, captions, problem) for every non-blank line of a captions JSONL stream
     (`{"file": ..., "caption": ...}` or `"captions": [...]`), where = `name:line`. A line that cannot be
-    used has its problem set; lines are read bounded (untrusted.lines)."""
+    used has its problem set; lines are read bounded (untrusted.lines). Past MAX_BAD_LINE_ROWS unusable
+    lines, the rest are only counted, in one last row (a file of garbage must not become a million rows)."""
+    bad = 0
+    for where, file, got, problem in _caption_lines(f, name):
+        if problem:
+            bad += 1
+            if bad > untrusted.MAX_BAD_LINE_ROWS:
+                continue
+        yield where, file, got, problem
+    if bad > untrusted.MAX_BAD_LINE_ROWS:
+        yield (f"{name}:*", "", [], f"bad captions lines: {bad - untrusted.MAX_BAD_LINE_ROWS} more after the "
+                                    f"first {untrusted.MAX_BAD_LINE_ROWS} listed")
+
+
+def _caption_lines(f: IO[bytes], name: str) -> Iterator[tuple[str, str, list, str]]:
     for n, raw in untrusted.lines(f):
         where = f"{name}:{n}"
         if raw is None:
@@ -165,23 +179,11 @@ def caption_lines(f: IO[bytes], name: str) -> Iterator[tuple[str, str, list, str
             got = rec["captions"] if "captions" in rec else [rec["caption"]]
             if not isinstance(file, str) or not isinstance(got, list):
                 raise TypeError("'file' must be a string and 'captions' a list")
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            yield where, "", [], (f"bad captions line ({type(e).__name__}: {e}); expected "
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: [[[[... nested
+            yield where, "", [], (f"bad captions line ({type(e).__name__}: {str(e)[:200]}); expected "
                                   '{"file": ..., "caption": ...} or "captions": [...]')
             continue
         yield where, file, got, ""
-
-
-def _load_jsonl(path: str) -> tuple[dict[str, list[str]], list[Item]]:
-    caps: dict[str, list[str]] = {}
-    bad: list[Item] = []
-    with open(path, "rb") as f:
-        for where, file, got, problem in caption_lines(f, os.path.basename(path)):
-            if problem:
-                bad.append(Item(where, skip=problem))
-            else:
-                caps.setdefault(file, []).extend(clean_captions(got))
-    return caps, bad
 
 
 def listed_rel(file: str, root: str) -> str:
@@ -196,29 +198,48 @@ def listed_rel(file: str, root: str) -> str:
 
 
 def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
-    caps, bad = _load_jsonl(src.captions_file)
-    yield from bad
+    """The folder's files with their captions from the JSONL. The folder is listed first, so only captions of
+    files that exist are kept; unusable lines and entries naming anything else (outside the folder, missing)
+    are rows, the first untrusted.MAX_BAD_LINE_ROWS of each kind one by one and the rest counted."""
     root = src.root
     name = os.path.basename(src.captions_file)
-    by_rel: dict[str, str] = {}
-    for file in caps:
-        try:
-            by_rel.setdefault(listed_rel(file, root), file)
-        except untrusted.UnsafeInput as e:
-            yield Item(file, skip=f"not read: {e} (listed in {name})")
-    seen: set[str] = set()
-    for entry in untrusted.walk_local(root, exclude):
+    limit = untrusted.MAX_BAD_LINE_ROWS
+    entries = list(untrusted.walk_local(root, exclude))
+    present = {e.rel for e in entries if not e.problem}
+    caps: dict[str, list[str]] = {}
+    outside, missing = [], []
+    n_outside = n_missing = 0
+    with open(src.captions_file, "rb") as f:
+        for where, file, got, problem in caption_lines(f, name):
+            if problem:
+                yield Item(where, skip=problem)
+                continue
+            try:
+                rel = listed_rel(file, root)
+            except untrusted.UnsafeInput as e:
+                n_outside += 1
+                if n_outside <= limit:
+                    outside.append(Item(untrusted.printable(file), skip=f"not read: {e} (listed in {name})"))
+                continue
+            if rel in present:
+                caps.setdefault(rel, []).extend(clean_captions(got))
+            else:
+                n_missing += 1
+                if n_missing <= limit:
+                    missing.append(Item(rel, skip=f"file not found (listed in {name})"))
+    yield from outside
+    if n_outside > limit:
+        yield Item(f"{name}:*", skip=f"not read: {n_outside - limit} more entries outside the image folder")
+    for entry in entries:
         rel, full = entry.rel, entry.url
         if entry.problem:
             yield Item(rel, skip=f"not read: {entry.problem}")
-            seen.add(rel)
             continue
-        if rel not in by_rel:
+        if rel not in caps:
             why = "not an image" if not _is_image_name(full) else f"no caption (not in {name})"
             yield Item(rel, skip=why)
             continue
-        seen.add(rel)
-        got = caps[by_rel[rel]]
+        got = caps[rel]
         if not got:
             yield Item(rel, skip="no caption (blank in captions file)")
             continue
@@ -229,8 +250,9 @@ def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
             continue
         # Not an image by name: let the decoder decide; it names the reason.
         yield Item(rel, captions=got, path=full, root=root)
-    for rel in sorted(set(by_rel) - seen):
-        yield Item(rel, skip=f"file not found (listed in {name})")
+    yield from missing
+    if n_missing > limit:
+        yield Item(f"{name}:*", skip=f"file not found: {n_missing - limit} more entries name no file in the folder")
 
 
 def iter_coco(src: Source) -> Iterator[Item]:
@@ -279,7 +301,7 @@ def _captions_from_sample(sample: dict[str, bytes]) -> list[str]:
     if "json" in sample:
         try:
             meta = json.loads(sample["json"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond Python's stack
             return []
         if isinstance(meta, dict):
             if isinstance(meta.get("captions"), list):
@@ -306,35 +328,59 @@ def _sample_item(shard_name: str, key: str, sample: dict[str, bytes]) -> Item:
     return Item(source, captions=caps, data=sample[img_ext])
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads an extended header (pax, GNU long name) whole, whatever size it claims; this refuses one
+    over untrusted.MAX_TAR_HEADER_BYTES first (a compressed "tar" could otherwise claim gigabytes)."""
+
+    EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE)
+
+    def _proc_member(self, tar):
+        if self.type in self.EXTENDED and self.size > untrusted.MAX_TAR_HEADER_BYTES:
+            raise tarfile.HeaderError(f"extended header of {self.size} bytes; the limit is "
+                                      f"{untrusted.MAX_TAR_HEADER_BYTES}")
+        if len(tar.pax_headers) > untrusted.MAX_PAX_GLOBALS:  # global headers accumulate for the whole file
+            raise tarfile.HeaderError(f"global pax headers set over {untrusted.MAX_PAX_GLOBALS} keys")
+        return super()._proc_member(tar)
+
+
 def iter_tar(url: str, max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Item]:
-    """Samples of one tar shard, grouped WebDataset-style (key = member name before the first dot). A member
-    over its size limit is not read (the stream skips it) and its sample is skipped."""
+    """Samples of one tar shard, grouped WebDataset-style (key = member name before the first dot). Only the
+    members a sample uses (images, txt, json) are read, each within its limit and the sample within the sum
+    of them; a member over its limit is not read (the stream skips it) and its sample is skipped."""
     name = storage.basename(url)
     max_image = untrusted.max_image_bytes(max_pixels)
-    key, sample, n = None, {}, 0
+    max_sample = max_image + 2 * untrusted.MAX_TEXT_MEMBER_BYTES
+    key, sample, n, held = None, {}, 0, 0
     try:
-        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for m in tar:
+        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|*", tarinfo=_BoundedTarInfo) as tar:
+            while (m := tar.next()) is not None:
+                tar.members.clear()  # a stream's TarFile keeps every header it has seen otherwise
                 if not m.isreg():
                     continue
-                base = m.name.rsplit("/", 1)[-1]
+                member = untrusted.printable(m.name)  # a name that is not UTF-8 must still fit in skipped.jsonl
+                base = member.rsplit("/", 1)[-1]
                 if "." not in base:
                     continue
-                dirpart = m.name[: len(m.name) - len(base)]
+                dirpart = member[: len(member) - len(base)]
                 k, ext = dirpart + base.split(".", 1)[0], base.split(".", 1)[1].lower()
                 if k != key:
                     if key is not None:
                         n += 1
                         yield _sample_item(name, key, sample)
-                    key, sample = k, {}
+                    key, sample, held = k, {}, 0
+                if ext not in SHARD_IMAGE_EXTS and ext not in ("txt", "json"):
+                    continue  # not used by a sample: never read
                 limit = max_image if ext in SHARD_IMAGE_EXTS else untrusted.MAX_TEXT_MEMBER_BYTES
-                if m.size > limit:
-                    sample[TOO_LARGE] = (f"too large: member {base} is {m.size} bytes; the limit is {limit}"
+                if m.size > limit or held + m.size > max_sample:
+                    what = f"member {base} is {m.size} bytes" if m.size > limit else "sample's members add up to more"
+                    sample[TOO_LARGE] = (f"too large: {what}; the limit is {min(limit, max_sample - held)}"
                                          + (" (--max-image-pixels raises it)" if limit == max_image else "")).encode()
-                else:
+                elif TOO_LARGE not in sample:
                     sample[ext] = tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        yield Item(f"{name}#after-{n}-samples", skip=f"corrupt or truncated shard ({type(e).__name__}: {e})")
+                    held += m.size
+    except (tarfile.TarError, EOFError, OSError, ValueError, RecursionError) as e:  # ValueError: bad sparse maps
+        yield Item(f"{name}#after-{n}-samples", skip=f"corrupt or truncated shard ({type(e).__name__}: {str(e)[:200]})")
         # The sample being read when the shard broke may be incomplete: do not use it.
         if key is not None:
             yield Item(f"{name}#{key}", skip="sample cut by a truncated shard")
@@ -344,7 +390,11 @@ def iter_tar(url: str, max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> 
 
 
 def iter_shards(src: Source) -> Iterator[Item]:
-    for url in shard_spec.resolve_shards(src.root):
+    refused: list[tuple[str, str]] = []
+    urls = shard_spec.resolve_shards(src.root, refused=refused)
+    for where, why in refused:
+        yield Item(where, skip=f"not read: {why}")
+    for url in urls:
         yield from iter_tar(url, src.max_pixels)
 
 

@@ -1,4 +1,5 @@
-"""Synthetic captioned images for demos and tests, and a folder of every awkward input a user may have.
+"""Synthetic captioned images for demos and tests, a folder of every awkward input a user may have, and a
+PNG decompression bomb (`png_bomb`) for the untrusted-input rules.
 
     python -m data.synthetic demo_images --num 2000 --image-size 32
     python -m data.synthetic awkward_inputs --awkward
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import struct
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +170,19 @@ def _gradient(w: int, h: int) -> np.ndarray:
     y = np.linspace(0, 255, h, dtype=np.float64)[:, None]
     return np.stack([np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)),
                      np.full((h, w), 128.0)], -1).round().astype(np.uint8)
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid 1-bit grey PNG of side x side pixels (900 Mpx by default) in ~110 KB: all-zero rows compress
+    about 1000:1. Decoded naively it needs side*side bytes, then 3x that as RGB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row * 100) for _ in range(side // 100)) + z.compress(row * (side % 100)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def write_awkward_cases(folder: str | Path) -> list[AwkwardCase]:

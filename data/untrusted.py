@@ -21,9 +21,11 @@ a few KB of reading.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -34,7 +36,12 @@ MAX_NAME_BYTES = 200  # one path segment; leaves room for output suffixes and te
 MAX_CAPTION_FILE_BYTES = 64_000  # a sidecar caption file, or one line of a captions JSONL
 MAX_CAPTION_CHARS = 2000  # one caption; models read at most a few dozen tokens of it
 MAX_TEXT_MEMBER_BYTES = 1_000_000  # a shard's txt or json member: captions plus metadata
-MAX_JSON_BYTES = 1_000_000_000  # a COCO captions JSON is parsed whole (COCO 2017 train: 92 MB)
+MAX_TAR_HEADER_BYTES = 1_000_000  # a pax or GNU long-name header in a tar (tarfile reads it whole)
+MAX_JSON_BYTES = 250_000_000  # a COCO captions JSON, parsed whole (~6x in memory; COCO 2017 train: 92 MB)
+MAX_MANIFEST_BYTES = 100_000_000  # a shard manifest.json (~150 bytes per shard)
+MAX_TOKENIZER_BYTES = 50_000_000  # a shard set's tokenizer.model (sentencepiece models are a few MB)
+MAX_BAD_LINE_ROWS = 100  # unusable lines of a captions file listed one by one; the rest are counted
+MAX_PAX_GLOBALS = 10_000  # keys a tar's global pax headers may set (tarfile keeps them all)
 # 100 Mpx, a 12000x8000 photo: decoding one peaks at 0.4 GB (RGB) to 0.85 GB (RGBA) (bench/untrusted.py).
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 BYTES_PER_PIXEL_LIMIT = 4
@@ -65,13 +72,25 @@ def safe_rel(rel: str, what: str = "path") -> str:
         raise UnsafeInput(f"{what} {rel!r} contains a backslash (a path separator on Windows)")
     if any(ord(c) < 32 or ord(c) == 127 for c in rel):
         raise UnsafeInput(f"{what} {rel!r} contains a control character")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that was not UTF-8 on disk (Python keeps its bytes as surrogates)
+        raise UnsafeInput(f"{what} {printable(rel)!r} is not valid UTF-8") from None
     for seg in rel.split("/"):
         if seg in ("", ".", ".."):
-            raise UnsafeInput(f"{what} {rel!r} has {'a ' + repr(seg) if seg else 'an empty'} segment; '..' could climb "
-                              "out of the output, and '.' or '//' would collide with another name")
+            raise UnsafeInput(f"{what} {rel!r} has {'a ' + repr(seg) if seg else 'an empty'} segment; '..' could "
+                              "climb out of the output, and '.' or '//' would collide with another name")
+        if not seg.strip(". "):  # '...', '.. ': Windows and SMB shares strip trailing dots and spaces
+            raise UnsafeInput(f"{what} {rel!r} has a segment of only dots and spaces ({seg!r})")
         if len(seg.encode("utf-8")) > MAX_NAME_BYTES:
             raise UnsafeInput(f"{what} has a name of {len(seg.encode('utf-8'))} bytes; at most {MAX_NAME_BYTES}")
     return rel
+
+
+def printable(name: str) -> str:
+    """A name as it can be shown and written to UTF-8 files: bytes that were not UTF-8 (kept by Python as
+    surrogates) become visible escapes such as `\\udce9`."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_s3_root(url: str, flag: str) -> None:
@@ -124,27 +143,31 @@ class Entry:
     problem: str = ""  # non-empty: this entry may not be used, and why
 
 
-def walk_local(root: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
+def walk_local(root: str, exclude: tuple[str, ...] = (), recursive: bool = True) -> Iterator[Entry]:
     """Every entry under a local folder that could be an input, in a deterministic order (a folder's files,
-    then its sub-folders), each with a problem when it may not be read. Symlinked folders are not descended
-    into (those inside the root are listed under their own path already); one pointing outside is reported.
-    Plain files and folders cost no system call beyond reading their folder (scandir's d_type)."""
+    then its sub-folders, depth first), each with a problem when it may not be read. Symlinked folders are not
+    descended into (those inside the root are listed under their own path already); one pointing outside is
+    reported. Plain files and folders cost no system call beyond reading their folder (scandir's d_type).
+    A name that is not UTF-8 is reported under its printable form. No recursion: any depth is fine."""
     base = _real_root(root)
     ex = {os.path.abspath(e) for e in exclude}
-
-    def walk(folder: str, rel: str) -> Iterator[Entry]:
+    stack = [(root, "")]
+    while stack:
+        folder, rel = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            yield Entry(rel or ".", folder, f"folder unreadable ({e.strerror})")
-            return
+            yield Entry(printable(rel) or ".", printable(folder), f"folder unreadable ({e.strerror})")
+            continue
         subdirs = []
         for e in entries:
             if ex and os.path.abspath(e.path) in ex:
                 continue
             r = f"{rel}{e.name}"
-            if e.is_dir(follow_symlinks=False):
+            if printable(e.name) != e.name:
+                yield Entry(printable(r), printable(e.path), "name is not valid UTF-8; not read")
+            elif e.is_dir(follow_symlinks=False):
                 subdirs.append((e.path, r + "/"))
             elif e.is_file(follow_symlinks=False):
                 yield Entry(r, e.path)
@@ -153,10 +176,8 @@ def walk_local(root: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
                     yield entry
             else:
                 yield Entry(r, e.path, "not a regular file")
-        for path, r in subdirs:
-            yield from walk(path, r)
-
-    yield from walk(root, "")
+        if recursive:
+            stack.extend(reversed(subdirs))
 
 
 def _symlink_entry(path: str, rel: str, base: str) -> Entry | None:
@@ -254,6 +275,10 @@ def check_captions(captions: list[str], what: str = "caption") -> list[str]:
     for c in captions:
         if len(c) > MAX_CAPTION_CHARS:
             raise UnsafeInput(f"{what} is {len(c)} characters; at most {MAX_CAPTION_CHARS}")
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+            raise UnsafeInput(f"{what} is not valid Unicode text ({printable(c)[:40]!r}...)") from None
     return captions
 
 
@@ -277,21 +302,48 @@ def lines(f: IO[bytes], max_line: int = MAX_CAPTION_FILE_BYTES) -> Iterator[tupl
         yield n + 1, (None if too_long else pending)
 
 
-def confined_output(root: str, rel: str) -> str:
-    """The URL of output `rel` under the output root. Locally, an existing folder on the way that resolves
-    outside the root (a symlink placed in the output) is refused before anything is created through it."""
+def write_output(root: str, rel: str, data: bytes) -> str:
+    """Write output `rel` under the output root, whole or not at all; returns its URL. On S3, a plain key
+    under the root. Locally, every folder on the way is created and opened relative to the one before it,
+    refusing symlinks (O_NOFOLLOW), and the file goes to a temporary name in that folder, then is renamed:
+    no symlink in the output folder, present or swapped in while writing, can lead the write outside it."""
     safe_rel(rel, "output path")
     url = storage.join(root, rel)
     if storage.is_s3(root):
+        storage.write_bytes_atomic(url, data)
         return url
-    parent = os.path.dirname(os.path.abspath(url))
-    while not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if not inside(parent, root):  # the file itself may be a link: os.replace replaces it, never follows it
-        raise UnsafeInput(f"output {rel!r} would be written through a symlink leading outside {root!r}")
+    *folders, name = rel.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            try:
+                os.mkdir(folder, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                sub = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:  # ELOOP: a symlink; ENOTDIR: a file where a folder should be
+                raise UnsafeInput(f"output {rel!r}: {folder!r} in the output folder is not a plain folder "
+                                  f"({e.strerror}); not written through") from None
+            os.close(fd)
+            fd = sub
+        tmp = f"{name}{storage.PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)  # replaces a link at `name`, never follows it
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+    finally:
+        os.close(fd)
     return url
 
 
 __all__ = ["UnsafeInput", "Entry", "MAX_NAME_BYTES", "MAX_CAPTION_FILE_BYTES", "MAX_CAPTION_CHARS", "MAX_JSON_BYTES",
            "DEFAULT_MAX_IMAGE_PIXELS", "max_image_bytes", "safe_rel", "check_s3_root", "check_run_name", "inside",
-           "walk_local", "list_inputs", "read", "check_captions", "lines", "confined_output"]
+           "walk_local", "list_inputs", "read", "check_captions", "lines", "write_output", "printable"]

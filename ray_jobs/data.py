@@ -37,7 +37,7 @@ import ray
 
 from data import images, shard_spec, storage
 from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
-from data.untrusted import MAX_CAPTION_CHARS
+from data.untrusted import MAX_CAPTION_CHARS, MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES
 from onade.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,10 @@ def tokenizer_for(spec: str | list[str]) -> Tokenizer:
     if not storage.exists(url):
         raise ValueError(f"no {shard_spec.TOKENIZER} at {url}: build the shards with `python -m data.make_shards`, "
                          "or load a tokenizer with Tokenizer.from_file and pass it yourself")
-    return Tokenizer.from_bytes(storage.read_bytes(url))
+    try:
+        return Tokenizer.from_bytes(storage.read_bytes(url, max_bytes=MAX_TOKENIZER_BYTES))
+    except storage.TooLarge as e:
+        raise ValueError(f"{url} is {e.size} bytes; a tokenizer model may be at most {e.limit}") from None
 
 
 @ray.remote(num_cpus=0)
@@ -225,7 +228,7 @@ def _manifest_size(spec: str) -> int:
     url = storage.join(shard_spec.shards_home(spec), shard_spec.MANIFEST)
     if not storage.exists(url):
         raise ValueError(f"no manifest at {url}: pass --image-size")
-    return int(json.loads(storage.read_bytes(url))["image_size"])
+    return int(json.loads(storage.read_bytes(url, max_bytes=MAX_MANIFEST_BYTES))["image_size"])
 
 
 if __name__ == "__main__":
