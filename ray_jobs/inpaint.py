@@ -123,15 +123,16 @@ def error_row(url: str, rel: str, error: str, opts) -> dict:
             "seconds": 0.0, "status": "error", "error": error}
 
 
-def read_captions_jsonl(url: str, input_root: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """{rel path: first caption}, and (where, reason) for every line that cannot be used. Streamed: memory
-    holds one line (at most untrusted.MAX_CAPTION_FILE_BYTES) plus the captions kept."""
+def read_captions_jsonl(url: str, input_root: str, wanted: set[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """{rel path: first caption} for the inputs in `wanted`, and (where, reason) for lines that cannot be used.
+    Streamed: memory holds one line (at most untrusted.MAX_CAPTION_FILE_BYTES) plus the captions kept."""
     from data import storage, untrusted
     from data.sources import caption_lines, listed_rel
 
-    caps, bad = {}, []
+    caps, bad, unsafe = {}, [], 0
+    name = storage.basename(url)
     with storage.open_read(url) as f:
-        for where, file, got, problem in caption_lines(f, storage.basename(url)):
+        for where, file, got, problem in caption_lines(f, name):  # unusable lines arrive capped
             if problem:
                 bad.append((where, problem))
                 continue
@@ -146,9 +147,15 @@ def read_captions_jsonl(url: str, input_root: str) -> tuple[dict[str, str], list
                 text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
                 untrusted.check_captions([text])
             except untrusted.UnsafeInput as e:
-                bad.append((where, f"captions line not used: {e}"))
+                unsafe += 1
+                if unsafe <= untrusted.MAX_BAD_LINE_ROWS:
+                    bad.append((where, f"captions line not used: {e}"))
                 continue
-            caps.setdefault(rel, text)
+            if rel in wanted:
+                caps.setdefault(rel, text)
+    if unsafe > untrusted.MAX_BAD_LINE_ROWS:
+        bad.append((f"{name}:*", f"captions lines not used: {unsafe - untrusted.MAX_BAD_LINE_ROWS} more naming "
+                                 "files outside --input or with unusable captions"))
     return caps, bad
 
 
@@ -158,9 +165,42 @@ def _nested(inner: str, outer: str) -> str | None:
     from data import storage
 
     if not storage.is_s3(inner) and not storage.is_s3(outer):
-        inner, outer = os.path.abspath(inner), os.path.abspath(outer)
+        inner, outer = os.path.realpath(inner), os.path.realpath(outer)
     inner, outer = inner.rstrip("/"), outer.rstrip("/")
     return _rel(inner, outer) if inner.startswith(outer + "/") else None
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+def _clash(names: list[str], claimed: dict[str, tuple[str, str]]) -> str:
+    """Why these output paths cannot be written beside those already claimed ("" if they can)."""
+    from data import untrusted
+
+    for o in names:
+        try:
+            untrusted.safe_rel(o, "output")
+        except untrusted.UnsafeInput as e:
+            return str(e)
+        if o.casefold() in claimed:
+            return f"its output {o} is already that of {claimed[o.casefold()][1]}; rename one of the two"
+        for folder in _parents(o):
+            kind, owner = claimed.get(folder.casefold(), ("folder", ""))
+            if kind == "file":
+                return f"its output {o} needs a folder {folder}, already a file of {owner}; rename one of the two"
+    return ""
+
+
+def _same_or_inside(inner: str, outer: str) -> bool:
+    from data import storage
+
+    if storage.is_s3(inner) != storage.is_s3(outer):
+        return False
+    if not storage.is_s3(inner):
+        inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return inner.rstrip("/") == outer.rstrip("/") or _nested(inner, outer) is not None
 
 
 def plan(args, opts, previous: dict[str, dict]):
@@ -182,7 +222,7 @@ def plan(args, opts, previous: dict[str, dict]):
     known = []
     captions = {}
     if args.captions:
-        captions, bad_lines = read_captions_jsonl(args.captions, args.input)
+        captions, bad_lines = read_captions_jsonl(args.captions, args.input, set(files))
         known += [error_row(args.captions, where, why, opts) for where, why in bad_lines]
         if bad_lines:
             print(f"warning: {len(bad_lines)} line(s) of {args.captions} cannot be used (see results.jsonl)",
@@ -196,6 +236,10 @@ def plan(args, opts, previous: dict[str, dict]):
     for rel, (url, why) in sorted(unsafe.items()):
         if not in_output(rel):
             known.append(error_row(url, rel, f"not read: {why}", opts))
+    # Two inputs must not write the same path: `a.png` and `a.jpg` both make `a.png`; the `a.original.png` of
+    # `a.png` is the output of an input named `a.original.png`; `a.png/x.png` needs a folder where `a.jpg`
+    # writes a file; names differing in case collide on some disks. The job's own files are claimed first.
+    claimed = {RESULTS: ("file", "the job's results"), INDEX: ("file", "the job's gallery")}
     todo = []
     for rel, url in sorted(files.items()):
         name = rel.rsplit("/", 1)[-1]
@@ -214,11 +258,20 @@ def plan(args, opts, previous: dict[str, dict]):
         if stem in bad_masks:
             known.append(error_row(url, rel, f"mask file not read: {bad_masks[stem]}", opts))
             continue
-        if all(o in done_outputs for o in output_names(rel, opts)):
+        names = output_names(rel, opts)
+        clash = _clash(names, claimed)
+        if clash:
+            known.append(error_row(url, rel, clash, opts))
+            continue
+        for o in names:
+            claimed[o.casefold()] = ("file", rel)
+            for folder in _parents(o):
+                claimed.setdefault(folder.casefold(), ("folder", rel))
+        if all(o in done_outputs for o in names):
             prev = previous.get(url)
             # The earlier run's line when there is one (it has the caption, steps and timing).
             known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
-                         {"input": url, "rel": rel, "outputs": output_names(rel, opts),
+                         {"input": url, "rel": rel, "outputs": names,
                           "caption": captions.get(rel, ""), "strategy": opts.strategy, "status": "ok",
                           "resumed": True})
             continue
@@ -288,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     for flag in ("input", "output", "mask"):
         untrusted.check_s3_root(getattr(args, flag), f"--{flag}")
+    if _same_or_inside(args.input, args.output):
+        raise ValueError(f"--output {args.output!r} is --input or contains it: outputs could overwrite inputs and "
+                         "be read as inputs next time; use another folder (one inside --input is fine)")
     cfg = read_model_config(args.checkpoint)
     S = cfg.model.image_size
     mask = args.mask

@@ -267,10 +267,11 @@ class InpaintActor:
         if o.animate:
             blobs.append(gif_bytes(frames))
         assert len(blobs) == len(names)
-        urls = [untrusted.confined_output(o.output, name) for name in names]  # all checked before any is written
+        for name in names:  # all checked before any is written
+            untrusted.safe_rel(name, "output path")
         # The first sample is written last: a reader (or a resume) that finds it finds the rest too.
-        for url, blob in list(zip(urls, blobs))[1:] + [(urls[0], blobs[0])]:
-            storage.write_bytes_atomic(url, blob)
+        for name, blob in list(zip(names, blobs))[1:] + [(names[0], blobs[0])]:
+            untrusted.write_output(o.output, name, blob)
         return names
 
 
