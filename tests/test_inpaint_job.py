@@ -181,7 +181,10 @@ def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="neither center"):
         run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "middle")
     with pytest.raises(ValueError, match="no images"):
-        run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", tmp_path / "o")
+        run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", tmp_path / "o" / "inside")
+    for out in (tmp_path / "o", tmp_path):  # outputs would overwrite inputs
+        with pytest.raises(ValueError, match="is --input or contains it"):
+            run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", out)
 
 
 @pytest.mark.timeout(180)
@@ -255,8 +258,9 @@ def _check_gallery(index: str, exists) -> None:
 @pytest.mark.timeout(240)
 def test_hostile_bucket_writes_only_under_output(s3_server, ray_local, checkpoint, tmp_path):
     """S3 keys with '..', absolute-looking keys, '.', '//' and backslashes, a decompression bomb, a 50 MB
-    caption file and URL-special names: exit 0, a row for every input, and nothing written outside --output
-    (the '..' key would land in tmp_path/escape/dotdot/ if joined naively to the local output)."""
+    caption file, colliding outputs and URL-special names: exit 0, a row for every input, and nothing written
+    outside --output, whether that is a local folder (the '..' key would land in tmp_path/escape/dotdot/ if
+    joined naively to it) or an S3 prefix. A sibling prefix (in vs input) is not read."""
     from data import storage
     from tests.hostile_inputs import common_files, hostile_keys
 
@@ -269,6 +273,7 @@ def test_hostile_bucket_writes_only_under_output(s3_server, ray_local, checkpoin
     for rel, data, case in hostile_keys(tmp_path / "escape"):
         client.put_object(Bucket=bucket, Key=f"{key}/{rel}", Body=data)
         cases.append(case)
+    client.put_object(Bucket=bucket, Key=f"{key}put/sibling.png", Body=(src / "ok/a.png").read_bytes())
     out = tmp_path / "out"
     before = _files_under(tmp_path)
     summary = run("--checkpoint", checkpoint, "--input", f"{prefix}/in", "--output", out, "--steps", 2)
@@ -281,6 +286,15 @@ def test_hostile_bucket_writes_only_under_output(s3_server, ray_local, checkpoin
     _check_hostile_rows(recs, cases)
     assert summary["done"] == sum(c.ok for c in cases) and summary["failed"] == sum(not c.ok for c in cases)
     _check_gallery((out / "index.html").read_text(), lambda rel: (out / rel).is_file())
+
+    s3_out = f"{prefix}/out"
+    keys_before = set(storage.list_files(s3_server.url(), recursive=True))
+    assert job.exit_code(run("--checkpoint", checkpoint, "--input", f"{prefix}/in", "--output", s3_out,
+                             "--steps", 2)) == 0
+    new_keys = set(storage.list_files(s3_server.url(), recursive=True)) - keys_before
+    assert new_keys and all(k.startswith(s3_out + "/") and ".." not in k and "//" not in k[5:] for k in new_keys)
+    assert {json.loads(line)["rel"] for line in storage.read_bytes(f"{s3_out}/results.jsonl").decode().splitlines()} \
+        == {c.rel for c in cases}
 
 
 @pytest.mark.timeout(240)
@@ -297,7 +311,9 @@ def test_hostile_folder_writes_only_under_output(s3_server, ray_local, checkpoin
     out = f"{prefix}/out"
     keys_before = set(storage.list_files(s3_server.url(), recursive=True))
     files_before = _files_under(tmp_path)
-    summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 2)
+    # A small pixel limit: over.png (200x200) is refused only if the flag reaches the Ray workers that decode.
+    summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 2,
+                  "--max-image-pixels", 30000)
     assert job.exit_code(summary) == 0
     assert _files_under(tmp_path) == files_before
     new_keys = set(storage.list_files(s3_server.url(), recursive=True)) - keys_before

@@ -16,7 +16,8 @@ from PIL import Image
 from data import images, storage, untrusted
 from data.make_shards import make_shards
 from ray_jobs.gallery import href, write_index
-from tests.hostile_inputs import SECRET_CAPTION, png_bomb, write_hostile_folder
+from data.synthetic import png_bomb
+from tests.hostile_inputs import SECRET_CAPTION, write_hostile_folder
 
 
 @pytest.mark.parametrize("rel", ["a.png", "a/b/c.png", "we ird #1 ?q=2 %41 ü.png", "..a.png", "a..b/c.png", ".hidden"])
@@ -50,7 +51,7 @@ def test_the_walk_reports_every_entry_that_may_not_be_read(tmp_path):
     problems = {e.rel: e.problem for e in untrusted.walk_local(str(tmp_path / "in"))}
     refused = {"link_out.png": "symlink pointing outside", "cap_out.txt": "symlink pointing outside",
                "linkdir": "symlinked folder pointing outside", "broken.png": "broken symlink",
-               "fifo.png": "not a regular file"}
+               "fifo.png": "not a regular file", "caf\\udce9.png": "name is not valid UTF-8"}
     assert {rel for rel, why in problems.items() if why} == set(refused)
     for rel, why in refused.items():
         assert why in problems[rel]
@@ -102,16 +103,42 @@ def test_lines_never_hold_more_than_one_bounded_line():
     assert list(untrusted.lines(big, max_line=1000)) == [(1, None), (2, b"ok")]
 
 
-def test_outputs_are_never_written_through_a_symlink_out_of_the_output(tmp_path):
+def test_outputs_are_never_written_through_a_symlink_in_the_output(tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
     os.symlink(elsewhere, out / "sub")
-    assert untrusted.confined_output(str(out), "a/b.png") == str(out / "a/b.png")
-    with pytest.raises(untrusted.UnsafeInput, match="symlink"):
-        untrusted.confined_output(str(out), "sub/deeper/x.png")
+    (elsewhere / "victim.png").write_bytes(b"keep")
+    os.symlink(elsewhere / "victim.png", out / "x.png")
+    assert untrusted.write_output(str(out), "a/b.png", b"data") == str(out / "a/b.png")
+    assert (out / "a/b.png").read_bytes() == b"data"
+    with pytest.raises(untrusted.UnsafeInput, match="'sub' in the output folder is not a plain folder"):
+        untrusted.write_output(str(out), "sub/deeper/x.png", b"data")
     with pytest.raises(untrusted.UnsafeInput, match="'..'"):
-        untrusted.confined_output(str(out), "../x.png")
+        untrusted.write_output(str(out), "../x.png", b"data")
+    untrusted.write_output(str(out), "x.png", b"new")  # a link at the output's own name is replaced, not followed
+    assert (out / "x.png").read_bytes() == b"new" and not (out / "x.png").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.png"]
+    assert (elsewhere / "victim.png").read_bytes() == b"keep"
+    assert not any(".partial" in p.name for p in out.rglob("*"))
+
+
+def test_a_symlink_swapped_in_while_writing_cannot_redirect_the_write(tmp_path, monkeypatch):
+    """The check and the write are one walk of opened folders: replace a folder by a symlink between the
+    moment it is created and the moment it is entered, and the write is refused."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == "sub":
+            os.rmdir(out / "sub")
+            os.symlink(elsewhere, out / "sub")
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    with pytest.raises(untrusted.UnsafeInput, match="not a plain folder"):
+        untrusted.write_output(str(out), "sub/x.png", b"data")
     assert list(elsewhere.iterdir()) == []
 
 
@@ -162,19 +189,21 @@ def _sources(dest: Path) -> list[str]:
 def test_make_shards_on_a_hostile_folder_reads_nothing_outside_it(tmp_path):
     write_hostile_folder(tmp_path / "in", tmp_path / "outside")
     summary = make_shards(tmp_path / "in", tmp_path / "shards", image_size=16, workers=2, progress=False)
-    assert sorted(_sources(tmp_path / "shards")) == ["ok/a.png", "we ird #1 ?q=2 %41 ü.png"]
+    # link_in.png is read through its symlink, which stays inside the folder
+    assert sorted(_sources(tmp_path / "shards")) == ["link_in.png", "ok/a.png", "over.png", "we ird #1 ?q=2 %41 ü.png"]
     expected = {"bomb.png": "image too large: 900,000,000 pixels", "big.png": "caption file is 50.0 MB",
                 "long.png": "caption is 5000 characters", "link_out.png": "symlink pointing outside",
                 "linkdir": "symlinked folder pointing outside", "broken.png": "broken symlink",
                 "cap_out.png": "cap_out.txt: caption file resolves outside", "cap_out.txt": "symlink pointing outside",
-                "fifo.png": "not a regular file", "link_in.png": "no caption"}
+                "fifo.png": "not a regular file", "caf\\udce9.png": "not valid UTF-8", "dup.jpg": "no caption",
+                "dup.png": "no caption"}
     skipped = _skipped(tmp_path / "shards")
     assert set(skipped) == set(expected)
     for rel, why in expected.items():
         assert why in skipped[rel], (rel, skipped[rel])
     everything = b"".join(p.read_bytes() for p in (tmp_path / "shards").iterdir())
     assert SECRET_CAPTION.encode() not in everything
-    assert summary.num_samples == 2
+    assert summary.num_samples == 4
 
 
 def test_make_shards_confines_captions_file_entries_and_coco_file_names(tmp_path):
@@ -223,8 +252,9 @@ def test_make_shards_pixel_flag_and_oversized_tar_members(tmp_path):
     assert _sources(tmp_path / "s1") == ["in.tar#a"]
     assert "member b.txt is 1000001 bytes" in skipped["in.tar#b"] and "3000 characters" in skipped["in.tar#c"]
     # 600 pixels: over a limit of 599 (refused from the header), and its 2400 bytes over 4 bytes/pixel of 100
-    with pytest.raises(ValueError, match="no usable samples"):
-        make_shards(str(tmp_path / "src/in.tar"), tmp_path / "s2", image_size=8, progress=False, max_pixels=599)
+    with pytest.raises(ValueError, match="no usable samples"):  # 2 workers: the limit reaches worker processes
+        make_shards(str(tmp_path / "src/in.tar"), tmp_path / "s2", image_size=8, progress=False, max_pixels=599,
+                    workers=2)
     assert "600 pixels, over the limit of 599" in _skipped(tmp_path / "s2")["in.tar#a"]
     with pytest.raises(ValueError, match="no usable samples"):
         make_shards(str(tmp_path / "src/in.tar"), tmp_path / "s3", image_size=8, progress=False, max_pixels=100)
@@ -256,3 +286,171 @@ def test_large_images_are_converted_in_bands_with_identical_pixels(tmp_path, mon
             modes.add(img.mode)
             assert np.array_equal(whole, banded), c.path
     assert {"P", "RGBA", "LA", "I;16", "F", "CMYK", "L", "1"} <= modes
+
+
+def test_walks_survive_deep_trees_and_names_that_are_not_utf8(tmp_path):
+    deep = tmp_path / "in"
+    path = deep
+    deep.mkdir()
+    for _ in range(1200):  # deeper than Python's recursion limit
+        path = path / "d"
+        path.mkdir()
+    (path / "x.png").write_bytes(b"x")
+    (deep / os.fsdecode(b"caf\xe9")).mkdir()
+    (deep / os.fsdecode(b"caf\xe9") / "hidden.png").write_bytes(b"x")
+    try:
+        entries = list(untrusted.walk_local(str(deep)))
+        assert [(e.rel, e.problem) for e in entries] == [
+            ("caf\\udce9", "name is not valid UTF-8; not read"), ("d/" * 1200 + "x.png", "")]
+        json.dumps([e.rel for e in entries], ensure_ascii=False).encode("utf-8")  # rows can be written
+    finally:  # bottom up: shutil.rmtree (and pytest's cleanup of old runs) recurses, and would fail here
+        (path / "x.png").unlink()
+        while path != deep:
+            path.rmdir()
+            path = path.parent
+
+
+def test_shards_named_by_a_manifest_or_a_listing_stay_in_their_folder(tmp_path):
+    from data import shard_spec
+    from tests.helpers import tar_bytes
+
+    img = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img, format="PNG")
+    secret = tar_bytes([("s.png", img.getvalue()), ("s.txt", SECRET_CAPTION.encode())])
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/private.tar").write_bytes(secret)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards/ok.tar").write_bytes(tar_bytes([("a.png", img.getvalue()), ("a.txt", b"fine")]))
+    os.symlink(tmp_path / "outside/private.tar", tmp_path / "shards/link.tar")
+    refused = []
+    assert shard_spec.resolve_shards(str(tmp_path / "shards"), refused=refused) == [str(tmp_path / "shards/ok.tar")]
+    assert [why for _, why in refused] == ["symlink pointing outside the input folder; not followed"]
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m/ok.tar").write_bytes((tmp_path / "shards/ok.tar").read_bytes())
+    names = [str(tmp_path / "outside/private.tar"), "../outside/private.tar", "ok.tar"]
+    (tmp_path / "m/manifest.json").write_text(json.dumps({"shards": [{"name": n} for n in names]}))
+    refused = []
+    assert shard_spec.resolve_shards(str(tmp_path / "m"), refused=refused) == [str(tmp_path / "m/ok.tar")]
+    assert ["absolute" in refused[0][1], "'..'" in refused[1][1]] == [True, True]
+
+    make_shards(str(tmp_path / "shards"), tmp_path / "out", image_size=8, progress=False)
+    skipped = _skipped(tmp_path / "out")
+    assert _sources(tmp_path / "out") == ["ok.tar#a"]
+    assert "symlink pointing outside" in skipped[str(tmp_path / "shards/link.tar")]
+    assert SECRET_CAPTION.encode() not in b"".join(p.read_bytes() for p in (tmp_path / "out").iterdir())
+
+
+def test_a_tar_cannot_make_the_reader_hold_more_than_its_limits(tmp_path):
+    import gzip
+    import resource
+
+    from data import sources
+    from tests.helpers import tar_bytes
+
+    # A GNU long-name header claiming 200 MB, compressed to well under 1 MB: tarfile would read it whole.
+    path = tmp_path / "bomb.tar"
+    with gzip.open(path, "wb", compresslevel=1) as g:
+        info = tarfile.TarInfo("././@LongLink")
+        info.type, info.size = tarfile.GNUTYPE_LONGNAME, 200_000_000
+        g.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(200):
+            g.write(b"a" * 1_000_000)
+        g.write(b"\0" * 1024)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    items = list(sources.iter_tar(str(path)))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB: not the 200 MB header
+    assert len(items) == 1 and "extended header of 200000000 bytes" in items[0].skip
+
+    # Members no sample uses (a.x0 ... a.x49) are passed over; a sample's members are bounded together.
+    img = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img, format="PNG")
+    extra = [(f"a.x{i}", b"z" * 1000) for i in range(50)]
+    big = b"i" * 1_500_000  # under the 1.6 MB image limit of 400,000 pixels; three add up to more than 1.6 + 2 MB
+    (tmp_path / "t.tar").write_bytes(tar_bytes([("a.png", img.getvalue()), ("a.txt", b"cap"), *extra,
+                                                ("b.png", big), ("b.jpg", big), ("b.webp", big), ("b.txt", b"cap")]))
+    items = list(sources.iter_tar(str(tmp_path / "t.tar"), max_pixels=400_000))
+    assert items[0].skip is None and items[0].captions == ["cap"]
+    assert "sample's members add up to more" in items[1].skip
+
+
+def test_a_file_of_bad_caption_lines_is_a_hundred_rows_and_a_count(tmp_path):
+    from data.sources import caption_lines
+
+    rows = list(caption_lines(io.BytesIO(b"x\n" * 100_000 + json.dumps({"file": "a.png", "caption": "c"}).encode()),
+                              "caps.jsonl"))
+    assert len(rows) == untrusted.MAX_BAD_LINE_ROWS + 2
+    assert rows[-2] == ("caps.jsonl:100001", "a.png", ["c"], "")
+    assert rows[-1][0] == "caps.jsonl:*" and f"{100_000 - untrusted.MAX_BAD_LINE_ROWS} more" in rows[-1][3]
+
+
+@pytest.mark.parametrize("seg", ["...", ".. ", " .", "caf\udce9"])
+def test_segments_windows_would_read_as_dots_and_non_utf8_names_are_refused(seg):
+    with pytest.raises(untrusted.UnsafeInput):
+        untrusted.safe_rel(f"a/{seg}/b.png")
+
+
+def test_captions_that_python_chokes_on_are_rows_not_crashes(tmp_path):
+    from data.sources import caption_lines
+
+    deep = b"[" * 50_000 + b"\n"  # under the line limit; json.loads recurses: RecursionError, not a JSON error
+    surrogate = json.dumps({"file": "a.png", "caption": "x\ud800y"}).encode() + b"\n"
+    rows = list(caption_lines(io.BytesIO(deep + surrogate), "caps.jsonl"))
+    assert "RecursionError" in rows[0][3]
+    with pytest.raises(untrusted.UnsafeInput, match="not valid Unicode"):
+        untrusted.check_captions(rows[1][2])
+
+
+def test_tar_members_with_bad_names_json_or_global_headers_are_skipped_rows(tmp_path):
+    from data import sources
+
+    img = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img, format="PNG")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in [(os.fsdecode(b"caf\xe9.png"), img.getvalue()), (os.fsdecode(b"caf\xe9.txt"), b"ok"),
+                           ("j.png", img.getvalue()), ("j.json", b'{"caption": "\xff\xfe"}')]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "a.tar").write_bytes(buf.getvalue())
+    items = list(sources.iter_tar(str(tmp_path / "a.tar")))
+    assert [i.source for i in items] == ["a.tar#caf\\udce9", "a.tar#j"]
+    json.dumps([i.source for i in items], ensure_ascii=False).encode("utf-8")  # skipped.jsonl can hold them
+    assert items[0].captions == ["ok"] and "no caption" in items[1].skip
+
+    buf = io.BytesIO()
+    many = {f"k{i:05d}": "v" for i in range(untrusted.MAX_PAX_GLOBALS + 1)}  # ~150 KB: under the header limit
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=many) as tar:
+        info = tarfile.TarInfo("a.png")
+        info.size = len(img.getvalue())
+        tar.addfile(info, io.BytesIO(img.getvalue()))
+    (tmp_path / "g.tar").write_bytes(buf.getvalue())
+    items = list(sources.iter_tar(str(tmp_path / "g.tar")))
+    assert len(items) == 1 and "global pax headers" in items[0].skip
+
+
+def test_the_inpaint_plan_refuses_colliding_outputs_and_never_reads_its_own_output(tmp_path):
+    import argparse
+
+    from ray_jobs import inpaint
+    from ray_jobs.inpaint_actor import JobOptions
+
+    real = tmp_path / "real"
+    for rel in ("a.jpg", "a.png/x.png", "results.jsonl/y.png", "B.png", "b.png", "x" * 190 + ".png",
+                "out/old.png"):
+        (real / rel).parent.mkdir(parents=True, exist_ok=True)
+        (real / rel).write_bytes(b"not decoded by the plan")
+    os.symlink(real, tmp_path / "via_link")
+    args = argparse.Namespace(input=str(tmp_path / "via_link"), output=str(real / "out"), captions=None,
+                              mask="center")
+    opts = JobOptions(checkpoint="", output=args.output, image_size=8, input=args.input)
+    todo, known = inpaint.plan(args, opts, {})
+    assert sorted(r["rel"] for r in todo) == ["B.png", "a.jpg"]  # sorted order decides who keeps a name
+    errors = {r["rel"]: r["error"] for r in known}
+    assert "a.png needs a folder" not in errors.get("a.jpg", "")
+    assert "needs a folder a.png, already a file of a.jpg" in errors["a.png/x.png"]
+    assert "needs a folder results.jsonl, already a file of the job's results" in errors["results.jsonl/y.png"]
+    assert "its output b.png is already that of B.png" in errors["b.png"]
+    assert "at most 200" in errors["x" * 190 + ".png"]  # its .original.png would be over the name limit
+    assert not any(rel.startswith("out/") for rel in errors) and "out/old.png" not in {r["rel"] for r in todo}
