@@ -35,20 +35,17 @@ from PIL import Image  # noqa: E402
 from data import images, storage, untrusted  # noqa: E402
 
 
-def best(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def pair(name: str, checked, plain, rounds: int) -> None:
     a, b = [], []
     for _ in range(rounds):  # alternate, so a burst of load hits both
-        a.append(best(checked, 1))
-        b.append(best(plain, 1))
+        a.append(seconds(checked))
+        b.append(seconds(plain))
     print(f"{name:<44} checked {min(a) * 1e3:9.1f} ms   plain {min(b) * 1e3:9.1f} ms   ratio {min(a) / min(b):6.2f}")
 
 

@@ -181,6 +181,4 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 __all__ = ["BACKGROUND", "RESIZE_MODES", "FORMATS", "IMAGE_EXTENSIONS", "ImageSkip", "set_max_pixels", "pixel_limit",
-           "to_rgb",
-           "fit", "load",
-           "encode", "decode_rgb"]
+           "to_rgb", "fit", "load", "encode", "decode_rgb"]

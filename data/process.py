@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 from data import images, sources, storage, untrusted

@@ -90,11 +90,10 @@ def expand_braces(pattern: str) -> list[str]:
 def _from_manifest(url: str, refused: list[tuple[str, str]]) -> list[str]:
     """The shards a manifest lists, each a plain name under the manifest's folder (inside it, locally, once
     symlinks are resolved); any other name goes to `refused` with the reason."""
+    data = storage.read_bytes(url, max_bytes=untrusted.MAX_MANIFEST_BYTES)  # TooLarge names the limit
     try:
-        m = json.loads(storage.read_bytes(url, max_bytes=untrusted.MAX_MANIFEST_BYTES))
+        m = json.loads(data)
         names = [s["name"] for s in m["shards"]]
-    except storage.TooLarge as e:
-        raise ValueError(f"{url} is {e.size} bytes; a manifest may be at most {e.limit}") from None
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise ValueError(f"{url} is not a shard manifest written by data.make_shards ({type(e).__name__}); pass "
                          "the shards themselves or their folder instead") from None

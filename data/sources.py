@@ -187,14 +187,18 @@ def _caption_lines(f: IO[bytes], name: str) -> Iterator[tuple[str, str, list, st
 
 
 def listed_rel(file: str, root: str) -> str:
-    """A captions file's `file` entry as a path relative to the image folder (relative, `./`-prefixed, or
-    absolute under it); UnsafeInput when it names anything outside."""
-    if os.path.isabs(file):
+    """A captions file's `file` entry as a path relative to the image folder, local or s3:// (relative,
+    `./`-prefixed, or a full path or URL under it); UnsafeInput when it names anything outside."""
+    if storage.is_s3(file) or storage.is_s3(root):
+        prefix = root.rstrip("/") + "/"
+        if storage.is_s3(file) and not file.startswith(prefix):
+            raise untrusted.UnsafeInput(f"{file!r} lies outside the image folder")
+        file = file.removeprefix(prefix)
+    elif os.path.isabs(file):
         if not (os.path.abspath(file) + os.sep).startswith(os.path.abspath(root).rstrip(os.sep) + os.sep):
             raise untrusted.UnsafeInput(f"{file!r} lies outside the image folder")
         file = os.path.relpath(os.path.abspath(file), os.path.abspath(root))
-    rel = Path(file).as_posix() if os.sep != "/" else file
-    return untrusted.safe_rel(rel.removeprefix("./"), "'file'")
+    return untrusted.safe_rel(file.removeprefix("./"), "'file'")
 
 
 def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
@@ -203,12 +207,10 @@ def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
     are rows, the first untrusted.MAX_BAD_LINE_ROWS of each kind one by one and the rest counted."""
     root = src.root
     name = os.path.basename(src.captions_file)
-    limit = untrusted.MAX_BAD_LINE_ROWS
     entries = list(untrusted.walk_local(root, exclude))
     present = {e.rel for e in entries if not e.problem}
     caps: dict[str, list[str]] = {}
-    outside, missing = [], []
-    n_outside = n_missing = 0
+    outside, missing = untrusted.Capped(), untrusted.Capped()
     with open(src.captions_file, "rb") as f:
         for where, file, got, problem in caption_lines(f, name):
             if problem:
@@ -217,19 +219,15 @@ def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
             try:
                 rel = listed_rel(file, root)
             except untrusted.UnsafeInput as e:
-                n_outside += 1
-                if n_outside <= limit:
-                    outside.append(Item(untrusted.printable(file), skip=f"not read: {e} (listed in {name})"))
+                outside.add(Item(untrusted.printable(file), skip=f"not read: {e} (listed in {name})"))
                 continue
             if rel in present:
                 caps.setdefault(rel, []).extend(clean_captions(got))
             else:
-                n_missing += 1
-                if n_missing <= limit:
-                    missing.append(Item(rel, skip=f"file not found (listed in {name})"))
-    yield from outside
-    if n_outside > limit:
-        yield Item(f"{name}:*", skip=f"not read: {n_outside - limit} more entries outside the image folder")
+                missing.add(Item(rel, skip=f"file not found (listed in {name})"))
+    yield from outside.rows
+    if outside.more:
+        yield Item(f"{name}:*", skip=f"not read: {outside.more} more entries outside the image folder")
     for entry in entries:
         rel, full = entry.rel, entry.url
         if entry.problem:
@@ -250,9 +248,9 @@ def iter_jsonl(src: Source, exclude: tuple[str, ...] = ()) -> Iterator[Item]:
             continue
         # Not an image by name: let the decoder decide; it names the reason.
         yield Item(rel, captions=got, path=full, root=root)
-    yield from missing
-    if n_missing > limit:
-        yield Item(f"{name}:*", skip=f"file not found: {n_missing - limit} more entries name no file in the folder")
+    yield from missing.rows
+    if missing.more:
+        yield Item(f"{name}:*", skip=f"file not found: {missing.more} more entries name no file in the folder")
 
 
 def iter_coco(src: Source) -> Iterator[Item]:

@@ -72,10 +72,8 @@ def safe_rel(rel: str, what: str = "path") -> str:
         raise UnsafeInput(f"{what} {rel!r} contains a backslash (a path separator on Windows)")
     if any(ord(c) < 32 or ord(c) == 127 for c in rel):
         raise UnsafeInput(f"{what} {rel!r} contains a control character")
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:  # a file name that was not UTF-8 on disk (Python keeps its bytes as surrogates)
-        raise UnsafeInput(f"{what} {printable(rel)!r} is not valid UTF-8") from None
+    if not _utf8(rel):  # a file name that was not UTF-8 on disk (Python keeps its bytes as surrogates)
+        raise UnsafeInput(f"{what} {printable(rel)!r} is not valid UTF-8")
     for seg in rel.split("/"):
         if seg in ("", ".", ".."):
             raise UnsafeInput(f"{what} {rel!r} has {'a ' + repr(seg) if seg else 'an empty'} segment; '..' could "
@@ -165,7 +163,7 @@ def walk_local(root: str, exclude: tuple[str, ...] = (), recursive: bool = True)
             if ex and os.path.abspath(e.path) in ex:
                 continue
             r = f"{rel}{e.name}"
-            if printable(e.name) != e.name:
+            if not e.name.isascii() and not _utf8(e.name):
                 yield Entry(printable(r), printable(e.path), "name is not valid UTF-8; not read")
             elif e.is_dir(follow_symlinks=False):
                 subdirs.append((e.path, r + "/"))
@@ -178,6 +176,14 @@ def walk_local(root: str, exclude: tuple[str, ...] = (), recursive: bool = True)
                 yield Entry(r, e.path, "not a regular file")
         if recursive:
             stack.extend(reversed(subdirs))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _symlink_entry(path: str, rel: str, base: str) -> Entry | None:
@@ -282,6 +288,21 @@ def check_captions(captions: list[str], what: str = "caption") -> list[str]:
     return captions
 
 
+class Capped:
+    """Rows of one kind of problem in a file: the first MAX_BAD_LINE_ROWS kept, the rest only counted (a file
+    of garbage must not become a million rows)."""
+
+    def __init__(self):
+        self.rows: list = []
+        self.more = 0
+
+    def add(self, row) -> None:
+        if len(self.rows) < MAX_BAD_LINE_ROWS:
+            self.rows.append(row)
+        else:
+            self.more += 1
+
+
 def lines(f: IO[bytes], max_line: int = MAX_CAPTION_FILE_BYTES) -> Iterator[tuple[int, bytes | None]]:
     """(line number, line) of a stream without ever holding more than `max_line` bytes of one line; a longer
     line comes out as (number, None)."""
@@ -346,4 +367,4 @@ def write_output(root: str, rel: str, data: bytes) -> str:
 
 __all__ = ["UnsafeInput", "Entry", "MAX_NAME_BYTES", "MAX_CAPTION_FILE_BYTES", "MAX_CAPTION_CHARS", "MAX_JSON_BYTES",
            "DEFAULT_MAX_IMAGE_PIXELS", "max_image_bytes", "safe_rel", "check_s3_root", "check_run_name", "inside",
-           "walk_local", "list_inputs", "read", "check_captions", "lines", "write_output", "printable"]
+           "walk_local", "list_inputs", "read", "check_captions", "Capped", "lines", "write_output", "printable"]

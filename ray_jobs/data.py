@@ -37,7 +37,7 @@ import ray
 
 from data import images, shard_spec, storage
 from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
-from data.untrusted import MAX_CAPTION_CHARS, MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES
+from data.untrusted import MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES, UnsafeInput, check_captions
 from onade.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def tokenizer_for(spec: str | list[str]) -> Tokenizer:
     if not storage.exists(url):
         raise ValueError(f"no {shard_spec.TOKENIZER} at {url}: build the shards with `python -m data.make_shards`, "
                          "or load a tokenizer with Tokenizer.from_file and pass it yourself")
-    try:
-        return Tokenizer.from_bytes(storage.read_bytes(url, max_bytes=MAX_TOKENIZER_BYTES))
-    except storage.TooLarge as e:
-        raise ValueError(f"{url} is {e.size} bytes; a tokenizer model may be at most {e.limit}") from None
+    return Tokenizer.from_bytes(storage.read_bytes(url, max_bytes=MAX_TOKENIZER_BYTES))
 
 
 @ray.remote(num_cpus=0)
@@ -133,8 +130,10 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
         if not caps:
             skips.append((where, "no caption"))
             continue
-        if any(len(c) > MAX_CAPTION_CHARS for c in caps):
-            skips.append((where, f"caption longer than {MAX_CAPTION_CHARS} characters"))
+        try:
+            check_captions(caps)
+        except UnsafeInput as e:
+            skips.append((where, str(e)))
             continue
         try:
             img = images.decode_rgb(data)

@@ -129,7 +129,7 @@ def read_captions_jsonl(url: str, input_root: str, wanted: set[str]) -> tuple[di
     from data import storage, untrusted
     from data.sources import caption_lines, listed_rel
 
-    caps, bad, unsafe = {}, [], 0
+    caps, bad, unsafe = {}, [], untrusted.Capped()
     name = storage.basename(url)
     with storage.open_read(url) as f:
         for where, file, got, problem in caption_lines(f, name):  # unusable lines arrive capped
@@ -137,25 +137,18 @@ def read_captions_jsonl(url: str, input_root: str, wanted: set[str]) -> tuple[di
                 bad.append((where, problem))
                 continue
             try:
-                if storage.is_s3(file) or storage.is_s3(input_root):
-                    prefix = input_root.rstrip("/") + "/"
-                    if storage.is_s3(file) and not file.startswith(prefix):
-                        raise untrusted.UnsafeInput(f"{file!r} lies outside --input")
-                    rel = untrusted.safe_rel(file.removeprefix(prefix).removeprefix("./"), "'file'")
-                else:
-                    rel = listed_rel(file, input_root)
+                rel = listed_rel(file, input_root)
                 text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
                 untrusted.check_captions([text])
             except untrusted.UnsafeInput as e:
-                unsafe += 1
-                if unsafe <= untrusted.MAX_BAD_LINE_ROWS:
-                    bad.append((where, f"captions line not used: {e}"))
+                unsafe.add((where, f"captions line not used: {e}"))
                 continue
             if rel in wanted:
                 caps.setdefault(rel, text)
-    if unsafe > untrusted.MAX_BAD_LINE_ROWS:
-        bad.append((f"{name}:*", f"captions lines not used: {unsafe - untrusted.MAX_BAD_LINE_ROWS} more naming "
-                                 "files outside --input or with unusable captions"))
+    bad += unsafe.rows
+    if unsafe.more:
+        bad.append((f"{name}:*", f"captions lines not used: {unsafe.more} more naming files outside --input or "
+                                 "with unusable captions"))
     return caps, bad
 
 

@@ -454,3 +454,19 @@ def test_the_inpaint_plan_refuses_colliding_outputs_and_never_reads_its_own_outp
     assert "its output b.png is already that of B.png" in errors["b.png"]
     assert "at most 200" in errors["x" * 190 + ".png"]  # its .original.png would be over the name limit
     assert not any(rel.startswith("out/") for rel in errors) and "out/old.png" not in {r["rel"] for r in todo}
+
+
+@pytest.mark.parametrize("file,root,rel", [
+    ("a/b.png", "s3://bkt/in", "a/b.png"), ("./a.png", "s3://bkt/in", "a.png"),
+    ("s3://bkt/in/a.png", "s3://bkt/in/", "a.png"), ("s3://bkt/input/a.png", "s3://bkt/in", None),
+    ("s3://bkt/in/../x.png", "s3://bkt/in", None), ("s3://bkt/in/a.png", "/local/in", None),
+    ("/local/in/a.png", "/local/in", "a.png"), ("/local/other/a.png", "/local/in", None),
+])
+def test_captions_file_entries_are_confined_to_a_local_or_s3_input(file, root, rel):
+    from data.sources import listed_rel
+
+    if rel is None:
+        with pytest.raises(untrusted.UnsafeInput):
+            listed_rel(file, root)
+    else:
+        assert listed_rel(file, root) == rel
