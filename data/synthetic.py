@@ -2,20 +2,32 @@
 PNG decompression bomb (`png_bomb`) for the untrusted-input rules.
 
     python -m data.synthetic demo_images --num 2000 --image-size 32
+    python -m data.synthetic offset_images --num 4000 --variant offset
     python -m data.synthetic awkward_inputs --awkward
 
-Each synthetic image is a flat background (plain, or striped with grey) and one shape inside the
-central square of half the image side. The caption names the shape's kind and colour and the
-background colour, with several phrasings per image. Outside the central square every image with
-the same background is identical, so what is in the centre can only be known from the caption: a
-model that inpaints the centre well must read it. Flat colours, a six-colour palette and four shapes
-keep it learnable by a tiny ConvNet in minutes of CPU training.
+Each synthetic image is a background (plain, or striped with grey) and one shape. The caption names the
+shape's kind and colour and the background colour, with several phrasings per image. Two variants:
+
+- `centre` (the demo's): flat colours, the shape inside the central square of half the image side.
+  Outside that square every image with the same background is identical, so what is in the centre can
+  only be known from the caption: a model that inpaints the centre well must read it.
+- `offset` (the quality benchmarks'): the shape is larger than the centre hole and extends past it on
+  all four sides, at a position and size that vary per image, so the border shows part of the answer;
+  and every subpixel carries independent uniform noise in -2..2. The border determines the shape's
+  position and size (`hole_is_determined` checks it by enumeration) and the caption its kind and
+  colour, so the noise is all that is left to guess: the NLL of the centre hole given the border and
+  the caption cannot go below `OFFSET_FLOOR_BITS` = log2(5) bits per subpixel, and a perfect model
+  reaches it.
+
+Flat colours, a six-colour palette and four shapes keep both learnable by a tiny ConvNet in minutes of
+CPU training.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import struct
 import sys
 import zlib
@@ -49,6 +61,13 @@ TEMPLATES = (
     "centre: {c} {s}. background: {bg}{striped}",
 )
 CAPTIONS_PER_IMAGE = 3
+VARIANTS = ("centre", "offset")
+# The offset variant: per-subpixel noise uniform in -NOISE..NOISE (no palette value is within NOISE of 0
+# or 255, so it never clips), shape side OFFSET_SIDES and centre shift OFFSET_SHIFTS, at 32 px (scaled).
+NOISE = 2
+OFFSET_FLOOR_BITS = math.log2(2 * NOISE + 1)
+OFFSET_SIDES = range(22, 27)
+OFFSET_SHIFTS = range(-2, 3)
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class SyntheticSample:
     background: str
     pattern: str
     captions: tuple[str, ...]
+    variant: str = "centre"
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # the shape's inclusive corners
 
 
 def centre_box(image_size: int) -> tuple[int, int, int, int]:
@@ -116,29 +137,94 @@ def captions_for(shape: str, colour: str, bg: str, pattern: str, rng: np.random.
     return tuple(out)
 
 
-def make_sample(index: int, image_size: int = 32, seed: int = 0) -> tuple[np.ndarray, SyntheticSample]:
-    """Image uint8 [H, W, 3] and its description; depends only on (index, image_size, seed)."""
+def make_sample(index: int, image_size: int = 32, seed: int = 0,
+                variant: str = "centre") -> tuple[np.ndarray, SyntheticSample]:
+    """Image uint8 [H, W, 3] and its description; depends only on (index, image_size, seed, variant)."""
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 for a visible centre shape, got {image_size}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown synthetic variant {variant!r}; choose from {VARIANTS}")
     rng = np.random.default_rng([seed, index])
     names = list(COLOURS)
     bg = names[int(rng.integers(len(names)))]
     colour = [c for c in names if c != bg][int(rng.integers(len(names) - 1))]
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    left, top, right, bottom = centre_box(image_size)
-    side = right - left
-    # The shape fills 60-100% of the centre square's side and stays entirely inside it.
-    s = int(rng.integers(max(2, round(0.6 * side)), side + 1))
-    ox = left + int(rng.integers(0, side - s + 1))
-    oy = top + int(rng.integers(0, side - s + 1))
-    img = draw_shape(background(image_size, bg, pattern), shape, colour, (ox, oy, ox + s - 1, oy + s - 1))
+    if variant == "centre":
+        left, top, right, bottom = centre_box(image_size)
+        side = right - left
+        # The shape fills 60-100% of the centre square's side and stays entirely inside it.
+        s = int(rng.integers(max(2, round(0.6 * side)), side + 1))
+        ox = left + int(rng.integers(0, side - s + 1))
+        oy = top + int(rng.integers(0, side - s + 1))
+        box = (ox, oy, ox + s - 1, oy + s - 1)
+    else:
+        sides, shifts = offset_params(image_size)
+        s = sides[int(rng.integers(len(sides)))]
+        dx, dy = (shifts[int(rng.integers(len(shifts)))] for _ in range(2))
+        box = offset_box(image_size, s, dx, dy)
+    img = draw_shape(background(image_size, bg, pattern), shape, colour, box)
+    if variant == "offset":
+        noise = rng.integers(-NOISE, NOISE + 1, size=img.shape)
+        img = (img.astype(np.int16) + noise).astype(np.uint8)
     caps = captions_for(shape, colour, bg, pattern, rng)
-    return img, SyntheticSample(f"img_{index:05d}", shape, colour, bg, pattern, caps)
+    return img, SyntheticSample(f"img_{index:05d}", shape, colour, bg, pattern, caps, variant, box)
+
+
+def offset_params(image_size: int) -> tuple[list[int], list[int]]:
+    """The offset variant's shape sides and centre shifts at this image size (the 32 px values, scaled)."""
+    scale = image_size / 32
+    sides = sorted({max(2, round(v * scale)) for v in OFFSET_SIDES})
+    shifts = sorted({round(v * scale) for v in OFFSET_SHIFTS})
+    return sides, shifts
+
+
+def offset_box(image_size: int, side: int, dx: int, dy: int) -> tuple[int, int, int, int]:
+    """Inclusive corners of a side x side box centred dx, dy from the image centre."""
+    x0, y0 = image_size // 2 + dx - side // 2, image_size // 2 + dy - side // 2
+    return x0, y0, x0 + side - 1, y0 + side - 1
+
+
+def clean_image(meta: SyntheticSample, image_size: int) -> np.ndarray:
+    """The image of `meta` without noise."""
+    return draw_shape(background(image_size, meta.background, meta.pattern), meta.shape, meta.colour, meta.box)
+
+
+def hole_is_determined(meta: SyntheticSample, image_size: int) -> bool:
+    """True if every offset-variant shape of the caption's kind and colour (any side and shift) that draws the
+    same border as `meta` also draws the same centre hole: then the border and caption leave only the noise
+    unknown, and OFFSET_FLOOR_BITS is the hole's exact conditional entropy per subpixel."""
+    left, top, right, bottom = centre_box(image_size)
+    border = np.ones((image_size, image_size), bool)
+    border[top:bottom, left:right] = False
+    truth = clean_image(meta, image_size)
+    sides, shifts = offset_params(image_size)
+    base = background(image_size, meta.background, meta.pattern)
+    for s in sides:
+        for dx in shifts:
+            for dy in shifts:
+                other = draw_shape(base, meta.shape, meta.colour, offset_box(image_size, s, dx, dy))
+                if np.array_equal(other[border], truth[border]) and not np.array_equal(other, truth):
+                    return False
+    return True
+
+
+def centre_colour(image_BHWC: np.ndarray, side: int = 4) -> list[str]:
+    """Per image, the palette colour most of the central side x side pixels are nearest to: how the Gibbs
+    acceptance checks that a sample put the caption's colour in the centre (the offset variant's shapes
+    always cover the image centre)."""
+    x = np.asarray(image_BHWC)
+    H = x.shape[1]
+    lo = (H - side) // 2
+    patch = x[:, lo:lo + side, lo:lo + side].reshape(x.shape[0], -1, 3).astype(np.int32)
+    names = list(COLOURS)
+    palette = np.array([COLOURS[n] for n in names], np.int32)
+    nearest = ((patch[:, :, None, :] - palette[None, None]) ** 2).sum(-1).argmin(-1)
+    return [names[int(np.bincount(row, minlength=len(names)).argmax())] for row in nearest]
 
 
 def write_synthetic(folder: str | Path, num_images: int, image_size: int = 32, seed: int = 0,
-                    start: int = 0) -> list[SyntheticSample]:
+                    start: int = 0, variant: str = "centre") -> list[SyntheticSample]:
     """Write `img_XXXXX.png` and a sidecar `img_XXXXX.txt` (one caption per line) for each image."""
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
@@ -146,7 +232,7 @@ def write_synthetic(folder: str | Path, num_images: int, image_size: int = 32, s
     out.mkdir(parents=True, exist_ok=True)
     samples = []
     for i in range(start, start + num_images):
-        img, meta = make_sample(i, image_size, seed)
+        img, meta = make_sample(i, image_size, seed, variant)
         Image.fromarray(img).save(out / f"{meta.name}.png", format="PNG", compress_level=6)
         (out / f"{meta.name}.txt").write_text("\n".join(meta.captions) + "\n", encoding="utf-8")
         samples.append(meta)
@@ -276,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num", type=int, default=1000, help="number of images (default 1000)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", default="centre", choices=VARIANTS,
+                    help="centre: shapes inside the hole (the demo's); offset: shapes past the hole, noisy (see above)")
     ap.add_argument("--awkward", action="store_true", help="also write every awkward input case")
     args = ap.parse_args(argv)
     try:
-        samples = write_synthetic(args.out, args.num, args.image_size, args.seed)
+        samples = write_synthetic(args.out, args.num, args.image_size, args.seed, variant=args.variant)
         n_awk = len(write_awkward_cases(args.out)) if args.awkward else 0
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -114,3 +114,54 @@ def test_awkward_cases_are_what_they_claim(tmp_path):
                      "notes.md": "not an image", "no_caption.png": "no caption", "blank_caption.png": "no caption",
                      "orphan.txt": "caption file without image"}
     assert by_path["multi_caption.png"].captions == ("first caption", "second caption")
+
+
+# ---- the offset variant: shapes past the hole, noise with a known entropy -----------------------------
+
+@pytest.fixture(scope="module")
+def offset_samples():
+    return [make_sample(i, 32, seed=4, variant="offset") for i in range(160)]
+
+
+def test_offset_shapes_extend_past_the_hole_and_move(offset_samples):
+    l, t, r, b = centre_box(32)
+    boxes = {m.box for _, m in offset_samples}
+    assert len(boxes) > 20  # positions and sizes vary
+    for _, m in offset_samples:
+        x0, y0, x1, y1 = m.box
+        assert x0 < l and y0 < t and x1 >= r and y1 >= b  # past the hole on all four sides
+        assert 0 <= x0 and 0 <= y0 and x1 < 32 and y1 < 32
+
+
+def test_offset_noise_is_uniform_on_five_levels_and_never_clips(offset_samples):
+    from data.synthetic import NOISE, OFFSET_FLOOR_BITS, clean_image
+
+    diffs = np.concatenate([(img.astype(int) - clean_image(m, 32)).ravel() for img, m in offset_samples])
+    counts = np.bincount(diffs + NOISE)
+    assert len(counts) == 2 * NOISE + 1 and diffs.min() == -NOISE
+    assert np.abs(counts / counts.sum() - 1 / (2 * NOISE + 1)).max() < 0.01
+    assert OFFSET_FLOOR_BITS == pytest.approx(np.log2(5))
+
+
+def test_offset_border_and_caption_determine_the_hole(offset_samples):
+    """So the floor is exact: given the border, every shape of the caption's kind and colour that could have
+    drawn it draws the same hole, leaving only the noise unknown."""
+    from data.synthetic import hole_is_determined
+
+    assert all(hole_is_determined(m, 32) for _, m in offset_samples)
+
+
+def test_centre_colour_reads_the_caption_colour_off_a_noisy_image(offset_samples):
+    from data.synthetic import centre_colour
+
+    images = np.stack([img for img, _ in offset_samples])
+    assert centre_colour(images) == [m.colour for _, m in offset_samples]
+    # A background-coloured centre is read as the background, not the caption.
+    flat = np.stack([np.broadcast_to(np.array(COLOURS[m.background], np.uint8), (32, 32, 3))
+                     for _, m in offset_samples[:5]])
+    assert centre_colour(flat) == [m.background for _, m in offset_samples[:5]]
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="variant"):
+        make_sample(0, 32, variant="shifted")
