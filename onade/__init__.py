@@ -4,6 +4,7 @@ from onade.config import Config, ConfigError, get_preset, load_config
 from onade.model import ONADE, build_model
 from onade.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from onade.sampling import inpaint
+from onade.precision import resolve_precision
 
 __all__ = ["Config", "ConfigError", "get_preset", "load_config", "ONADE", "build_model", "Loaded",
-           "load_checkpoint", "save_checkpoint", "inpaint"]
+           "load_checkpoint", "save_checkpoint", "inpaint", "resolve_precision"]

@@ -45,14 +45,26 @@ class ModelConfig:
     channels_last: bool = False
 
 
+def default_mask_weights() -> dict[str, float]:
+    # Orderless masks train every conditional and keep an unbiased NLL estimate (loss_orderless); the rest
+    # are the holes users fill: the centre (every preset's default hole and the job's `center` mask),
+    # boxes anywhere (`box:` masks) and blobs (hand-drawn mask PNGs). Half the steps on each family would
+    # starve the orderless conditionals that sampling far from a hole's border relies on; measured with
+    # bench/quality.py (README).
+    return {"orderless": 0.4, "center": 0.3, "box": 0.2, "contiguish": 0.1}
+
+
 @dataclass
 class MaskConfig:
     # Mixture weights over MASK_KINDS; kinds left out have weight 0.
-    weights: dict[str, float] = field(default_factory=lambda: {"orderless": 1.0})
+    weights: dict[str, float] = field(default_factory=default_mask_weights)
     per_pixel: bool = False  # hide whole pixels instead of single subpixels
     contiguish_size: int = 3  # neighbourhood over which the "contiguish" Bernoulli is conjoined
     min_box_fraction: float = 0.25  # box side range, as a fraction of the image side
     max_box_fraction: float = 0.75
+    # Fraction of centre and box masks that hide only part of the hole (masks._partly_revealed): the
+    # conditionals Gibbs and ancestral sampling ask for. The rest hide the whole hole (the one-shot fill).
+    hole_orderless: float = 0.5
 
 
 @dataclass
@@ -76,9 +88,15 @@ class TrainConfig:
     zero_stage: int = 2
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
     loss: str = "orderless"  # "orderless" (unbiased NLL estimate) or "mean" (the seed's plain mean)
+    # Exported and validated weights are an EMA of the trained ones (onade.ema); 0 = no EMA.
+    ema_decay: float = 0.999
     log_every: int = 10
+    # Periodic validation scores the cheap metrics on val_batches fixed batches per worker; the exact
+    # chain-rule NLL (one forward pass per hole subpixel per image) runs once, at the end, on
+    # val_exact_images fixed images in all.
     val_every: int = 100
     val_batches: int = 4
+    val_exact_images: int = 16
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
@@ -95,6 +113,7 @@ class SampleConfig:
     alpha: float = 0.7
     chunk: int = 1  # subpixels per forward pass in the ancestral strategies
     init: str = "model"  # "model" (one-shot sample) or "uniform" noise, for the Gibbs strategies
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
 
 
 @dataclass
@@ -126,12 +145,22 @@ class Config:
                 raise ConfigError(f"masks.weights.{kind} must be >= 0, got {w}")
         if sum(self.masks.weights.values()) <= 0:
             raise ConfigError("masks.weights must give some mask kind a positive weight")
+        if not 0 <= self.masks.hole_orderless <= 1:
+            raise ConfigError(f"masks.hole_orderless must be in [0, 1], got {self.masks.hole_orderless}")
         if t.loss not in ("orderless", "mean"):
             raise ConfigError(f"train.loss must be 'orderless' or 'mean', got {t.loss!r}")
-        if t.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {t.precision!r}")
+        for key, value in (("train.precision", t.precision), ("sample.precision", s.precision)):
+            if value not in ("auto", "bf16", "fp32"):
+                raise ConfigError(f"{key} must be 'auto', 'bf16' or 'fp32', got {value!r}")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"train.zero_stage must be 0..3, got {t.zero_stage}")
+        if not 0 <= t.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = no EMA), got {t.ema_decay}")
+        if t.ema_decay and t.zero_stage == 3:
+            raise ConfigError("train.ema_decay needs whole weights on every worker, which ZeRO-3 partitions away: "
+                              "set train.ema_decay=0 or train.zero_stage=2")
+        if t.val_exact_images < 0:
+            raise ConfigError(f"train.val_exact_images must be >= 0, got {t.val_exact_images}")
         if s.strategy not in STRATEGIES:
             raise ConfigError(f"sample.strategy must be one of {STRATEGIES}, got {s.strategy!r}")
         if not 0 < s.pmin <= s.pmax <= 1:
@@ -155,7 +184,8 @@ def _preset_debug() -> Config:
         model=ModelConfig(image_size=32, width=32, num_blocks=6, dilations=(1, 2, 4, 8, 16), embed_dim=8,
                           text_dim=32, merge_every=2),
         data=DataConfig(global_batch_size=16),
-        train=TrainConfig(steps=200, lr=3e-3, warmup_steps=10, val_every=50, checkpoint_every=50),
+        # A short run: an EMA half-life of ~70 steps.
+        train=TrainConfig(steps=200, lr=3e-3, warmup_steps=10, val_every=50, checkpoint_every=50, ema_decay=0.99),
     )
 
 
@@ -164,7 +194,8 @@ def _preset_small() -> Config:
         model=ModelConfig(image_size=32, width=96, num_blocks=8, dilations=(1, 2, 4, 8, 16), embed_dim=16,
                           text_dim=96, merge_every=2, num_heads=2),
         data=DataConfig(global_batch_size=32),
-        train=TrainConfig(steps=5000, lr=2e-3, warmup_steps=200, val_every=500, checkpoint_every=500),
+        train=TrainConfig(steps=5000, lr=2e-3, warmup_steps=200, val_every=500, checkpoint_every=500,
+                          ema_decay=0.998),
     )
 
 
@@ -175,7 +206,7 @@ def _preset_base() -> Config:
                           text_dim=256, text_layers=2, merge_every=4, num_heads=4),
         data=DataConfig(global_batch_size=128, max_tokens=48),
         train=TrainConfig(steps=200_000, lr=5e-4, warmup_steps=2000, val_every=2000, checkpoint_every=2000,
-                          keep_checkpoints=3),
+                          keep_checkpoints=3, ema_decay=0.9999, val_exact_images=64),
     )
 
 
@@ -186,8 +217,9 @@ def _preset_large() -> Config:
                           text_dim=512, text_layers=3, merge_every=4, num_heads=8, norm_groups=32,
                           activation_checkpointing=True, channels_last=True),
         data=DataConfig(global_batch_size=512, max_tokens=64),
+        # No EMA: ZeRO-3 partitions the weights it would average (see Config.validate).
         train=TrainConfig(steps=400_000, lr=3e-4, warmup_steps=5000, zero_stage=3, val_every=5000,
-                          checkpoint_every=5000, keep_checkpoints=3),
+                          checkpoint_every=5000, keep_checkpoints=3, ema_decay=0.0, val_exact_images=64),
     )
 
 

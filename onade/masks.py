@@ -88,12 +88,19 @@ def box_mask(batch: int, image_size: int, x: int, y: int, w: int, h: int, device
 
 def sample_masks(cfg: MaskConfig, batch: int, image_size: int, generator=None, device="cpu") -> torch.Tensor:
     """A batch of training masks drawn from the mixture in `cfg.weights` (each example picks its own kind)."""
+    return draw_masks(cfg, batch, image_size, generator, device)[0]
+
+
+def draw_masks(cfg: MaskConfig, batch: int, image_size: int, generator=None,
+               device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(masks [B,H,W,3], kind_B): each example's mask and the index into MASK_KINDS of the kind it drew."""
     kinds = [k for k in MASK_KINDS if cfg.weights.get(k, 0) > 0]
     if not kinds:
         raise ValueError("masks.weights gives no mask kind a positive weight")
     probs = torch.tensor([float(cfg.weights[k]) for k in kinds])
     choice_B = torch.multinomial(probs, batch, replacement=True, generator=_cpu(generator)).to(device)
     hidden = torch.zeros(batch, image_size, image_size, C, dtype=torch.bool, device=device)
+    kind_B = torch.zeros(batch, dtype=torch.long, device=device)
     for i, kind in enumerate(kinds):
         sel = choice_B == i
         if not bool(sel.any()):
@@ -105,12 +112,33 @@ def sample_masks(cfg: MaskConfig, batch: int, image_size: int, generator=None, d
             h = bernoulli_hidden(n, image_size, cfg.per_pixel, generator, device)
         elif kind == "box":
             h = box_hidden(n, image_size, cfg.min_box_fraction, cfg.max_box_fraction, generator, device)
+            h = _partly_revealed(h, cfg, generator, device)
         elif kind == "center":
-            h = ~center_mask(n, image_size, device=device)
+            h = _partly_revealed(~center_mask(n, image_size, device=device), cfg, generator, device)
         else:
             h = contiguish_hidden(n, image_size, cfg.contiguish_size, cfg.per_pixel, generator, device)
         hidden[sel] = h
-    return ~hidden
+        kind_B[sel] = MASK_KINDS.index(kind)
+    return ~hidden, kind_B
+
+
+def _partly_revealed(hole_BHWC: torch.Tensor, cfg: MaskConfig, generator, device) -> torch.Tensor:
+    """With probability cfg.hole_orderless per example, keep hidden only a uniform subset of the hole whose
+    size is uniform in 1..M (the orderless draw, restricted to the hole); otherwise the whole hole.
+
+    A sampler filling a hole asks for p(hole subpixel | border + part of the hole): Gibbs resamples blocks
+    of a filled hole, ancestral sampling reveals it piece by piece, and the exact hole NLL is the chain
+    rule over those same conditionals. Whole holes train the one-shot fill that starts Gibbs."""
+    B = hole_BHWC.shape[0]
+    flat_BD = hole_BHWC.reshape(B, -1)
+    M_B = flat_BD.sum(1)
+    num_hidden_B = (_rand((B,), generator, device) * M_B).long().clamp(max=M_B - 1) + 1
+    partly_B = _rand((B,), generator, device) < cfg.hole_orderless
+    num_hidden_B = torch.where(partly_B, num_hidden_B, M_B)
+    # Rank the hole's subpixels by a random key (outside the hole ranks last) and hide the first d.
+    key_BD = _rand(flat_BD.shape, generator, device).masked_fill(~flat_BD, 2.0)
+    rank_BD = key_BD.argsort(dim=1).argsort(dim=1)
+    return (rank_BD < num_hidden_B[:, None]).view_as(hole_BHWC)
 
 
 def _cpu(generator):

@@ -3,7 +3,9 @@
 The export is `config.json`, `tokenizer.model` and consolidated fp32 weights in `model.safetensors`
 (onade.save_checkpoint), loadable with `onade.load_checkpoint(path)` without DeepSpeed or Ray and without
 unpickling. Consolidation uses DeepSpeed's zero_to_fp32, which rebuilds full fp32 tensors from the
-optimizer's master partitions, so it works for ZeRO-1/2/3 and for bf16 runs alike.
+optimizer's master partitions, so it works for ZeRO-1/2/3. When the run kept an EMA of its weights
+(train.ema_decay > 0) the export ships the EMA by default; `weights="raw"` (`--export-weights raw`)
+ships the trained weights instead. The training checkpoint keeps both.
 
 Checkpoints live in STORAGE/RUN/checkpoint_<step>/ (written by ray_jobs.train_loop); the export goes to
 STORAGE/RUN/export/ by default. `python -m ray_jobs.train ... --export-only [--checkpoint-step N]` runs this
@@ -21,14 +23,17 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from data import storage
+from safetensors.torch import load_file
+
 from onade.checkpoint import save_checkpoint
 from onade.config import config_from_dict
 from onade.model import build_model
 from onade.tokenizer import Tokenizer
-from ray_jobs.train_loop import CONFIG_FILE, DS_TAG, STATE_FILE, TOKENIZER_FILE
+from ray_jobs.train_loop import CONFIG_FILE, DS_TAG, EMA_FILE, STATE_FILE, TOKENIZER_FILE
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{8})$")
 EXPORT_DIR = "export"
+EXPORT_WEIGHTS = ("ema", "raw")
 # Written by Ray Train (v2) into the run folder whenever its set of kept checkpoints changes.
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
@@ -56,10 +61,13 @@ def read_checkpoint_config(checkpoint_url: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(checkpoint_url, CONFIG_FILE)))
 
 
-def export_checkpoint(checkpoint_url: str, out_url: str) -> str:
-    """Consolidate one training checkpoint into an inference checkpoint at `out_url` (local or s3://)."""
+def export_checkpoint(checkpoint_url: str, out_url: str, weights: str = "ema") -> str:
+    """Consolidate one training checkpoint into an inference checkpoint at `out_url` (local or s3://): its EMA
+    weights when it has them and `weights` is "ema", else the trained ones."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    if weights not in EXPORT_WEIGHTS:
+        raise ValueError(f"export weights must be one of {EXPORT_WEIGHTS}, got {weights!r}")
     with tempfile.TemporaryDirectory(prefix="onade_export_") as tmp:
         src = Path(tmp, "checkpoint")
         if storage.is_s3(checkpoint_url):
@@ -74,8 +82,11 @@ def export_checkpoint(checkpoint_url: str, out_url: str) -> str:
         cfg = config_from_dict(json.loads((src / CONFIG_FILE).read_text()))
         tokenizer = Tokenizer.from_bytes((src / TOKENIZER_FILE).read_bytes())
         model = build_model(cfg)
-        # Our own training checkpoint (DeepSpeed writes torch.save files), not user-supplied data.
-        state = get_fp32_state_dict_from_zero_checkpoint(str(src), tag=DS_TAG)
+        if weights == "ema" and (src / EMA_FILE).is_file():
+            state = load_file(str(src / EMA_FILE))
+        else:
+            # Our own training checkpoint (DeepSpeed writes torch.save files), not user-supplied data.
+            state = get_fp32_state_dict_from_zero_checkpoint(str(src), tag=DS_TAG)
         model.load_state_dict(state)
         cfg.model.activation_checkpointing = False  # a training-only memory trade, useless at inference
         out = Path(tmp, "export")
@@ -89,7 +100,8 @@ def export_checkpoint(checkpoint_url: str, out_url: str) -> str:
     return out_url
 
 
-def export_run(storage_url: str, name: str, step: int | None = None, out_url: str | None = None) -> str:
+def export_run(storage_url: str, name: str, step: int | None = None, out_url: str | None = None,
+               weights: str = "ema") -> str:
     """Export the latest (or the given step's) checkpoint of a run to STORAGE/RUN/export/."""
     run = run_url(storage_url, name)
     checkpoints = list_checkpoints(run)
@@ -98,8 +110,8 @@ def export_run(storage_url: str, name: str, step: int | None = None, out_url: st
     chosen = dict(checkpoints).get(step) if step is not None else checkpoints[-1][1]
     if chosen is None:
         raise ValueError(f"run {run} has no checkpoint at step {step}; kept steps: {[s for s, _ in checkpoints]}")
-    return export_checkpoint(chosen, out_url or storage.join(run, EXPORT_DIR))
+    return export_checkpoint(chosen, out_url or storage.join(run, EXPORT_DIR), weights)
 
 
 __all__ = ["list_checkpoints", "export_checkpoint", "export_run", "run_url", "read_checkpoint_config",
-           "EXPORT_DIR"]
+           "EXPORT_DIR", "EXPORT_WEIGHTS"]

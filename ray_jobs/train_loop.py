@@ -1,7 +1,13 @@
 """What every Ray Train worker runs: `train_loop_per_worker(config)`, a plain loop read top to bottom.
 
 `train_step(engine, micro_batches, ...)` is one optimizer step and `evaluate(model, batches)` the held-out
-metrics; both are plain functions a test can call. Side effects (metrics files, TensorBoard, PNG grids,
+metrics; both are plain functions a test can call. The body runs under bf16 autocast where
+`train.precision` resolves to bf16 (onade.precision); weights, EMA, losses and metrics stay fp32.
+
+Validation costs little: every `val_every` steps the cheap metrics (orderless bits, one-shot centre bits
+with true and shuffled captions) on the same fixed batches and masks; the exact chain-rule NLL once, at
+the end, on `val_exact_images` fixed images. With `train.ema_decay` > 0 validation scores the EMA weights,
+which checkpoints keep beside the raw ones (EMA_FILE) and the export ships by default. Side effects (metrics files, TensorBoard, PNG grids,
 console) go through `ray_jobs.run_dir`, which is a no-op off rank 0. Launch with `python -m ray_jobs.train`.
 
 Resume and data position: a checkpoint holds the DeepSpeed state of every rank (weights, optimizer, LR
@@ -14,61 +20,106 @@ split hands blocks to workers as they become ready, so the exact order is not re
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
-from onade.config import MaskConfig, config_from_dict
-from onade.loss import nade_loss
-from onade.masks import center_mask, sample_masks
-from onade.metrics import evaluate_batch
+from onade.config import MASK_KINDS, MaskConfig, config_from_dict
+from onade.ema import EMA
+from onade.loss import nade_loss, per_example_bits
+from onade.masks import center_mask, draw_masks
+from onade.metrics import evaluate_batch, exact_hole_bits
 from onade.model import build_model, num_parameters
+from onade.precision import autocast, resolve_precision
 
 DS_TAG = "deepspeed"
 STATE_FILE = "train_state.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
+EMA_FILE = "ema.safetensors"
 GRID_IMAGES = 8
 
 
+@dataclass
+class StepStats:
+    loss: float  # the optimised loss, bits per subpixel, mean over the step's micro-batches
+    kind_bits_K: torch.Tensor  # per MASK_KINDS entry: sum over examples of their mean bits per hidden subpixel
+    kind_count_K: torch.Tensor  # per MASK_KINDS entry: number of examples
+
+
 def train_step(engine, micro_batches: list[dict], mask_cfg: MaskConfig, loss_kind: str,
-               generator: torch.Generator | None = None) -> float:
-    """One optimizer step over `micro_batches` (gradient accumulation); returns the mean loss in bits per
-    subpixel. DeepSpeed scales each backward by 1/accumulation and steps at the boundary."""
+               generator: torch.Generator | None = None, precision: str = "fp32",
+               ema: EMA | None = None) -> StepStats:
+    """One optimizer step over `micro_batches` (gradient accumulation), then one EMA update. DeepSpeed
+    scales each backward by 1/accumulation and steps at the boundary."""
     losses = []
+    kind_bits_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
+    kind_count_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
     for batch in micro_batches:
         x_BHWC, tokens_BT, lengths_B = _to_device(batch, engine.device)
         # Masks are drawn on the CPU generator so a worker's masks depend only on its seed, not its device.
-        mask_BHWC = sample_masks(mask_cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator).to(engine.device)
-        loss = nade_loss(engine(x_BHWC, mask_BHWC, tokens_BT, lengths_B), x_BHWC, mask_BHWC, kind=loss_kind)
+        mask_BHWC, kind_B = draw_masks(mask_cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator)
+        mask_BHWC = mask_BHWC.to(engine.device)
+        with autocast(precision, engine.device):
+            logits = engine(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+        loss = nade_loss(logits, x_BHWC, mask_BHWC, kind=loss_kind)
         engine.backward(loss)
         engine.step()
         losses.append(loss.detach().float())
-    return float(torch.stack(losses).mean())
+        bits_B = per_example_bits(logits.detach(), x_BHWC, mask_BHWC).double().cpu()
+        kind_bits_K.index_add_(0, kind_B, bits_B)
+        kind_count_K.index_add_(0, kind_B, torch.ones_like(bits_B))
+    if ema is not None:
+        ema.update(engine.module)
+    return StepStats(float(torch.stack(losses).mean()), kind_bits_K, kind_count_K)
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[dict], num_masks: int = 4, seed: int = 0) -> dict[str, float]:
-    """Bits-per-subpixel metrics (onade.metrics.evaluate_batch) averaged over images; with a fixed seed the
-    masks and orderings are the same at every call, so successive validations are comparable."""
+def evaluate(model, batches: list[dict], num_masks: int = 2, seed: int = 0, exact_images: int = 0,
+             precision: str = "fp32") -> dict[str, float]:
+    """Bits-per-subpixel metrics (onade.metrics.evaluate_batch) averaged over images, the exact chain-rule
+    NLL over the first `exact_images` of them. With a fixed seed the masks and orderings are the same at
+    every call and on any device (drawn on the CPU), so successive validations are comparable."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    exact_generator = torch.Generator().manual_seed(seed + 1)
     sums: dict[str, float] = {}
-    num_images = 0
-    for batch in batches:
-        x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
-        # evaluate_batch draws on the generator's device; keep it on the CPU and move masks with the model.
-        metrics = evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks=num_masks,
-                                 generator=generator if device.type == "cpu" else None)
-        n = x_BHWC.shape[0]
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * n
-        num_images += n
-    return {**{k: v / max(num_images, 1) for k, v in sums.items()}, "num_images": num_images}
+    num_images = num_exact = 0
+    with autocast(precision, device):
+        for batch in batches:
+            x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
+            n = x_BHWC.shape[0]
+            metrics = evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks=num_masks,
+                                     generator=generator, exact=False)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            num_images += n
+            e = min(n, exact_images - num_exact)
+            if e > 0:
+                exact = _exact_center_bits(model, x_BHWC[:e], tokens_BT[:e], lengths_B[:e], exact_generator)
+                sums["exact_bits_per_dim"] = sums.get("exact_bits_per_dim", 0.0) + exact * e
+                num_exact += e
+    out = {k: v / max(num_images, 1) for k, v in sums.items() if k != "exact_bits_per_dim"}
+    if num_exact:
+        out["exact_bits_per_dim"] = sums["exact_bits_per_dim"] / num_exact
+    return {**out, "num_images": num_images, "exact_num_images": num_exact}
+
+
+def _exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        hole_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+        return exact_hole_bits(model, x_BHWC, hole_BHWC, tokens_BT, lengths_B, generator=generator)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -154,7 +205,8 @@ def optimizer_step_count(engine) -> int | None:
     return None
 
 
-def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict, rank: int) -> None:
+def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict, rank: int,
+                     ema: EMA | None) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="onade_ckpt_") as d:
@@ -165,11 +217,13 @@ def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict
             Path(d, STATE_FILE).write_text(json.dumps(state))
             Path(d, CONFIG_FILE).write_text(json.dumps(config["config"]))
             Path(d, TOKENIZER_FILE).write_bytes(config["tokenizer"])
+            if ema is not None:  # every rank holds the same average (ZeRO <= 2 keeps whole weights)
+                save_file(ema.state_dict(), str(Path(d, EMA_FILE)))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                          checkpoint_dir_name=f"checkpoint_{step:08d}")
 
 
-def _restore(engine, world_size: int) -> dict | None:
+def _restore(engine, world_size: int, ema: EMA | None) -> dict | None:
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -184,13 +238,18 @@ def _restore(engine, world_size: int) -> dict | None:
         # Our own checkpoint in the run's storage (DeepSpeed's format is torch.save); this is trusted data,
         # unlike the inference export, which never unpickles.
         engine.load_checkpoint(d, tag=DS_TAG)
+        if ema is not None:
+            if Path(d, EMA_FILE).is_file():
+                ema.load_state_dict(load_file(str(Path(d, EMA_FILE))), state.get("ema_updates", state["step"]))
+            else:  # a checkpoint from a run without EMA: start the average from the restored weights
+                ema.load_state_dict({k: v.float() for k, v in engine.module.state_dict().items()}, 0)
     return state
 
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    from ray_jobs.engine import build_engine, deepspeed_config, plan_batches, resolve_precision
+    from ray_jobs.engine import build_engine, deepspeed_config, plan_batches
     from ray_jobs.run_dir import open_run_dir
 
     # DeepSpeed's ZeRO calls torch's deprecated all_gather_into_tensor alias on every step.
@@ -209,8 +268,9 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
-    engine = build_engine(model, cfg, deepspeed_config(config["zero"], plan, precision, t.grad_clip))
-    state = _restore(engine, world_size) or {"step": 0, "epoch": 0, "index": 0, "world_size": world_size}
+    engine = build_engine(model, cfg, deepspeed_config(config["zero"], plan, t.grad_clip))
+    ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
+    state = _restore(engine, world_size, ema) or {"step": 0, "epoch": 0, "index": 0, "world_size": world_size}
     start_step = state["step"]
     # A resumed run must not replay the masks of the steps it already took.
     generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step)
@@ -220,7 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     run.event("resume" if start_step else "start", step=start_step, world_size=world_size,
               num_nodes=len(set(nodes)), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-              precision=precision, zero_stage=t.zero_stage, parameters=num_params,
+              precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
               torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine))
 
     train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state["epoch"], state["index"])
@@ -228,13 +288,15 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("has_val"):
         val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
 
-    step, window_loss, window_steps, window_time = start_step, 0.0, 0, 0.0
+    step, window = start_step, _Window()
+    timing = {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
     while step < t.steps:
         tic = time.perf_counter()
         micro_batches = [train.next() for _ in range(plan.grad_accum)]
-        loss = train_step(engine, micro_batches, cfg.masks, t.loss, generator)
-        window_time += time.perf_counter() - tic
-        window_loss, window_steps, step = window_loss + loss, window_steps + 1, step + 1
+        window.add(train_step(engine, micro_batches, cfg.masks, t.loss, generator, precision, ema),
+                   time.perf_counter() - tic)
+        timing["train_s"] += time.perf_counter() - tic
+        step += 1
 
         last = step == t.steps
         do_log = step % t.log_every == 0 or last
@@ -244,16 +306,23 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         metrics: dict = {"step": step, "epoch": train.epoch}
         if do_log:
-            (loss_sum,) = _all_reduce_sum([window_loss / window_steps], engine.device)
-            metrics.update(loss=loss_sum / world_size, lr=float(engine.get_lr()[0]),
-                           samples_per_s=window_steps * plan.global_batch / max(window_time, 1e-9))
-            window_loss, window_steps, window_time = 0.0, 0, 0.0
+            metrics.update(window.metrics(engine, world_size, plan.global_batch))
+            window = _Window()
         if do_val:
-            metrics.update(_validate(engine.module, val, cfg, step, run))
+            tic = time.perf_counter()
+            exact_images = math.ceil(t.val_exact_images / world_size) if last else 0
+            metrics.update(_validate(ema.model if ema else engine.module, val, cfg, step, run, precision,
+                                     exact_images))
+            timing["val_s"] += time.perf_counter() - tic
+        if last:
+            metrics.update({k: round(v, 2) for k, v in timing.items()})
         run.log(step, {k: v for k, v in metrics.items() if k != "step"})
         if do_ckpt:
-            state = {"step": step, "epoch": train.epoch, "index": train.index, "world_size": world_size}
-            _save_checkpoint(engine, step, state, metrics, config, rank)
+            tic = time.perf_counter()
+            state = {"step": step, "epoch": train.epoch, "index": train.index, "world_size": world_size,
+                     "ema_updates": ema.num_updates if ema else 0}
+            _save_checkpoint(engine, step, state, metrics, config, rank, ema)
+            timing["checkpoint_s"] += time.perf_counter() - tic
             run.event("checkpoint", step=step)
         else:
             ray.train.report(metrics)
@@ -261,22 +330,68 @@ def train_loop_per_worker(config: dict) -> None:
     run.close()
 
 
-def _validate(model, val: list[dict], cfg, step: int, run) -> dict[str, float]:
+class _Window:
+    """Training statistics since the last log line."""
+
+    def __init__(self):
+        self.loss, self.steps, self.seconds = 0.0, 0, 0.0
+        self.kind_bits_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
+        self.kind_count_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
+
+    def add(self, stats: StepStats, seconds: float) -> None:
+        self.loss += stats.loss
+        self.steps += 1
+        self.seconds += seconds
+        self.kind_bits_K += stats.kind_bits_K
+        self.kind_count_K += stats.kind_count_K
+
+    def metrics(self, engine, world_size: int, global_batch: int) -> dict:
+        """Averaged over every rank: the loss, and `loss_<kind>` (mean bits per hidden subpixel of the examples
+        that drew that mask kind; loss_orderless is the unbiased NLL estimate, loss_center the one-shot
+        centre NLL)."""
+        sums = _all_reduce_sum([self.loss / self.steps, *self.kind_bits_K.tolist(), *self.kind_count_K.tolist()],
+                               engine.device)
+        K = len(MASK_KINDS)
+        out = {"loss": sums[0] / world_size}
+        for i, kind in enumerate(MASK_KINDS):
+            if sums[1 + K + i] > 0:
+                out[f"loss_{kind}"] = sums[1 + i] / sums[1 + K + i]
+        out.update(lr=float(engine.get_lr()[0]), samples_per_s=self.steps * global_batch / max(self.seconds, 1e-9))
+        return out
+
+
+def _validate(model, val: list[dict], cfg, step: int, run, precision: str, exact_images: int) -> dict[str, float]:
     """Held-out metrics averaged over every rank's images, and a PNG grid from rank 0's first batch."""
-    local = evaluate(model, val, seed=cfg.train.seed)
-    keys = sorted(k for k in local if k != "num_images")
-    n = local["num_images"]
-    sums = _all_reduce_sum([local[k] * n for k in keys] + [n], next(model.parameters()).device)
-    total = sums[-1]
-    out = {f"val_{k}": s / max(total, 1) for k, s in zip(keys, sums)}
+    device = next(model.parameters()).device
+    if exact_images:
+        # Every rank scores the same number of images, so each runs the same forward passes (ZeRO-3 needs it).
+        (available,) = _all_reduce_min([sum(len(b["image"]) for b in val)], device)
+        exact_images = min(exact_images, int(available))
+    local = evaluate(model, val, seed=cfg.train.seed, exact_images=exact_images, precision=precision)
+    n, ne = local.pop("num_images"), local.pop("exact_num_images")
+    keys = sorted(local)
+    weights = [ne if k == "exact_bits_per_dim" else n for k in keys]
+    sums = _all_reduce_sum([local[k] * w for k, w in zip(keys, weights)] + [n, ne], device)
+    total, total_exact = sums[-2], sums[-1]
+    out = {f"val_{k}": s / max(total_exact if k == "exact_bits_per_dim" else total, 1) for k, s in zip(keys, sums)}
     out["val_num_images"] = int(total)
+    if total_exact:
+        out["val_exact_num_images"] = int(total_exact)
     if val:
-        x_BHWC, tokens_BT, lengths_B = _to_device(val[0], next(model.parameters()).device)
+        x_BHWC, tokens_BT, lengths_B = _to_device(val[0], device)
         x_BHWC, tokens_BT, lengths_B = x_BHWC[:GRID_IMAGES], tokens_BT[:GRID_IMAGES], lengths_B[:GRID_IMAGES]
-        masked, predicted = one_shot_fill(model, x_BHWC, tokens_BT, lengths_B)
+        with autocast(precision, device):
+            masked, predicted = one_shot_fill(model, x_BHWC, tokens_BT, lengths_B)
         run.save_grid(step, [x_BHWC, masked, predicted])
     return out
 
 
-__all__ = ["train_loop_per_worker", "train_step", "evaluate", "one_shot_fill", "ShardCursor", "DS_TAG",
-           "STATE_FILE", "optimizer_step_count"]
+def _all_reduce_min(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.tolist()
+
+
+__all__ = ["train_loop_per_worker", "train_step", "evaluate", "one_shot_fill", "ShardCursor", "StepStats", "DS_TAG",
+           "STATE_FILE", "EMA_FILE", "optimizer_step_count"]

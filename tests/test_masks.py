@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from onade.config import MaskConfig
-from onade.masks import box_mask, center_mask, sample_masks
+from onade.config import MASK_KINDS, MaskConfig
+from onade.masks import box_mask, center_mask, draw_masks, sample_masks
 
 
 def _chi2_pvalue(observed, expected):
@@ -52,7 +52,7 @@ def test_bernoulli_rate_is_uniform_per_example():
 
 def test_box_is_one_contiguous_rectangle():
     g = torch.Generator().manual_seed(4)
-    cfg = MaskConfig(weights={"box": 1}, min_box_fraction=0.25, max_box_fraction=0.5)
+    cfg = MaskConfig(weights={"box": 1}, min_box_fraction=0.25, max_box_fraction=0.5, hole_orderless=0)
     mask = sample_masks(cfg, 200, 16, g)
     for m in mask:
         hidden = ~m[..., 0]
@@ -91,6 +91,27 @@ def test_contiguish_hides_blobs():
 
 def test_mixture_follows_weights():
     g = torch.Generator().manual_seed(6)
-    mask = sample_masks(MaskConfig(weights={"center": 3, "orderless": 1}), 4000, 8, g)
-    is_center = (mask == center_mask(1, 8)).flatten(1).all(1).float().mean()
-    assert abs(float(is_center) - 0.75) < 0.03
+    mask, kind_B = draw_masks(MaskConfig(weights={"center": 3, "orderless": 1}, hole_orderless=0), 4000, 8, g)
+    is_center = (mask == center_mask(1, 8)).flatten(1).all(1)
+    assert abs(float(is_center.float().mean()) - 0.75) < 0.03
+    # The reported kind is the one drawn (an orderless mask equal to the centre hole is vanishingly rare).
+    assert torch.equal(is_center, kind_B == MASK_KINDS.index("center"))
+
+
+def test_partly_revealed_holes_hide_a_uniform_number_inside_the_hole():
+    g = torch.Generator().manual_seed(7)
+    side, n = 4, 20000
+    mask, kind_B = draw_masks(MaskConfig(weights={"center": 1}, hole_orderless=0.5), n, side, g)
+    hole = ~center_mask(1, side)[0]
+    assert bool((kind_B == MASK_KINDS.index("center")).all())
+    assert not bool((~mask & ~hole).any())  # nothing outside the hole is ever hidden
+    num_hidden = (~mask).flatten(1).sum(1)
+    M = int(hole.sum())  # 2x2 pixels x 3 = 12
+    whole = num_hidden == M
+    # Half hide the whole hole; the other half d ~ U{1..M} (which is M with probability 1/M).
+    assert abs(float(whole.float().mean()) - (0.5 + 0.5 / M)) < 0.015
+    counts = torch.bincount(num_hidden, minlength=M + 1)[1:M].float() / (0.5 * n)
+    assert float((counts - 1 / M).abs().max()) < 0.01
+    # Given d, every subpixel of the hole is equally likely to be the hidden one.
+    per_site = (~mask[num_hidden == 1]).flatten(1).float().mean(0)[hole.flatten()]
+    assert float(per_site.max() - per_site.min()) < 0.06

@@ -66,14 +66,22 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained):
     assert metrics["step"] == STEPS
     rows = read_jsonl(storage.join(run, "metrics.jsonl"))
     start = next(r for r in rows if r.get("event") == "start")
-    assert (start["world_size"], start["zero_stage"], start["micro_batch"], start["precision"]) == (2, 2, 4, "fp32")
+    from onade import resolve_precision
+
+    assert (start["world_size"], start["zero_stage"], start["micro_batch"]) == (2, 2, 4)
+    assert start["precision"] == resolve_precision("auto", "cpu")  # bf16 on a CPU with AMX/AVX512-BF16
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == STEPS // 10
     assert sum(losses[-2:]) / 2 < losses[0] - 1.5, losses
+    # The default mixture, each kind's loss logged on its own.
+    assert all({"loss_orderless", "loss_center", "loss_box", "loss_contiguish"} <= set(r) for r in rows if "loss" in r)
     val = [r for r in rows if "val_bits_per_dim" in r]
     assert [r["step"] for r in val] == [50, 100]
     assert val[-1]["val_bits_per_dim"] < val[0]["val_bits_per_dim"]
     assert all(r["val_num_images"] == 8 for r in val)  # 1 batch of 4 on each of 2 workers
+    # The costly exact NLL runs once, at the end, on val_exact_images (16: capped at the 4 + 4 held).
+    assert "val_exact_bits_per_dim" not in val[0] and val[-1]["val_exact_num_images"] == 8
+    assert {"train_s", "val_s", "checkpoint_s"} <= set(val[-1])
     assert storage.exists(storage.join(run, "samples", "step_00000100.png"))
     assert storage.list_files(storage.join(run, "tb"))
     # Retention keeps the last of the checkpoints at 50 and 100, and deletes the other from S3.
@@ -99,6 +107,17 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     x, tokens, lengths = (torch.tensor(batch[k]) for k in ("image", "tokens", "length"))
     fresh = onade.build_model(loaded.config).eval()
     assert center_bits(loaded.model, x, tokens, lengths) < center_bits(fresh, x, tokens, lengths) - 1.0
+    # The exact NLL of the trained model, in bf16 as in fp32 (same ordering): within 0.02 bit.
+    from onade.masks import center_mask
+    from onade.metrics import exact_hole_bits
+    from onade.precision import autocast
+
+    def exact(precision):
+        with autocast(precision, "cpu"):
+            return exact_hole_bits(loaded.model, x[:8], center_mask(8, 16), tokens[:8], lengths[:8],
+                                   generator=torch.Generator().manual_seed(0))
+
+    assert exact("bf16") == pytest.approx(exact("fp32"), abs=0.02)
 
     # Any kept checkpoint can be exported again on its own, without Ray; a rotated-out one is refused.
     from ray_jobs.train import main
@@ -109,6 +128,13 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     reloaded = onade.load_checkpoint(again)
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
+    # The export is the EMA (debug: ema_decay 0.99); the trained weights are in the checkpoint too.
+    raw_url = storage.join(run, "export_raw")
+    main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--export-weights", "raw",
+          "--export-to", raw_url])
+    raw = onade.load_checkpoint(raw_url).model
+    assert not torch.equal(raw.head_proj.weight, loaded.model.head_proj.weight)
+    assert center_bits(raw, x, tokens, lengths) < center_bits(fresh, x, tokens, lengths) - 1.0
     with pytest.raises(ValueError, match=r"no checkpoint at step 50; kept steps: \[100\]"):
         main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--checkpoint-step", "50"])
 
@@ -126,6 +152,10 @@ def test_same_name_resumes_step_optimizer_and_schedule(trained, s3_server, shard
     resume = [r for r in rows if r.get("event") == "resume"]
     assert len(resume) == 1 and resume[0]["step"] == STEPS
     assert resume[0]["adam_step"] == STEPS  # Adam's moments came back with the weights
+    from ray_jobs.export import list_checkpoints
+
+    (_, last), = list_checkpoints(run)
+    assert json.loads(storage.read_bytes(storage.join(last, "train_state.json")))["ema_updates"] == 110
     after = [r for r in rows if "loss" in r and r["time"] > resume[0]["time"]]
     assert [r["step"] for r in after] == [110]
     # Restored schedule: the LR continues the cosine towards min_lr_ratio * lr, it does not warm up again.

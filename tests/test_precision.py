@@ -1,0 +1,44 @@
+"""onade.precision: what "auto" resolves to, and that bf16 autocast runs the body in bf16 while the logits
+the losses and samplers see stay fp32."""
+
+import pytest
+import torch
+
+from onade.loss import nade_loss
+from onade.masks import center_mask
+from onade.precision import autocast, cpu_has_fast_bf16, resolve_precision
+from tests.helpers import random_batch, tiny_model
+
+
+def test_auto_follows_the_cpu_capability_and_explicit_choices_are_kept():
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_bf16_runs_the_body_in_bf16_and_returns_fp32_logits():
+    model = tiny_model(8)
+    x, _, tokens, lengths = random_batch(4, 8)
+    mask = center_mask(4, 8)
+    seen = []
+    model.stem.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    with torch.no_grad():
+        ref = model(x, mask, tokens, lengths)
+        with autocast("bf16", "cpu"):
+            low = model(x, mask, tokens, lengths)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert low.dtype == torch.float32 and ref.dtype == torch.float32
+    assert not torch.equal(low, ref)
+    # bf16 keeps ~3 significant digits: the loss moves by far less than a hundredth of a bit.
+    assert float(nade_loss(low, x, mask)) == pytest.approx(float(nade_loss(ref, x, mask)), abs=0.02)
+
+
+def test_fp32_context_changes_nothing():
+    model = tiny_model(8)
+    x, mask, tokens, lengths = random_batch(2, 8)
+    with torch.no_grad():
+        ref = model(x, mask, tokens, lengths)
+        with autocast("fp32", "cpu"):
+            same = model(x, mask, tokens, lengths)
+    assert torch.equal(ref, same)
