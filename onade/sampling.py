@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from onade.config import STRATEGIES, SampleConfig
+from onade.precision import autocast, resolve_precision
 
 NUM_LEVELS = 256
 NUM_CHANNELS = 3
@@ -58,7 +59,7 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tenso
             temperature: float = 1.0, seed: int = 0, record_every: int = 0, *,
             pmin: float | None = None, pmax: float | None = None, alpha: float | None = None,
             chunk: int | None = None, init: str | None = None, final_temperature: float | None = None,
-            config: SampleConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            precision: str | None = None, config: SampleConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint the hidden subpixels (mask False) of a batch.
 
     Returns `images_BHWC` (uint8, on x's device) and `chain_FBHWC` (uint8, CPU): the state after the initial
@@ -69,7 +70,9 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tenso
     confidence strategies ignore it and fill the whole hole. Options left as None come from `config`
     (a SampleConfig; its defaults otherwise): pmin, pmax, alpha (the schedule), chunk (subpixels per forward
     pass in ancestral, ancestral-gibbs, greedy and antigreedy), init ("model" or "uniform", the Gibbs
-    starting fill) and final_temperature (0 = no annealing).
+    starting fill), final_temperature (0 = no annealing) and precision ("auto": the network's body in bf16
+    where the hardware runs it fast, onade.precision; "bf16"; "fp32"). The draws use fp32 probabilities in
+    every precision.
     """
     cfg = config or SampleConfig()
     opts = _Options(
@@ -81,7 +84,8 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tenso
     opts.validate()
     device = next(model.parameters()).device
     _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-    with torch.inference_mode():
+    resolved = resolve_precision(cfg.precision if precision is None else precision, device)
+    with torch.inference_mode(), autocast(resolved, device):
         sampler = _Sampler(model, x_BHWC.to(device), mask_BHWC.to(device), tokens_BT.to(device),
                            lengths_B.to(device), opts, seed)
         images_BHWC = sampler.run()

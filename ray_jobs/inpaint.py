@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="anneal geometrically from --temperature to this over the run (default 0: no annealing)")
     p.add_argument("--chunk", type=int, default=1, help="subpixels per forward pass (ancestral, confidence)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto (default): bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0)
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
                       mask_dir=args.mask if mask == "dir" else "", max_pixels=args.max_image_pixels,
                       strategy=args.strategy, steps=args.steps, samples=args.samples, temperature=args.temperature,
                       final_temperature=args.final_temperature, seed=args.seed, chunk=args.chunk,
-                      animate=args.animate, use_gpu=args.gpus_per_worker > 0)
+                      precision=args.precision, animate=args.animate, use_gpu=args.gpus_per_worker > 0)
     todo, known = plan(args, opts, read_previous(args.output))
     if not todo and not known:
         raise ValueError(f"no images under {args.input!r}")

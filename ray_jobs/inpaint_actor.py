@@ -45,6 +45,7 @@ class JobOptions:
     final_temperature: float = 0.0  # 0 = no annealing
     seed: int = 0
     chunk: int = 1
+    precision: str = "auto"  # onade.precision: bf16 where the actor's CPU or GPU runs it fast
     animate: bool = False
     frames: int = 40  # frames of an animation
     threads: int = 0  # torch threads in an actor on CPU (0 = torch's default)
@@ -184,6 +185,7 @@ class InpaintActor:
         self.device = "cuda" if self.opts.use_gpu and torch.cuda.is_available() else "cpu"
         loaded = onade.load_checkpoint(self.opts.checkpoint, device=self.device)
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
+        self.precision = onade.precision.resolve_precision(self.opts.precision, self.device)
         if self.config.model.image_size != self.opts.image_size:
             raise ValueError(f"checkpoint {self.opts.checkpoint} is for {self.config.model.image_size}px images, "
                              f"the job was planned for {self.opts.image_size}px")
@@ -215,7 +217,7 @@ class InpaintActor:
         rows = []
         for i in range(n):
             row = {"input": str(batch["input"][i]), "outputs": outputs[i] if not errors[i] else [],
-                   "caption": str(batch["caption"][i]), "strategy": o.strategy, "steps": steps if not errors[i] else 0,
+                   "caption": str(batch["caption"][i]), "strategy": o.strategy, "steps": steps if not errors[i] else 0, "precision": self.precision,
                    "samples": o.samples, "seconds": round(seconds, 4), "status": "error" if errors[i] else "ok"}
             if errors[i]:
                 row["error"] = errors[i]
@@ -245,7 +247,7 @@ class InpaintActor:
         out, chain = onade.inpaint(self.model, x.to(self.device), mask.to(self.device), tokens, lengths,
                                    strategy=o.strategy, steps=o.steps or None, temperature=o.temperature,
                                    final_temperature=o.final_temperature, seed=o.seed, record_every=record_every,
-                                   chunk=o.chunk)
+                                   chunk=o.chunk, precision=self.precision)
         out = out.cpu().numpy().reshape(len(images), K, *out.shape[1:])
         frames = None
         if o.animate:

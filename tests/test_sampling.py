@@ -14,6 +14,8 @@ from tests.helpers import random_batch, tiny_model
 pytestmark = pytest.mark.timeout(120)
 
 FAST = dict(steps=6, chunk=5)
+# Every sampler guarantee holds in both precisions the library runs in (bf16: autocast of the body).
+PRECISIONS = pytest.mark.parametrize("precision", ["fp32", "bf16"])
 
 
 class Recorder:
@@ -47,10 +49,12 @@ def ragged_batch(batch=4, size=8):
     return x, mask, tokens, lengths
 
 
+@PRECISIONS
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy):
+def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
-    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, record_every=1, **FAST)
+    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, record_every=1,
+                                  precision=precision, **FAST)
     assert images.dtype == torch.uint8 and images.shape == x.shape
     assert torch.equal(images[mask], x[mask])
     # Every frame of the chain keeps the observed subpixels too, and the last frame is the result.
@@ -61,21 +65,24 @@ def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy):
     assert (images[~mask] == 127).float().mean() < 0.05
 
 
+@PRECISIONS
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_hidden_true_values_never_reach_the_result(model, strategy):
+def test_hidden_true_values_never_reach_the_result(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
     other = torch.where(mask, x, 255 - x)
-    a, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=3, **FAST)
-    b, _ = onade.inpaint(model, other, mask, tokens, lengths, strategy=strategy, seed=3, **FAST)
+    a, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **FAST)
+    b, _ = onade.inpaint(model, other, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **FAST)
     assert torch.equal(a, b)
 
 
+@PRECISIONS
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_same_seed_same_result_other_seed_other_result(model, strategy):
+def test_same_seed_same_result_other_seed_other_result(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
-    a, ca = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=7, record_every=2, **FAST)
-    b, cb = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=7, record_every=2, **FAST)
-    c, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=8, **FAST)
+    kw = dict(strategy=strategy, precision=precision, **FAST)
+    a, ca = onade.inpaint(model, x, mask, tokens, lengths, seed=7, record_every=2, **kw)
+    b, cb = onade.inpaint(model, x, mask, tokens, lengths, seed=7, record_every=2, **kw)
+    c, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=8, **kw)
     assert torch.equal(a, b) and torch.equal(ca, cb)
     assert not torch.equal(a, c)
 
