@@ -7,7 +7,7 @@ import pytest
 import torch
 
 METRIC_KEYS = {"bits_per_dim", "exact_bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption",
-               "num_images"}
+               "num_images", "exact_num_images"}
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,11 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
 
     out = tmp_path / "metrics.json"
     result = main(["--checkpoint", export, "--data", local_shards["val"], "--num-images", "24", "--batch-size", "8",
-                   "--output", str(out)])
-    assert set(result) >= METRIC_KEYS and result["num_images"] == 24
+                   "--exact-images", "8", "--precision", "fp32", "--actors", "2", "--output", str(out)])
+    assert set(result) >= METRIC_KEYS and result["num_images"] == 24 and result["exact_num_images"] == 8
+    assert result["precision"] == "fp32"
     assert json.loads(out.read_text()) == result
-    assert all(0 < result[k] < 12 for k in METRIC_KEYS - {"num_images"})
+    assert all(0 < result[k] < 12 for k in METRIC_KEYS - {"num_images", "exact_num_images"})
     # The deterministic metric, recomputed here on the same first 24 images in batches of 8.
     loaded = onade.load_checkpoint(export)
     ds = build_dataset(local_shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
@@ -47,8 +48,14 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
     assert result["center_bits_true_caption"] == pytest.approx(sum(direct) / len(direct), rel=1e-4)
     assert result["center_bits_true_caption"] != pytest.approx(result["center_bits_shuffled_caption"], rel=1e-6)
 
-    everything = main(["--checkpoint", export, "--data", local_shards["val"], "--batch-size", "16"])
-    assert everything["num_images"] == 32  # the whole validation set
+    # One actor instead of two: masks are seeded by batch content, so the same numbers.
+    one = main(["--checkpoint", export, "--data", local_shards["val"], "--num-images", "24", "--batch-size", "8",
+                "--exact-images", "8", "--precision", "fp32", "--actors", "1"])
+    assert {k: one[k] for k in METRIC_KEYS} == pytest.approx({k: result[k] for k in METRIC_KEYS}, rel=1e-5)
+
+    everything = main(["--checkpoint", export, "--data", local_shards["val"], "--batch-size", "16",
+                       "--exact-images", "0"])
+    assert everything["num_images"] == 32 and "exact_bits_per_dim" not in everything  # whole set, no exact
 
 
 @pytest.mark.timeout(60)
