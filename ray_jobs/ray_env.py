@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+
+# Ray Train's own console lines below this level are dropped (RunConfig's LoggingConfig, train_log_level).
+TRAIN_LOG_LEVEL = "WARNING"
+# Ray's default dashboard port; like Ray (ray/_private/services.py:1290-1293) we take the first free one from it.
+DASHBOARD_PORT = 8265
 
 
-def init_ray() -> str | None:
+def init_ray(*, state_api: bool = False) -> str | None:
     """Connect to RAY_ADDRESS, or start a local Ray. Returns "local" or "cluster" when this call connected
-    (the caller then shuts Ray down), None when Ray was already initialised."""
+    (the caller then shuts Ray down), None when Ray was already initialised.
+
+    state_api: give a local Ray the State API, which Ray Train needs. Its PlacementGroupCleaner actor asks
+    the State API every second whether the run's controller is alive (Ray 2.60,
+    ray/train/v2/_internal/execution/controller/placement_group_cleaner.py:79-89). Two things break it:
+    - include_dashboard=False starts the dashboard process with only its UsageStatsHead module
+      (ray/_private/services.py:1381-1387), so every query fails and the cleaner logs "Failed to query Ray
+      Train Controller actor state" once a second;
+    - the State API client finds its cluster from RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else by looking for
+      a GCS process on the host (ray/dashboard/utils.py:725-745, ray/_private/services.py:751-763); with a
+      second Ray on the host it raises "Found multiple active Ray instances", which kills the cleaner's
+      thread with a traceback. So the workers get RAY_API_SERVER_ADDRESS = this Ray's dashboard.
+    The dashboard costs ~1-2 s of start-up (up to ~5 s on a loaded 2-core machine) and ~11 processes, so
+    jobs without Ray Train go without it.
+    """
     import ray
 
     if ray.is_initialized():
@@ -16,6 +37,40 @@ def init_ray() -> str | None:
     if address:
         ray.init(address=address)
         return "cluster"
+    dashboard = {"include_dashboard": False}
+    if state_api:
+        host = "127.0.0.1"
+        port = free_port(host, DASHBOARD_PORT)
+        dashboard = {"include_dashboard": True, "dashboard_host": host, "dashboard_port": port,
+                     "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{host}:{port}"}}}
     # "local" never attaches to another cluster whose address file happens to be on this host.
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, **dashboard)
     return "local"
+
+
+def free_port(host: str, first: int, tries: int = 50) -> int:
+    """The first port from `first` on that `host` can bind (tested as Ray tests its dashboard port)."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in {first}-{first + tries - 1} for Ray's dashboard")
+
+
+def train_log_level(level: str = TRAIN_LOG_LEVEL) -> None:
+    """In a Ray Train worker: hold Ray Train's one logger outside `ray.train` to `level` as well.
+
+    Ray 2.60's ray/train/v2/_internal/execution/context.py:54 names its logger by file path
+    (`logging.getLogger(__file__)`), so RunConfig's LoggingConfig, which filters only records named
+    `ray.train*` (ray/train/v2/_internal/logging/logging.py:75-77), misses it; its INFO line "Reporting
+    training result ..." (context.py:390) then reaches the worker's root console handler once per rank per
+    report. Raising that one logger to LoggingConfig's level (its warnings still print) is the narrowest
+    fix short of patching Ray; drop it once Ray names the logger `__name__`.
+    """
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(level)

@@ -23,7 +23,7 @@ import argparse
 import json
 
 from onade.config import Config, PRESETS, load_config
-from ray_jobs.ray_env import init_ray
+from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
 
 DEFAULT_MAX_FAILURES = 3
 
@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export-only", action="store_true", help="export a checkpoint of the run, do not train")
     p.add_argument("--checkpoint-step", type=int, help="with --export-only: the step to export (default latest)")
     p.add_argument("--export-to", help="where the export goes (default STORAGE/RUN/export, local or s3://)")
+    p.add_argument("--export-weights", default="ema", choices=["ema", "raw"],
+                   help="ema (default): the averaged weights when train.ema_decay > 0; raw: the trained ones")
     p.add_argument("--no-export", action="store_true", help="skip the export at the end of training")
     args = p.parse_args(argv)
     if not args.export_only and not args.data:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             untrusted.check_s3_root(getattr(args, flag), "--" + flag.replace("_", "-"))
     run = run_url(args.output, args.name)
     if args.export_only:
-        out = export_run(args.output, args.name, args.checkpoint_step, args.export_to)
+        out = export_run(args.output, args.name, args.checkpoint_step, args.export_to, args.export_weights)
         print(f"exported {out}")
         return {"export": out}
 
@@ -148,11 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"run {run} is already at step {resume_step} >= train.steps={cfg.train.steps}: nothing to train")
         metrics = {"step": resume_step}
     else:
-        if init_ray() == "local":
+        # Ray Train's placement-group cleaner polls the State API, which a local Ray serves from its dashboard.
+        if init_ray(state_api=True) == "local":
             check_cpus_left_for_data(args)
         metrics = dict(fit(args, cfg, zero, tokenizer, train_shards, val_shards, run).metrics or {})
     if not args.no_export:
-        metrics["export"] = export_run(args.output, args.name, out_url=args.export_to or storage.join(run, EXPORT_DIR))
+        metrics["export"] = export_run(args.output, args.name, out_url=args.export_to or storage.join(run, EXPORT_DIR),
+                                       weights=args.export_weights)
         print(f"exported {metrics['export']}")
     print("final " + " ".join(f"{k}={v}" for k, v in metrics.items()))
     return metrics
@@ -195,8 +199,14 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     use_gpu = args.gpus_per_worker > 0
     resources = {"CPU": args.cpus_per_worker, **({"GPU": args.gpus_per_worker} if use_gpu else {})}
     env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
+
+    def train_worker(config: dict):
+        # LoggingConfig (below) alone lets Ray's "Reporting training result ..." line per report through.
+        train_log_level(TRAIN_LOG_LEVEL)
+        train_loop_per_worker(config)
+
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_worker,
         train_loop_config={
             "config": cfg.to_dict(), "zero": zero, "tokenizer": tokenizer.to_bytes(), "has_val": bool(val_shards),
             "storage_fs": fs, "run_path": f"{storage_path.rstrip('/')}/{args.name}",
@@ -211,7 +221,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
             failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
             worker_runtime_env={"env_vars": env},
             # Ray Train's per-report INFO lines would drown the loop's own progress lines.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),
         datasets=datasets,
     )
