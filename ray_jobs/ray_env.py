@@ -37,15 +37,20 @@ def init_ray(*, state_api: bool = False) -> str | None:
     if address:
         ray.init(address=address)
         return "cluster"
-    dashboard = {"include_dashboard": False}
-    if state_api:
-        host = "127.0.0.1"
-        port = free_port(host, DASHBOARD_PORT)
-        dashboard = {"include_dashboard": True, "dashboard_host": host, "dashboard_port": port,
-                     "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{host}:{port}"}}}
+    dashboard = state_api_options() if state_api else {"include_dashboard": False}
     # "local" never attaches to another cluster whose address file happens to be on this host.
     ray.init(address="local", num_cpus=os.cpu_count() or 1, **dashboard)
     return "local"
+
+
+def state_api_options(host: str = "127.0.0.1") -> dict:
+    """`ray.init` keyword arguments for a local Ray that serves its own State API to its own jobs (see
+    init_ray). Without the pinned address, a training run in a Ray without it can be killed by another Ray
+    on the host: the cleaner's State API client finds *that* Ray's dashboard, which does not know this run's
+    controller, and so removes this run's placement group as the leftover of a dead run."""
+    port = free_port(host, DASHBOARD_PORT)
+    return {"include_dashboard": True, "dashboard_host": host, "dashboard_port": port,
+            "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{host}:{port}"}}}
 
 
 def free_port(host: str, first: int, tries: int = 50) -> int:
