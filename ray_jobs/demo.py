@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> str:
                               "--name", "demo", "--preset", "debug", "--workers", str(args.workers),
                               "--cpus-per-worker", "0.5", "--steps", str(args.steps),
                               "--set", "train.log_every=50", "--set", f"train.val_every={args.steps}",
-                              "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_batches=1",
-                              # The demo inpaints centre holes: spend half the few hundred steps on exactly that.
-                              "--set", "masks.weights={orderless: 1, center: 1}"])
+                              "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_batches=1"])
         checkpoint = metrics.get("export") or storage.join(runs, "demo", "export")
         print(f"   {time.perf_counter() - t:.0f}s; checkpoint {checkpoint}", flush=True)
 

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, loaded.tokenizer, train=False,
-                       seed=args.seed, read_num_cpus=DATA_CPUS[0], num_cpus=DATA_CPUS[1])
+                       seed=args.seed, read_num_cpus=DATA_CPUS[0], num_cpus=DATA_CPUS[1],
+                       batch_size=args.batch_size)  # blocks of one scoring batch: every actor gets work
     if args.num_images:
         ds = ds.limit(args.num_images)
     rows = _score(ds, args, exact=False, total=args.num_images, label="cheap metrics")

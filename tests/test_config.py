@@ -22,6 +22,9 @@ def test_set_overrides_are_typed():
     ("train.lr=abc", "train.lr"),
     ("masks.weights={square: 1}", "square"),
     ("model.width", "key=value"),
+    ("train.ema_decay=1.5", "train.ema_decay"),
+    ("masks.hole_orderless=2", "masks.hole_orderless"),
+    ("sample.precision=fp16", "sample.precision"),
 ])
 def test_bad_overrides_name_the_key(item, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -43,3 +46,12 @@ def test_yaml_file(tmp_path):
 def test_receptive_field_is_checked():
     with pytest.raises(ConfigError, match="receptive field"):
         load_config("debug", sets=["model.dilations=1", "model.num_blocks=2"])
+
+
+def test_every_preset_mixes_the_inpainting_holes_and_keeps_an_ema_where_it_can():
+    for name in ("debug", "small", "base", "large"):
+        cfg = load_config(name)
+        assert {"orderless", "center", "box", "contiguish"} <= {k for k, w in cfg.masks.weights.items() if w > 0}
+        assert (cfg.train.ema_decay > 0) == (cfg.train.zero_stage < 3), name
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        load_config("debug", sets=["train.zero_stage=3"])

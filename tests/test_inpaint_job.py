@@ -97,6 +97,7 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
             assert case.skip in r["error"], (rel, r["error"])  # corrupt / empty / not an image
             continue
         assert r["strategy"] == "independent-gibbs" and r["steps"] == 8 and r["seconds"] > 0
+        assert r["precision"] == onade.resolve_precision("auto", "cpu")  # --precision auto, resolved per actor
         assert r["caption"] == (case.captions[0] if case and case.captions else
                                 "" if case else Path(src / rel).with_suffix(".txt").read_text().splitlines()[0])
         assert r["outputs"] == output_names(rel, opts)
