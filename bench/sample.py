@@ -2,9 +2,15 @@
 
     python bench/sample.py                                  # debug preset, CPU, everything
     python bench/sample.py --preset base --batch-size 64 --device cuda --skip-job
+    python bench/sample.py --skip-samplers --skip-job       # only bf16 vs fp32 (debug and small)
+
+0. Images/s of `onade.inpaint` (independent Gibbs over the centre hole) in bf16 autocast / in fp32, per
+   preset in --precision-presets; rounds alternate the two and the best of each counts (target >= 3x
+   for `small` on a CPU with AMX/AVX512-BF16).
 
 1. Seconds per sampler step (one forward pass of the body, the head only at the sampled subpixels, the
-   draw) / seconds of one bare `model(...)` forward of the same model and batch, per strategy. A sampler
+   draw) / seconds of one bare `model(...)` forward of the same model and batch (both in the precision
+   "auto" resolves to), per strategy. A sampler
    doing one pass per step cannot beat 1.0 unless it saves on the head, which runs only where it samples.
    Each strategy's runs alternate with bare forwards of the same batch, and the minimum over rounds of
    each is used (the least disturbed by other load on a shared machine).
@@ -30,6 +36,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import onade  # noqa: E402
 from onade.masks import center_mask  # noqa: E402
+from onade.precision import autocast, resolve_precision  # noqa: E402
 
 STRATEGY_RUNS = {
     # strategy: options giving a run of a few tens of passes (seconds per pass does not depend on the count)
@@ -49,7 +56,7 @@ def _sync(device):
 
 def bare_forward(model, batch, device, reps=3) -> float:
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(resolve_precision("auto", device), device):
         model(*batch)
         for _ in range(reps):
             _sync(device)
@@ -96,6 +103,31 @@ def bench_samplers(args) -> list[tuple[str, float, float, float]]:
     finally:
         hook.remove()
     return rows
+
+
+def bench_precision(args) -> dict:
+    """bf16 / fp32 images/s of onade.inpaint per preset."""
+    device = torch.device(args.device)
+    out = {"auto_resolves_to": resolve_precision("auto", device)}
+    for preset in filter(None, args.precision_presets.split(",")):
+        torch.manual_seed(0)
+        model = onade.build_model(preset).to(device).eval()
+        S, B = model.cfg.image_size, args.batch_size
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g).to(device)
+        batch = (x, center_mask(B, S, device=device), torch.randint(4, model.cfg.vocab_size, (B, 12), generator=g),
+                 torch.full((B,), 12))
+        best = {"fp32": 0.0, "bf16": 0.0}
+        for _ in range(args.rounds):
+            for precision in best:
+                t = time.perf_counter()
+                onade.inpaint(model, *batch, steps=args.precision_steps, seed=0, precision=precision)
+                _sync(device)
+                best[precision] = max(best[precision], B / (time.perf_counter() - t))
+        out[preset] = {"fp32_images_per_s": round(best["fp32"], 2), "bf16_images_per_s": round(best["bf16"], 2),
+                       "bf16_over_fp32": round(best["bf16"] / best["fp32"], 2)}
+        print(f"  {preset}: {out[preset]}", flush=True)
+    return out
 
 
 # ---- the Ray job ------------------------------------------------------------------------------------
@@ -198,6 +230,8 @@ def main(argv=None) -> None:
     p.add_argument("--job-images", type=int, default=256)
     p.add_argument("--job-steps", type=int, default=50,
                    help="Gibbs steps per image in the job comparison (enough work to amortise actor start-up)")
+    p.add_argument("--precision-presets", default="debug,small", help="presets for bf16 vs fp32 ('' = skip)")
+    p.add_argument("--precision-steps", type=int, default=20, help="Gibbs steps per bf16/fp32 round")
     p.add_argument("--skip-job", action="store_true")
     p.add_argument("--skip-samplers", action="store_true")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -205,6 +239,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     print(f"onade.inpaint, preset {args.preset}, batch {args.batch_size}, {args.device}, "
           f"{torch.get_num_threads()} threads, centre hole")
+    if args.precision_presets:
+        print(f"bf16 / fp32 images/s, independent Gibbs, {args.precision_steps} steps:")
+        bench_precision(args)
     if not args.skip_samplers:
         bench_samplers(args)
     if not args.skip_job:

@@ -1,18 +1,23 @@
-"""Training throughput: the Ray Train + DeepSpeed loop against a bare single-process PyTorch loop.
+"""Training throughput: bf16 against fp32, and the Ray Train + DeepSpeed loop against a bare PyTorch loop.
 
     python -m bench.train                       # CPU: debug model, 32 px, global batch 16
+    python -m bench.train --precision-presets debug,small --skip-ray     # only bf16 vs fp32
     python -m bench.train --gpus-per-worker 1 --preset small --global-batch 64   # on a GPU node
 
-Three measurements in one run, on the same synthetic shards, model, masks, loss and optimizer (AdamW with
+Measurements in one run, on the same synthetic shards, model, masks, loss and optimizer (AdamW with
 the same parameter groups, warmup + cosine LR, clipping):
+  precision  the bare loop (below) in bf16 autocast against fp32, per preset in --precision-presets:
+             rounds alternate the two and the best rate of each counts (target >= 2x for `small` here)
   bare   one process, no Ray, no DeepSpeed; batches pre-decoded in memory; torch threads = the threads one
-         Ray worker gets, so the comparison is per worker
+         Ray worker gets, so the comparison is per worker; the preset's precision (auto: bf16 here)
   ray1   `ray_jobs.train` with 1 worker (Ray Data streaming the shards, DeepSpeed ZeRO-2)
-  ray2   the same with 2 workers and the same global batch
-Reported: overhead = bare / ray1 samples/s (target <= 1.10) and scaling = ray2 / ray1 (target >= 1.7 with
-one core per worker). A loop's rate is the median of its logged windows after the first (which holds start-up);
-the bare loop runs before and after the Ray loops and the faster run counts. The 1-minute load average is
-recorded: on a machine shared with other work the ratios say little.
+  ray2   the same with 2 workers and the same global batch, validating at half way and at the end with
+         the preset's validation settings (the exact NLL at the end): its validation share of wall time
+Reported: overhead = bare / ray1 samples/s (target <= 1.10), scaling = ray2 / ray1 (target >= 1.7 with
+one core per worker), and validation share = time validating / whole run (target <= 0.10). A loop's rate
+is the median of its logged windows after the first (which holds start-up); the bare loop runs before
+and after the Ray loops and the faster run counts. The 1-minute load average is recorded: on a machine
+shared with other work the ratios say little.
 """
 
 from __future__ import annotations
@@ -63,15 +68,19 @@ def load_batches(shards: str, cfg, batch_size: int) -> list[dict]:
             for i in range(0, len(x) - batch_size + 1, batch_size)], tok.vocab_size
 
 
-def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str) -> float:
+def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str, precision: str | None = None) -> float:
     from onade.loss import nade_loss
     from onade.masks import sample_masks
     from onade.model import build_model
+    from onade.precision import autocast, resolve_precision
     from ray_jobs.engine import lr_factor, param_groups
 
+    precision = resolve_precision(precision or cfg.train.precision, device)
     t = cfg.train
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device).train()
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio))
     gen = torch.Generator().manual_seed(t.seed)
@@ -80,7 +89,9 @@ def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str)
         b = batches[(step - 1) % len(batches)]
         x, tokens, lengths = b["image"].to(device), b["tokens"].to(device), b["length"].to(device)
         mask = sample_masks(cfg.masks, x.shape[0], x.shape[1], gen).to(device)
-        loss = nade_loss(model(x, mask, tokens, lengths), x, mask, kind=t.loss)
+        with autocast(precision, device):
+            logits = model(x, mask, tokens, lengths)
+        loss = nade_loss(logits, x, mask, kind=t.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -96,22 +107,58 @@ def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str)
     return statistics.median(rates[1:] or rates)
 
 
-def ray_loop(shards: str, out: str, name: str, args, workers: int) -> float:
+def ray_loop(shards: str, out: str, name: str, args, workers: int, val: str | None = None) -> tuple[float, dict]:
+    """(median samples/s, the run's timing: wall, train_s, val_s, checkpoint_s)."""
     from ray_jobs.run_dir import read_metrics
     from ray_jobs.train import main
 
+    sets = common_sets(args)
+    if val:
+        sets += [f"train.val_every={max(1, args.steps // 2)}"]
     argv = ["--data", shards, "--output", out, "--name", name, "--preset", args.preset, "--workers", str(workers),
             "--steps", str(args.steps), "--no-export", "--cpus-per-worker", str(args.cpus_per_worker),
-            "--gpus-per-worker", str(args.gpus_per_worker), *sum((["--set", s] for s in common_sets(args)), [])]
-    main(argv)
+            "--gpus-per-worker", str(args.gpus_per_worker), *(["--val-data", val] if val else []),
+            *sum((["--set", s] for s in sets), [])]
+    tic = time.perf_counter()
+    final = main(argv)
+    timing = {"wall_s": round(time.perf_counter() - tic, 1),
+              **{k: final.get(k) for k in ("train_s", "val_s", "checkpoint_s")}}
     rows = [r for r in read_metrics(os.path.join(out, name, "metrics.jsonl")) if "samples_per_s" in r]
-    return statistics.median([r["samples_per_s"] for r in rows[1:]] or [rows[0]["samples_per_s"]])
+    return statistics.median([r["samples_per_s"] for r in rows[1:]] or [rows[0]["samples_per_s"]]), timing
 
 
 def common_sets(args) -> list[str]:
     return [f"model.image_size={args.image_size}", f"data.global_batch_size={args.global_batch}",
             f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
             f"train.val_every={args.steps}", *args.set]
+
+
+def precision_ratios(args, shards: str, device: str) -> dict:
+    """bf16 / fp32 samples/s of the bare loop per preset, rounds alternating, best of each."""
+    from onade.config import load_config
+    from onade.precision import resolve_precision
+
+    out = {"auto_resolves_to": resolve_precision("auto", device)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        for preset in filter(None, args.precision_presets.split(",")):
+            cfg = load_config(preset, sets=[f"model.image_size={args.image_size}",
+                                            f"data.global_batch_size={args.global_batch}", *args.set])
+            batches, vocab = load_batches(shards, cfg, args.global_batch)
+            cfg.model.vocab_size = vocab
+            steps = args.precision_steps
+            best = {"fp32": 0.0, "bf16": 0.0}
+            for _ in range(args.rounds):
+                for precision in best:
+                    best[precision] = max(best[precision], bare_loop(cfg, batches, steps, max(1, steps // 4),
+                                                                     device, precision))
+            out[preset] = {"fp32_samples_per_s": round(best["fp32"], 2), "bf16_samples_per_s": round(best["bf16"], 2),
+                           "bf16_over_fp32": round(best["bf16"] / best["fp32"], 2)}
+            print(f"precision {preset}: {out[preset]}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,46 +172,60 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Ray CPUs per worker (fractional on small machines so Ray Data keeps a CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the bare loop (= one worker's)")
     p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--precision-presets", default="debug,small", help="presets for bf16 vs fp32 ('' = skip)")
+    p.add_argument("--precision-steps", type=int, default=16, help="steps per bf16/fp32 round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--skip-ray", action="store_true", help="only the bf16 vs fp32 comparison")
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args(argv)
 
     import ray
 
     from onade.config import load_config
+    from ray_jobs.ray_env import init_ray
 
+    result: dict = {"preset": args.preset, "image_size": args.image_size, "global_batch": args.global_batch,
+                    "steps": args.steps}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         # Enough images that no loop crosses an epoch boundary: epochs restart the data pipeline.
         shards = build_data(Path(tmp), args.steps * args.global_batch + args.global_batch, args.image_size)
-        cfg = load_config(args.preset, sets=common_sets(args) + [f"train.steps={args.steps}"])
         device = "cuda" if args.gpus_per_worker > 0 else "cpu"
-        batches, vocab = load_batches(shards, cfg, args.global_batch)
-        cfg.model.vocab_size = vocab
-        threads = torch.get_num_threads()
+        result["device"] = device
+        if args.precision_presets:
+            result["precision"] = precision_ratios(args, shards, device)
+        if not args.skip_ray:
+            val = build_data(Path(tmp) / "val", 64, args.image_size)
+            cfg = load_config(args.preset, sets=common_sets(args) + [f"train.steps={args.steps}"])
+            batches, vocab = load_batches(shards, cfg, args.global_batch)
+            cfg.model.vocab_size = vocab
+            threads = torch.get_num_threads()
 
-        def bare_rate() -> float:
-            torch.set_num_threads(args.threads)
+            def bare_rate() -> float:
+                torch.set_num_threads(args.threads)
+                try:
+                    return bare_loop(cfg, batches, args.steps, args.log_every, device)
+                finally:
+                    torch.set_num_threads(threads)
+
+            bare_first = bare_rate()
+            if device == "cpu":
+                os.environ["DS_ACCELERATOR"] = "cpu"
+            init_ray(state_api=True)
             try:
-                return bare_loop(cfg, batches, args.steps, args.log_every, device)
+                ray1, _ = ray_loop(shards, os.path.join(tmp, "runs"), "w1", args, 1)
+                ray2, timing = ray_loop(shards, os.path.join(tmp, "runs"), "w2", args, 2, val=val)
             finally:
-                torch.set_num_threads(threads)
-
-        load_before = os.getloadavg()[0]
-        bare_first = bare_rate()
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if device == "cpu" else None)
-        try:
-            ray1 = ray_loop(shards, os.path.join(tmp, "runs"), "w1", args, 1)
-            ray2 = ray_loop(shards, os.path.join(tmp, "runs"), "w2", args, 2)
-        finally:
-            ray.shutdown()
-        # The baseline runs before and after the Ray loops; on a shared machine the best of the two is the
-        # least disturbed measurement of the same work.
-        bare = max(bare_first, bare_rate())
-    result = {"bare_samples_per_s": round(bare, 1), "ray1_samples_per_s": round(ray1, 1),
-              "ray2_samples_per_s": round(ray2, 1), "overhead_bare_over_ray1": round(bare / ray1, 3),
-              "scaling_ray2_over_ray1": round(ray2 / ray1, 3), "preset": args.preset, "image_size": args.image_size,
-              "global_batch": args.global_batch, "steps": args.steps, "device": device,
-              "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+                ray.shutdown()
+            # The baseline runs before and after the Ray loops; on a shared machine the best of the two is the
+            # least disturbed measurement of the same work.
+            bare = max(bare_first, bare_rate())
+            result.update({
+                "bare_samples_per_s": round(bare, 1), "ray1_samples_per_s": round(ray1, 1),
+                "ray2_samples_per_s": round(ray2, 1), "overhead_bare_over_ray1": round(bare / ray1, 3),
+                "scaling_ray2_over_ray1": round(ray2 / ray1, 3), "ray2_timing": timing,
+                "validation_share_of_run": round(timing["val_s"] / timing["wall_s"], 3) if timing["val_s"] else None})
+    result["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(result, indent=2))
     return result
 
