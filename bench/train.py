@@ -79,8 +79,6 @@ def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str,
     t = cfg.train
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device).train()
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio))
     gen = torch.Generator().manual_seed(t.seed)

@@ -264,9 +264,9 @@ def train_loop_per_worker(config: dict) -> None:
     plan = plan_batches(cfg.data.global_batch_size, world_size, t.micro_batch_size)
     precision = resolve_precision(t.precision, device)
 
+    # model.channels_last makes the activations NHWC; the weights stay NCHW: DeepSpeed broadcasts parameters
+    # at start-up through views that need the default layout (deepspeed/runtime/engine.py _broadcast_model).
     model = build_model(cfg)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
     engine = build_engine(model, cfg, deepspeed_config(config["zero"], plan, t.grad_clip))
     ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None

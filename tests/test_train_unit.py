@@ -69,7 +69,7 @@ def test_missing_data_path_fails_fast_naming_it(tmp_path):
     assert not ray.is_initialized()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def gloo_group():
     import torch.distributed as dist
 
@@ -114,3 +114,18 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     assert set(after) >= {"exact_bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption"}
     assert "exact_bits_per_dim" not in before  # the costly metric only when asked for
 
+
+
+@pytest.mark.timeout(60)
+def test_channels_last_model_builds_a_deepspeed_engine(gloo_group):
+    """NHWC activations only: channels_last weights broke DeepSpeed's start-up parameter broadcast."""
+    from onade.model import build_model
+
+    cfg = load_config("debug", sets=["model.image_size=8", "model.width=16", "model.num_blocks=3",
+                                     "model.dilations=[1,2,4]", "model.text_dim=16", "model.vocab_size=32",
+                                     "model.channels_last=true", "data.global_batch_size=4"])
+    engine = eng.build_engine(build_model(cfg), cfg,
+                              eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(4, 1), 1.0))
+    x = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    logits = engine(x, torch.rand(4, 8, 8, 3) < 0.5, torch.randint(4, 32, (4, 5)), torch.full((4,), 5))
+    assert logits.shape == (4, 8, 8, 3, 256)
