@@ -324,9 +324,12 @@ def train_loop_per_worker(config: dict) -> None:
             _save_checkpoint(engine, step, state, metrics, config, rank, ema)
             timing["checkpoint_s"] += time.perf_counter() - tic
             run.event("checkpoint", step=step)
-        else:
+        elif do_val:
             ray.train.report(metrics)
-        run.sync()
+        # Log-only steps stop at metrics.jsonl and the console: with a report to Ray Train and a sync of the
+        # run files at every log line, each log cost ~0.26 s beyond its steps (15 s of a 600-step debug run).
+        if do_val or do_ckpt:
+            run.sync()
     run.close()
 
 
