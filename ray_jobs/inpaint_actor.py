@@ -217,7 +217,8 @@ class InpaintActor:
         rows = []
         for i in range(n):
             row = {"input": str(batch["input"][i]), "outputs": outputs[i] if not errors[i] else [],
-                   "caption": str(batch["caption"][i]), "strategy": o.strategy, "steps": steps if not errors[i] else 0, "precision": self.precision,
+                   "caption": str(batch["caption"][i]), "strategy": o.strategy, "steps": steps if not errors[i] else 0,
+                   "precision": self.precision,
                    "samples": o.samples, "seconds": round(seconds, 4), "status": "error" if errors[i] else "ok"}
             if errors[i]:
                 row["error"] = errors[i]

@@ -7,8 +7,10 @@ metrics; both are plain functions a test can call. The body runs under bf16 auto
 Validation costs little: every `val_every` steps the cheap metrics (orderless bits, one-shot centre bits
 with true and shuffled captions) on the same fixed batches and masks; the exact chain-rule NLL once, at
 the end, on `val_exact_images` fixed images. With `train.ema_decay` > 0 validation scores the EMA weights,
-which checkpoints keep beside the raw ones (EMA_FILE) and the export ships by default. Side effects (metrics files, TensorBoard, PNG grids,
-console) go through `ray_jobs.run_dir`, which is a no-op off rank 0. Launch with `python -m ray_jobs.train`.
+which checkpoints keep beside the raw ones (EMA_FILE) and the export ships by default.
+
+Side effects (metrics files, TensorBoard, PNG grids, console) go through `ray_jobs.run_dir`, which is a
+no-op off rank 0. Launch with `python -m ray_jobs.train`.
 
 Resume and data position: a checkpoint holds the DeepSpeed state of every rank (weights, optimizer, LR
 schedule) and `train_state.json` (step, epoch, micro-batches consumed in that epoch). A resumed worker
