@@ -77,6 +77,13 @@ def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int =
 
 
 @torch.no_grad()
+def exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator=None, chunk: int = 64) -> float:
+    """`exact_hole_bits` over the centre hole (the model should be in eval mode)."""
+    hole_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+    return exact_hole_bits(model, x_BHWC, hole_BHWC, tokens_BT, lengths_B, chunk, generator)
+
+
+@torch.no_grad()
 def center_bits(model, x_BHWC, tokens_BT, lengths_B, shuffle_captions: bool = False) -> float:
     """One-shot NLL of the centre hole given the border, in bits per hole subpixel."""
     B, H = x_BHWC.shape[:2]
@@ -104,9 +111,8 @@ def evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks: int = 4, gene
             "center_bits_shuffled_caption": center_bits(model, x_BHWC, tokens_BT, lengths_B, shuffle_captions=True),
         }
         if exact:
-            hole_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
-            out["exact_bits_per_dim"] = exact_hole_bits(model, x_BHWC, hole_BHWC, tokens_BT, lengths_B,
-                                                        exact_chunk, generator)
+            out["exact_bits_per_dim"] = exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator,
+                                                          exact_chunk)
         return out
     finally:
         model.train(was_training)

@@ -37,7 +37,7 @@ from onade.config import MASK_KINDS, MaskConfig, config_from_dict
 from onade.ema import EMA
 from onade.loss import nade_loss, per_example_bits
 from onade.masks import center_mask, draw_masks
-from onade.metrics import evaluate_batch, exact_hole_bits
+from onade.metrics import evaluate_batch, exact_center_bits
 from onade.model import build_model, num_parameters
 from onade.precision import autocast, resolve_precision
 
@@ -94,6 +94,8 @@ def evaluate(model, batches: list[dict], num_masks: int = 2, seed: int = 0, exac
     exact_generator = torch.Generator().manual_seed(seed + 1)
     sums: dict[str, float] = {}
     num_images = num_exact = 0
+    was_training = model.training
+    model.eval()
     with autocast(precision, device):
         for batch in batches:
             x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
@@ -105,23 +107,14 @@ def evaluate(model, batches: list[dict], num_masks: int = 2, seed: int = 0, exac
             num_images += n
             e = min(n, exact_images - num_exact)
             if e > 0:
-                exact = _exact_center_bits(model, x_BHWC[:e], tokens_BT[:e], lengths_B[:e], exact_generator)
+                exact = exact_center_bits(model, x_BHWC[:e], tokens_BT[:e], lengths_B[:e], exact_generator)
                 sums["exact_bits_per_dim"] = sums.get("exact_bits_per_dim", 0.0) + exact * e
                 num_exact += e
+    model.train(was_training)
     out = {k: v / max(num_images, 1) for k, v in sums.items() if k != "exact_bits_per_dim"}
     if num_exact:
         out["exact_bits_per_dim"] = sums["exact_bits_per_dim"] / num_exact
     return {**out, "num_images": num_images, "exact_num_images": num_exact}
-
-
-def _exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator) -> float:
-    was_training = model.training
-    model.eval()
-    try:
-        hole_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
-        return exact_hole_bits(model, x_BHWC, hole_BHWC, tokens_BT, lengths_B, generator=generator)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -176,10 +169,10 @@ def _to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.T
             batch["length"].to(device, torch.long).view(-1))
 
 
-def _all_reduce_sum(values: list[float], device) -> list[float]:
+def _all_reduce(values: list[float], device, op=dist.ReduceOp.SUM) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=op)
     return t.tolist()
 
 
@@ -192,9 +185,7 @@ def _val_batches(val_shard, batch_size: int, num_batches: int, device) -> list[d
     for batch in val_shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
         if len(batches) < num_batches:
             batches.append(batch)
-    count = torch.tensor([len(batches)], device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+    (count,) = _all_reduce([len(batches)], device, dist.ReduceOp.MIN)
     return batches[: int(count)]
 
 
@@ -354,7 +345,7 @@ class _Window:
         """Averaged over every rank: the loss, and `loss_<kind>` (mean bits per hidden subpixel of the examples
         that drew that mask kind; loss_orderless is the unbiased NLL estimate, loss_center the one-shot
         centre NLL)."""
-        sums = _all_reduce_sum([self.loss / self.steps, *self.kind_bits_K.tolist(), *self.kind_count_K.tolist()],
+        sums = _all_reduce([self.loss / self.steps, *self.kind_bits_K.tolist(), *self.kind_count_K.tolist()],
                                engine.device)
         K = len(MASK_KINDS)
         out = {"loss": sums[0] / world_size}
@@ -370,13 +361,13 @@ def _validate(model, val: list[dict], cfg, step: int, run, precision: str, exact
     device = next(model.parameters()).device
     if exact_images:
         # Every rank scores the same number of images, so each runs the same forward passes (ZeRO-3 needs it).
-        (available,) = _all_reduce_min([sum(len(b["image"]) for b in val)], device)
+        (available,) = _all_reduce([sum(len(b["image"]) for b in val)], device, dist.ReduceOp.MIN)
         exact_images = min(exact_images, int(available))
     local = evaluate(model, val, seed=cfg.train.seed, exact_images=exact_images, precision=precision)
     n, ne = local.pop("num_images"), local.pop("exact_num_images")
     keys = sorted(local)
     weights = [ne if k == "exact_bits_per_dim" else n for k in keys]
-    sums = _all_reduce_sum([local[k] * w for k, w in zip(keys, weights)] + [n, ne], device)
+    sums = _all_reduce([local[k] * w for k, w in zip(keys, weights)] + [n, ne], device)
     total, total_exact = sums[-2], sums[-1]
     out = {f"val_{k}": s / max(total_exact if k == "exact_bits_per_dim" else total, 1) for k, s in zip(keys, sums)}
     out["val_num_images"] = int(total)
@@ -389,13 +380,6 @@ def _validate(model, val: list[dict], cfg, step: int, run, precision: str, exact
             masked, predicted = one_shot_fill(model, x_BHWC, tokens_BT, lengths_B)
         run.save_grid(step, [x_BHWC, masked, predicted])
     return out
-
-
-def _all_reduce_min(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t.tolist()
 
 
 __all__ = ["train_loop_per_worker", "train_step", "evaluate", "one_shot_fill", "ShardCursor", "StepStats", "DS_TAG",
