@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onade.precision import PRECISIONS
+
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
 STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "greedy", "antigreedy")
 
@@ -149,8 +151,8 @@ class Config:
         if t.loss not in ("orderless", "mean"):
             raise ConfigError(f"train.loss must be 'orderless' or 'mean', got {t.loss!r}")
         for key, value in (("train.precision", t.precision), ("sample.precision", s.precision)):
-            if value not in ("auto", "bf16", "fp32"):
-                raise ConfigError(f"{key} must be 'auto', 'bf16' or 'fp32', got {value!r}")
+            if value not in PRECISIONS:
+                raise ConfigError(f"{key} must be one of {PRECISIONS}, got {value!r}")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"train.zero_stage must be 0..3, got {t.zero_stage}")
         if not 0 <= t.ema_decay < 1:

@@ -8,9 +8,9 @@ torch LambdaLR: linear warmup, then cosine decay to `min_lr_ratio * lr`. DeepSpe
 gradient-accumulation boundary and saves both in its checkpoints.
 
 Precision: DeepSpeed always holds fp32 weights; bf16 is torch autocast around the forward pass
-(onade.precision, applied by train_loop.train_step). That is what measured 2.7x faster on this CPU's
-AMX/AVX512-BF16 for the `small` preset, it keeps the optimizer, EMA and exports in fp32 without
-DeepSpeed's bf16 optimizer wrapper, and it is the same code on CPU and GPU.
+(onade.precision, applied by train_loop.train_step). It keeps the optimizer, EMA and exports in fp32
+without DeepSpeed's bf16 optimizer wrapper, it is the same code on CPU and GPU, and on a CPU it ran as
+fast as bf16 weights (measured: `small` forward+backward, AVX512-BF16 without AMX; README Benchmarks).
 """
 
 from __future__ import annotations

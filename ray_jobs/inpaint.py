@@ -40,6 +40,7 @@ import time
 
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import STRATEGIES, config_from_dict
+from onade.precision import PRECISIONS
 from ray_jobs.ray_env import init_ray
 
 RESULTS = "results.jsonl"
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="anneal geometrically from --temperature to this over the run (default 0: no annealing)")
     p.add_argument("--chunk", type=int, default=1, help="subpixels per forward pass (ancestral, confidence)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
