@@ -99,3 +99,13 @@ class AttentionMerger(nn.Module):
         v_BGTc = self.value(z_BTD).view(B, T, G, -1).transpose(1, 2)
         out_BNC = (attn_BGNT @ v_BGTc).transpose(1, 2).reshape(B, H * W, C)
         return f_BCHW + out_BNC.transpose(1, 2).reshape(B, C, H, W)
+
+
+def drop_captions(lengths_B: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Caption dropout for classifier-free guidance: each caption becomes the empty one (length 0, which
+    the mergers read as "no caption": they add nothing) with probability p. Returns the new lengths; the
+    draw is on the CPU generator, so it does not depend on the device."""
+    if p <= 0:
+        return lengths_B
+    drop_B = torch.rand(lengths_B.shape, generator=generator) < p
+    return lengths_B.masked_fill(drop_B.to(lengths_B.device), 0)

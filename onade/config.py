@@ -17,7 +17,7 @@ from typing import Any
 from onade.precision import PRECISIONS
 
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
-STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "greedy", "antigreedy")
+STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "maskgit", "greedy", "antigreedy")
 
 
 class ConfigError(ValueError):
@@ -91,6 +91,9 @@ class TrainConfig:
     loss: str = "orderless"  # "orderless" (unbiased NLL estimate) or "mean" (the seed's plain mean)
     # Exported and validated weights are an EMA of the trained ones (onade.ema); 0 = no EMA.
     ema_decay: float = 0.999
+    # Share of training examples whose caption is replaced by the empty one, so the same network also
+    # models p(hole | border) and sampling can use classifier-free guidance (SampleConfig.guidance).
+    caption_dropout: float = 0.1
     log_every: int = 10
     # Periodic validation scores the cheap metrics on val_batches fixed batches per worker; the exact
     # chain-rule NLL (one forward pass per hole subpixel per image) runs once, at the end, on
@@ -105,16 +108,54 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
+    """Every setting of one inpainting run (onade.inpaint, ray_jobs.inpaint); see onade.sampling."""
     strategy: str = "independent-gibbs"
-    steps: int = 0  # 0 = the number of hole subpixels
+    # The budget of forward passes. Gibbs strategies: the number of sweeps. ancestral: passes planned from
+    # the model's loss profile (onade.plans); maskgit, greedy, antigreedy: passes on MaskGIT's cosine
+    # schedule. 0 = the old behaviour: one sweep per hole subpixel (Gibbs), or `chunk` subpixels per pass.
+    steps: int = 0
     temperature: float = 1.0
     final_temperature: float = 0.0  # 0 = no annealing; else geometric schedule to this value
     pmin: float = 0.1
     pmax: float = 0.9
     alpha: float = 0.7
-    chunk: int = 1  # subpixels per forward pass in the ancestral strategies
+    chunk: int = 1  # subpixels per forward pass in the ancestral strategies when steps is 0
     init: str = "model"  # "model" (one-shot sample) or "uniform" noise, for the Gibbs strategies
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
+    # Classifier-free guidance: logits l_u + s (l_c - l_u), l_u with the empty caption. 1 = unguided.
+    guidance: float = 1.0
+    # maskgit: the Gumbel noise added to the log-probability of each sample when ranking them, times
+    # (1 - the fraction of passes done) (MaskGIT's choice temperature, annealed to 0).
+    confidence_noise: float = 4.5
+
+    def validate(self, where: str = "") -> "SampleConfig":
+        """Raise ConfigError (a ValueError) naming the setting that is out of range (`where`: its prefix)."""
+        k = where
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown inpainting strategy ({k}strategy) {self.strategy!r}; "
+                              f"choose from {STRATEGIES}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ConfigError(f"{k}steps must be a non-negative integer (the budget of forward passes; 0 = one per "
+                              f"hole subpixel), got {self.steps!r}")
+        if self.temperature < 0 or self.final_temperature < 0:
+            raise ConfigError(f"{k}temperature and {k}final_temperature must be >= 0 (0 = most likely value), "
+                              f"got {self.temperature}, {self.final_temperature}")
+        if not 0 < self.pmin <= self.pmax <= 1:
+            raise ConfigError(f"need 0 < {k}pmin <= {k}pmax <= 1, got pmin={self.pmin} pmax={self.pmax}")
+        if self.alpha <= 0:
+            raise ConfigError(f"{k}alpha must be > 0 (fraction of the steps over which p falls), got {self.alpha}")
+        if not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ConfigError(f"{k}chunk (subpixels per forward pass) must be an integer >= 1, got {self.chunk!r}")
+        if self.init not in ("model", "uniform"):
+            raise ConfigError(f"{k}init must be 'model' (one-shot sample) or 'uniform' (noise), got {self.init!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{k}precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.guidance >= 0:
+            raise ConfigError(f"{k}guidance must be >= 0 (1 = unguided, 0 = ignore the caption), "
+                              f"got {self.guidance}")
+        if not self.confidence_noise >= 0:
+            raise ConfigError(f"{k}confidence_noise must be >= 0, got {self.confidence_noise}")
+        return self
 
 
 @dataclass
@@ -150,9 +191,10 @@ class Config:
             raise ConfigError(f"masks.hole_orderless must be in [0, 1], got {self.masks.hole_orderless}")
         if t.loss not in ("orderless", "mean"):
             raise ConfigError(f"train.loss must be 'orderless' or 'mean', got {t.loss!r}")
-        for key, value in (("train.precision", t.precision), ("sample.precision", s.precision)):
-            if value not in PRECISIONS:
-                raise ConfigError(f"{key} must be one of {PRECISIONS}, got {value!r}")
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {t.precision!r}")
+        if not 0 <= t.caption_dropout < 1:
+            raise ConfigError(f"train.caption_dropout must be in [0, 1) (0 = never drop), got {t.caption_dropout}")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"train.zero_stage must be 0..3, got {t.zero_stage}")
         if not 0 <= t.ema_decay < 1:
@@ -162,10 +204,7 @@ class Config:
                               "set train.ema_decay=0 or train.zero_stage=2")
         if t.val_exact_images < 0:
             raise ConfigError(f"train.val_exact_images must be >= 0, got {t.val_exact_images}")
-        if s.strategy not in STRATEGIES:
-            raise ConfigError(f"sample.strategy must be one of {STRATEGIES}, got {s.strategy!r}")
-        if not 0 < s.pmin <= s.pmax <= 1:
-            raise ConfigError(f"need 0 < sample.pmin <= sample.pmax <= 1, got {s.pmin}, {s.pmax}")
+        s.validate("sample.")
         return self
 
     def to_dict(self) -> dict[str, Any]:

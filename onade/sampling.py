@@ -1,38 +1,52 @@
 """Inpainting samplers: fill the hidden subpixels of a batch from a trained orderless NADE.
 
     images_BHWC, chain_FBHWC = onade.inpaint(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B,
-                                             strategy="independent-gibbs", seed=0)
+                                             strategy="ancestral", steps=32, profile=loaded.profile)
+
+Every setting comes from one `SampleConfig` (onade.config): `inpaint(..., config=cfg)`, with keyword
+arguments naming SampleConfig fields overriding it for this call. `steps` is the budget of forward passes.
 
 Strategies (onade.config.STRATEGIES); the hole is every subpixel where `mask_BHWC` is False:
 - independent-gibbs (Yao et al. 2014): fill the hole (one-shot model sample, or uniform noise), then for
   n = 0..N-1 hide each hole subpixel with probability p_n = gibbs_schedule(n, N, ...) and resample all the
   hidden ones at once from the model's conditionals. p_n is the fraction *resampled*, falling from pmax to
-  pmin over the first alpha*N steps: big moves first, then ever finer corrections.
+  pmin over the first alpha*N steps: big moves first, then ever finer corrections. N = steps (default: the
+  number of hole subpixels).
 - ancestral-gibbs: the same outer loop, but each hidden block is resampled ancestrally (a random order, k
   subpixels per forward pass), so every block is an exact draw from its conditional when k = 1.
-- ancestral: orderless-NADE ancestral sampling: a random order over the hole, k subpixels per forward pass.
-  `steps` does not apply: it takes ceil(hole / k) passes.
-- greedy / antigreedy: like ancestral, but each pass fills the k hidden subpixels whose predictive
-  entropy is lowest (greedy) or highest (antigreedy).
+- ancestral: orderless-NADE ancestral sampling in a random order. With steps = K it takes K passes whose
+  sizes come from the model's loss profile by OA-ARDM's dynamic programme (onade.plans.step_plan; equal
+  chunks when no profile is given); with steps = 0, `chunk` subpixels per pass.
+- maskgit (Chang et al. 2022): K passes; each samples every hidden subpixel, keeps the most confident
+  (log-probability of the sample plus Gumbel noise annealed to 0) in the number MaskGIT's cosine schedule
+  reveals (onade.plans.cosine_plan), and hides the rest again.
+- greedy / antigreedy: like maskgit, but each pass fills the hidden subpixels whose predictive entropy is
+  lowest (greedy) or highest (antigreedy); steps = 0 means `chunk` subpixels per pass.
 
-Every strategy does one forward pass of the network body per step and runs the output head only where it
-needs logits (the pixels it samples; the whole hole for greedy/antigreedy, which rank it by entropy). It
-draws on the model's device from one seeded torch.Generator, and the loop never waits on the device (block
-sizes are drawn on the host before the loop). Observed subpixels never change.
+Classifier-free guidance (`guidance` = s != 1): every pass runs the body on the batch twice over, with
+the captions and with empty ones, in one batched forward, and samples from l_u + s (l_c - l_u). s = 1
+runs the captioned half alone: exactly the unguided sampler.
+
+Every strategy runs the output head only where it needs logits (the pixels it samples; the whole hole for
+the confidence strategies, which rank it). It draws on the model's device from one seeded torch.Generator,
+and the loop never waits on the device (pass sizes are known on the host before the loop). Observed
+subpixels never change.
 
 Shapes: B batch, H/W image side, C = 3 channels, K = 256 levels, D = H*W*C subpixels of an image,
 S = the batch's largest hole in subpixels, M subpixels sampled in one pass (padded; `valid_BM` says which
-are real), F recorded frames, E feature width.
+are real), R the subpixels of the hole's pixels, F recorded frames, E feature width.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 
-from onade.config import STRATEGIES, SampleConfig
+from onade.config import SampleConfig
+from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
 from onade.precision import autocast, resolve_precision
 
 NUM_LEVELS = 256
@@ -55,68 +69,62 @@ def temperature_schedule(n: int, num_steps: int, temperature: float = 1.0, final
 
 
 def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
-            lengths_B: torch.Tensor, strategy: str = "independent-gibbs", steps: int | None = None,
-            temperature: float = 1.0, seed: int = 0, record_every: int = 0, *,
-            pmin: float | None = None, pmax: float | None = None, alpha: float | None = None,
-            chunk: int | None = None, init: str | None = None, final_temperature: float | None = None,
-            precision: str | None = None, config: SampleConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            lengths_B: torch.Tensor, config: SampleConfig | None = None, *, seed: int = 0, record_every: int = 0,
+            profile: LossProfile | None = None, stats: dict | None = None,
+            **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint the hidden subpixels (mask False) of a batch.
+
+    Settings come from `config` (a SampleConfig; its defaults when None); keyword arguments naming its
+    fields (strategy=, steps=, temperature=, guidance=, ...) override them for this call, and any other
+    keyword is an error. `profile` (onade.plans.LossProfile, shipped with an export as Loaded.profile)
+    plans the passes of `ancestral` with steps > 0. When `stats` is a dict it receives `forward_passes`.
 
     Returns `images_BHWC` (uint8, on x's device) and `chain_FBHWC` (uint8, CPU): the state after the initial
     fill (Gibbs) or before the first pass (ancestral, confidence; unknown subpixels grey), then every
-    `record_every`-th step, then the final images; empty (F = 0) when record_every is 0.
-
-    `steps` is the number of Gibbs sweeps N (default: the number of hole subpixels); the ancestral and
-    confidence strategies ignore it and fill the whole hole. Options left as None come from `config`
-    (a SampleConfig; its defaults otherwise): pmin, pmax, alpha (the schedule), chunk (subpixels per forward
-    pass in ancestral, ancestral-gibbs, greedy and antigreedy), init ("model" or "uniform", the Gibbs
-    starting fill), final_temperature (0 = no annealing) and precision ("auto": the network's body in bf16
-    where the hardware runs it fast, onade.precision; "bf16"; "fp32"). The draws use fp32 probabilities in
-    every precision.
+    `record_every`-th step, then the final images; empty (F = 0) when record_every is 0. The draws use
+    fp32 probabilities in every precision.
     """
-    cfg = config or SampleConfig()
-    opts = _Options(
-        strategy=strategy, steps=cfg.steps if steps is None else steps, temperature=temperature,
-        final_temperature=cfg.final_temperature if final_temperature is None else final_temperature,
-        pmin=cfg.pmin if pmin is None else pmin, pmax=cfg.pmax if pmax is None else pmax,
-        alpha=cfg.alpha if alpha is None else alpha, chunk=cfg.chunk if chunk is None else chunk,
-        init=cfg.init if init is None else init, record_every=record_every)
-    opts.validate()
+    cfg = resolve_settings(config, settings)
+    if not isinstance(record_every, int) or record_every < 0:
+        raise ValueError(f"record_every must be an integer >= 0 (0 = no chain), got {record_every!r}")
+    if profile is not None and not isinstance(profile, LossProfile):
+        raise ValueError(f"profile must be an onade.plans.LossProfile (Loaded.profile), got {type(profile).__name__}")
     device = next(model.parameters()).device
     _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-    resolved = resolve_precision(cfg.precision if precision is None else precision, device)
+    resolved = resolve_precision(cfg.precision, device)
     with torch.inference_mode(), autocast(resolved, device):
         sampler = _Sampler(model, x_BHWC.to(device), mask_BHWC.to(device), tokens_BT.to(device),
-                           lengths_B.to(device), opts, seed)
+                           lengths_B.to(device), cfg, seed, record_every, profile)
         images_BHWC = sampler.run()
         chain = sampler.frames
+    if stats is not None:
+        stats["forward_passes"] = sampler.passes
     chain_FBHWC = (torch.stack(chain).cpu() if chain
                    else torch.empty((0, *x_BHWC.shape), dtype=torch.uint8))
     return images_BHWC.to(x_BHWC.device), chain_FBHWC
 
 
-class _Options:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+def resolve_settings(config: SampleConfig | None, settings: dict) -> SampleConfig:
+    """`config` (or the defaults) with `settings` (SampleConfig field names) overriding it, validated."""
+    if config is not None and not isinstance(config, SampleConfig):
+        raise ValueError(f"config must be an onade.config.SampleConfig, got {type(config).__name__}")
+    names = {f.name for f in dataclasses.fields(SampleConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"unknown inpainting setting(s) {unknown}; SampleConfig has {sorted(names)}")
+    return dataclasses.replace(config or SampleConfig(), **settings).validate()
 
-    def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown inpainting strategy {self.strategy!r}; choose from {STRATEGIES}")
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be a non-negative integer (0 = number of hole subpixels), got {self.steps!r}")
-        if self.temperature < 0 or self.final_temperature < 0:
-            raise ValueError(f"temperatures must be >= 0 (0 = most likely value), got {self.temperature}, "
-                             f"{self.final_temperature}")
-        if not 0 < self.pmin <= self.pmax <= 1:
-            raise ValueError(f"need 0 < pmin <= pmax <= 1, got pmin={self.pmin} pmax={self.pmax}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (fraction of the steps over which p falls), got {self.alpha}")
-        if not isinstance(self.chunk, int) or self.chunk < 1:
-            raise ValueError(f"chunk (subpixels per forward pass) must be an integer >= 1, got {self.chunk!r}")
-        if self.init not in ("model", "uniform"):
-            raise ValueError(f"init must be 'model' (one-shot sample) or 'uniform' (noise), got {self.init!r}")
-        if not isinstance(self.record_every, int) or self.record_every < 0:
-            raise ValueError(f"record_every must be an integer >= 0 (0 = no chain), got {self.record_every!r}")
+
+def planned_passes(config: SampleConfig, hole_size: int) -> int:
+    """Forward passes a run of `config` makes for a hole of `hole_size` subpixels, known before it starts
+    (ancestral-gibbs excepted: its count depends on the drawn block sizes; this gives its sweeps).
+    Gibbs strategies add one pass for the initial fill when init is "model"."""
+    o = config
+    if hole_size <= 0:
+        return 0
+    if o.strategy in ("independent-gibbs", "ancestral-gibbs"):
+        return (o.steps or hole_size) + (o.init == "model")
+    return min(o.steps, hole_size) if o.steps else math.ceil(hole_size / o.chunk)
 
 
 def _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> None:
@@ -148,10 +156,18 @@ def _set(t_BD: torch.Tensor, sub_BM: torch.Tensor, valid_BM: torch.Tensor, value
 
 
 class _Sampler:
-    def __init__(self, model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, opts: _Options, seed: int):
-        self.model, self.tokens_BT, self.lengths_B, self.opts = model, tokens_BT, lengths_B, opts
+    def __init__(self, model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, cfg: SampleConfig, seed: int,
+                 record_every: int, profile: LossProfile | None):
+        self.model, self.cfg, self.record_every, self.profile = model, cfg, record_every, profile
         self.shape = x_BHWC.shape
         B = x_BHWC.shape[0]
+        if cfg.guidance == 1:
+            self.tokens_BT, self.lengths_B = tokens_BT, lengths_B
+        elif cfg.guidance == 0:  # the unconditional model alone
+            self.tokens_BT, self.lengths_B = tokens_BT, torch.zeros_like(lengths_B)
+        else:  # captioned rows, then the same rows with the empty caption: one forward of 2B
+            self.tokens_BT = torch.cat([tokens_BT, tokens_BT])
+            self.lengths_B = torch.cat([lengths_B, torch.zeros_like(lengths_B)])
         self.mask_BD = mask_BHWC.reshape(B, -1)
         self.x_in_BD = x_BHWC.reshape(B, -1)
         self.device = x_BHWC.device
@@ -159,6 +175,7 @@ class _Sampler:
         # Block sizes are drawn on the host so each pass knows its shapes without asking the device.
         self.host_rng = np.random.default_rng(seed)
         self.frames: list[torch.Tensor] = []
+        self.passes = 0
         # The hole of every example as a padded list of subpixel indices [B,S]; the one host sync of a run.
         hidden_BD = ~self.mask_BD
         self.hole_count = hidden_BD.sum(1).tolist()
@@ -171,13 +188,21 @@ class _Sampler:
     # ---- pieces ---------------------------------------------------------------------------------------
 
     def pixel_logits(self, mask_BD: torch.Tensor, pix_BM: torch.Tensor) -> torch.Tensor:
-        """One forward pass of the body; the head runs only at the pixels pix_BM. -> logits [B,M,C,K]."""
+        """One forward pass of the body; the head runs only at the pixels pix_BM. -> fp32 logits [B,M,C,K]."""
         B, H, W, C = self.shape
-        feats_BHWE = self.model.features(self.x_BD.view(self.shape), mask_BD.view(self.shape),
-                                         self.tokens_BT, self.lengths_B)
+        x_BHWC, mask_BHWC = self.x_BD.view(self.shape), mask_BD.view(self.shape)
+        guided = self.tokens_BT.shape[0] != B
+        if guided:
+            x_BHWC, mask_BHWC, pix_BM = (torch.cat([t, t]) for t in (x_BHWC, mask_BHWC, pix_BM))
+        feats_BHWE = self.model.features(x_BHWC, mask_BHWC, self.tokens_BT, self.lengths_B)
+        self.passes += 1
         E = feats_BHWE.shape[-1]
-        f_BME = feats_BHWE.reshape(B, H * W, E).gather(1, pix_BM[..., None].expand(-1, -1, E))
-        return self.model.head(f_BME).float()
+        f_BME = feats_BHWE.reshape(-1, H * W, E).gather(1, pix_BM[..., None].expand(-1, -1, E))
+        logits_BMCK = self.model.head(f_BME).float()
+        if not guided:
+            return logits_BMCK
+        cond, uncond = logits_BMCK[:B], logits_BMCK[B:]
+        return uncond + self.cfg.guidance * (cond - uncond)
 
     def logits(self, mask_BD: torch.Tensor, sub_BM: torch.Tensor) -> torch.Tensor:
         """Logits [B,M,K] of the subpixels sub_BM, from one forward pass."""
@@ -201,22 +226,46 @@ class _Sampler:
         return self.hole_BS.gather(1, keys_BS.argsort(dim=1))
 
     def record(self, n: int, force: bool = False) -> None:
-        every = self.opts.record_every
+        every = self.record_every
         if every and (force or n % every == 0):
             self.frames.append(self.x_BD.view(self.shape).clone())
 
     def block_sizes(self, num_steps: int) -> tuple[np.ndarray, torch.Tensor]:
         """Subpixels resampled per step and example [N,B] ~ Binomial(hole, p_n): together with a uniform subset
         of that size this is exactly "hide each hole subpixel with probability p_n", with sizes known up front."""
-        o = self.opts
+        o = self.cfg
         p_N = np.array([gibbs_schedule(n, num_steps, o.pmin, o.pmax, o.alpha) for n in range(num_steps)])
         m_NB = self.host_rng.binomial(np.array(self.hole_count)[None, :], p_N[:, None])
         return m_NB, torch.as_tensor(m_NB, device=self.device)
 
+    def pass_bounds(self, plan) -> np.ndarray:
+        """Per example, the boundaries of its passes [B, K+1] (host): `plan(hole_size)` gives one example's
+        0 = t_0 < ... < t_k = hole; examples with fewer passes (a smaller hole) repeat their last boundary."""
+        plans = {m: plan(m) for m in set(self.hole_count) if m > 0}
+        K = max(len(p) - 1 for p in plans.values())
+        bounds_BK = np.zeros((len(self.hole_count), K + 1), np.int64)
+        for b, m in enumerate(self.hole_count):
+            if m:
+                p = plans[m]
+                bounds_BK[b, :len(p)], bounds_BK[b, len(p):] = p, p[-1]
+        return bounds_BK
+
+    def planned(self):
+        """The plan of the ancestral and confidence strategies: `steps` passes (from the loss profile for
+        ancestral, MaskGIT's cosine schedule otherwise), or `chunk` subpixels per pass when steps is 0."""
+        o = self.cfg
+        if not o.steps:
+            return lambda m: list(range(0, m, o.chunk)) + [m]
+        if o.strategy != "ancestral":
+            return lambda m: cosine_plan(m, o.steps)
+        if self.profile is None:
+            return lambda m: uniform_plan(m, o.steps)
+        return lambda m: step_plan(self.profile, o.steps, m)
+
     # ---- strategies -----------------------------------------------------------------------------------
 
     def run(self) -> torch.Tensor:
-        o = self.opts
+        o = self.cfg
         if self.num_hole == 0:
             self.record(0)
         elif o.strategy in ("independent-gibbs", "ancestral-gibbs"):
@@ -224,22 +273,22 @@ class _Sampler:
         elif o.strategy == "ancestral":
             self.ancestral()
         else:
-            self.confidence(lowest_first=o.strategy == "greedy")
-        if o.record_every and (not self.frames or not torch.equal(self.frames[-1], self.x_BD.view(self.shape))):
+            self.confidence(o.strategy)
+        if self.record_every and (not self.frames or not torch.equal(self.frames[-1], self.x_BD.view(self.shape))):
             self.record(0, force=True)
         # Observed subpixels are only ever written with their own values; this makes it a guarantee.
         return torch.where(self.mask_BD, self.x_in_BD, self.x_BD).view(self.shape)
 
     def initial_fill(self) -> None:
         valid_BS = self.hole_valid_BS
-        if self.opts.init == "uniform":
+        if self.cfg.init == "uniform":
             noise_BS = torch.randint(0, NUM_LEVELS, self.hole_BS.shape, generator=self.gen, device=self.device)
             _set(self.x_BD, self.hole_BS, valid_BS, noise_BS.to(torch.uint8))
         else:
-            self.sample(self.mask_BD, self.hole_BS, valid_BS, self.opts.temperature)
+            self.sample(self.mask_BD, self.hole_BS, valid_BS, self.cfg.temperature)
 
     def gibbs(self, block_chunk: int | None) -> None:
-        o = self.opts
+        o = self.cfg
         num_steps = o.steps or self.num_hole
         m_NB, m_dev_NB = self.block_sizes(num_steps)
         self.initial_fill()
@@ -265,22 +314,35 @@ class _Sampler:
             self.record(n + 1)
 
     def ancestral(self) -> None:
-        o, k, S = self.opts, self.opts.chunk, self.num_hole
-        num_passes = math.ceil(S / k)
+        o, S = self.cfg, self.num_hole
+        bounds_BK = self.pass_bounds(self.planned())
+        num_passes = bounds_BK.shape[1] - 1
+        start_dev_BK = torch.as_tensor(bounds_BK, device=self.device)
         order_BS = self.random_order()
         mask_BD = self.mask_BD.clone()
         self.record(0)
-        for n, j in enumerate(range(0, S, k)):
-            sub_Bk, valid_Bk = order_BS[:, j:j + k], self.hole_valid_BS[:, j:j + k]
-            self.sample(mask_BD, sub_Bk, valid_Bk, temperature_schedule(n, num_passes, o.temperature,
-                                                                        o.final_temperature))
-            _set(mask_BD, sub_Bk, valid_Bk, True)
+        for n in range(num_passes):
+            # Pass n samples ranks bounds[b, n] .. bounds[b, n+1]-1 of example b's order.
+            width = int((bounds_BK[:, n + 1] - bounds_BK[:, n]).max())
+            if width == 0:
+                continue
+            offset_W = torch.arange(width, device=self.device)
+            rank_BW = start_dev_BK[:, n:n + 1] + offset_W
+            valid_BW = rank_BW < start_dev_BK[:, n + 1:n + 2]
+            sub_BW = order_BS.gather(1, rank_BW.clamp(max=S - 1))
+            self.sample(mask_BD, sub_BW, valid_BW,
+                        temperature_schedule(n, num_passes, o.temperature, o.final_temperature))
+            _set(mask_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
 
-    def confidence(self, lowest_first: bool) -> None:
-        o, k, S = self.opts, self.opts.chunk, self.num_hole
+    def confidence(self, strategy: str) -> None:
+        """maskgit, greedy, antigreedy: every pass scores the whole hole and fills the pass's count of the
+        best-ranked pending subpixels."""
+        o = self.cfg
         B = self.shape[0]
-        num_passes = math.ceil(S / k)
+        bounds_BK = self.pass_bounds(self.planned())
+        num_passes = bounds_BK.shape[1] - 1
+        count_dev_BK = torch.as_tensor(np.diff(bounds_BK, axis=1), device=self.device)
         mask_BD = self.mask_BD.clone()
         # The head runs once per hole pixel (not per subpixel): rows R = P*C are the subpixels of the
         # hole's pixels, some of which may be observed (a partly hidden pixel).
@@ -289,24 +351,38 @@ class _Sampler:
         pix_BP = torch.argsort((~hidden_BP).to(torch.uint8), dim=1, stable=True)[:, :P]
         sub_BR = (pix_BP[..., None] * NUM_CHANNELS + torch.arange(NUM_CHANNELS, device=self.device)).flatten(1)
         in_hole_BR = ~mask_BD.gather(1, sub_BR)
-        # Subpixels already known sort last: +inf entropy when the lowest come first, -inf otherwise.
-        done = math.inf if lowest_first else -math.inf
         self.record(0)
-        for n, j in enumerate(range(0, S, k)):
-            width = min(k, S - j)
-            logits_BRK = self.pixel_logits(mask_BD, pix_BP).flatten(1, 2)
-            logp_BRK = torch.log_softmax(logits_BRK, dim=-1)
-            entropy_BR = -(logp_BRK.exp() * logp_BRK).sum(-1)
-            pending_BR = in_hole_BR & ~mask_BD.gather(1, sub_BR)
-            entropy_BR = torch.where(pending_BR, entropy_BR, done)
-            pick_Bk = entropy_BR.topk(width, dim=1, largest=not lowest_first).indices
-            sub_Bk = sub_BR.gather(1, pick_Bk)
-            valid_Bk = pending_BR.gather(1, pick_Bk)
+        for n in range(num_passes):
+            width = int(np.diff(bounds_BK, axis=1)[:, n].max())
+            if width == 0:
+                continue
             temperature = temperature_schedule(n, num_passes, o.temperature, o.final_temperature)
-            picked_BkK = logits_BRK.gather(1, pick_Bk[..., None].expand(-1, -1, NUM_LEVELS))
-            v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), temperature, self.gen).view(sub_Bk.shape)
+            logits_BRK = self.pixel_logits(mask_BD, pix_BP).flatten(1, 2)
+            pending_BR = in_hole_BR & ~mask_BD.gather(1, sub_BR)
+            if strategy == "maskgit":
+                v_BR = _draw(logits_BRK.reshape(-1, NUM_LEVELS), temperature, self.gen).view(sub_BR.shape)
+                logp_BR = torch.log_softmax(logits_BRK, -1).gather(-1, v_BR[..., None]).squeeze(-1)
+                u_BR = torch.rand(logp_BR.shape, generator=self.gen, device=self.device).clamp_(1e-20, 1 - 1e-7)
+                noise = o.confidence_noise * (1 - (n + 1) / num_passes)
+                score_BR = logp_BR + noise * -torch.log(-torch.log(u_BR))
+            else:
+                logp_BRK = torch.log_softmax(logits_BRK, dim=-1)
+                entropy_BR = -(logp_BRK.exp() * logp_BRK).sum(-1)
+                score_BR = -entropy_BR if strategy == "greedy" else entropy_BR
+            # Subpixels already known rank last.
+            score_BR = torch.where(pending_BR, score_BR, -math.inf)
+            pick_Bk = score_BR.topk(width, dim=1).indices
+            sub_Bk = sub_BR.gather(1, pick_Bk)
+            valid_Bk = pending_BR.gather(1, pick_Bk) & (torch.arange(width, device=self.device)[None]
+                                                         < count_dev_BK[:, n:n + 1])
+            if strategy == "maskgit":
+                v_Bk = v_BR.gather(1, pick_Bk)
+            else:
+                picked_BkK = logits_BRK.gather(1, pick_Bk[..., None].expand(-1, -1, NUM_LEVELS))
+                v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), temperature, self.gen).view(sub_Bk.shape)
             _set(self.x_BD, sub_Bk, valid_Bk, v_Bk.to(torch.uint8))
             _set(mask_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
 
-__all__ = ["inpaint", "gibbs_schedule", "temperature_schedule"]
+
+__all__ = ["inpaint", "resolve_settings", "planned_passes", "gibbs_schedule", "temperature_schedule", "step_plan"]
