@@ -10,6 +10,15 @@ On a cluster (one GPU per actor):
         --checkpoint s3://bucket/runs/base1/export --input s3://bucket/photos --output s3://bucket/inpainted \
         --workers 8 --gpus-per-worker 1 --batch-size 256 --samples 4
 
+Sampler settings are one onade.config.SampleConfig (see onade.sampling): --strategy, --steps (the budget of
+forward passes), --temperature, --final-temperature, --chunk, --precision and --guidance override its
+defaults, and each results line records the strategy, steps, guidance, forward passes and precision used.
+For example, ancestral sampling in 32 passes (sized from the checkpoint's loss profile when it ships one),
+following the caption twice as hard as unguided sampling:
+
+    python -m ray_jobs.inpaint --checkpoint runs/debug1/export --input photos/ --output inpainted/ \
+        --strategy ancestral --steps 32 --guidance 2
+
 Inputs are found recursively (png, jpg, webp, bmp, gif, tiff, pnm); each is converted to RGB and centre-cropped
 and resized to the model size (results.jsonl records how). Captions come from a sidecar `<stem>.txt` (its first
 non-blank line), or from --captions FILE.jsonl ({"file": "relative/path.jpg", "caption": "..."}); no caption
@@ -30,22 +39,25 @@ caption becomes an error line, and nothing is read or written for it; nothing is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
-from onade.config import STRATEGIES, config_from_dict
+from onade.config import STRATEGIES, ConfigError, SampleConfig, config_from_dict
 from onade.precision import PRECISIONS
 from ray_jobs.ray_env import init_ray
 
 RESULTS = "results.jsonl"
 INDEX = "index.html"
 IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
+SAMPLER_FLAGS = ("strategy", "steps", "temperature", "final_temperature", "chunk", "precision", "guidance")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,16 +67,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="folder or s3:// prefix for the outputs")
     p.add_argument("--captions", help="JSONL of {\"file\": ..., \"caption\": ...} (default: sidecar .txt files)")
     p.add_argument("--mask", default="center", help="center | box:X,Y,W,H | MASK_DIR (default center)")
-    p.add_argument("--strategy", default="independent-gibbs", choices=STRATEGIES)
-    p.add_argument("--steps", type=int, default=0, help="Gibbs steps (default: the number of hole subpixels)")
+    sampler = p.add_argument_group("sampler (each defaults to onade.config.SampleConfig's)")
+    sampler.add_argument("--strategy", choices=STRATEGIES)
+    sampler.add_argument("--steps", type=int,
+                         help="the budget of forward passes (0 = one per hole subpixel, or --chunk per pass)")
+    sampler.add_argument("--temperature", type=float, help="sampling temperature (0 = most likely value)")
+    sampler.add_argument("--final-temperature", type=float,
+                         help="anneal geometrically from --temperature to this over the run (0: no annealing)")
+    sampler.add_argument("--chunk", type=int, help="subpixels per forward pass when --steps is 0 "
+                                                   "(ancestral, greedy, antigreedy)")
+    sampler.add_argument("--precision", choices=PRECISIONS,
+                         help="auto: bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
+    sampler.add_argument("--guidance", type=float, metavar="S",
+                         help="classifier-free guidance scale; 1 = unguided; >1 follows the caption more, "
+                              "costs a batch twice the size per pass")
     p.add_argument("--samples", type=int, default=1, help="samples per image (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = most likely value)")
-    p.add_argument("--final-temperature", type=float, default=0.0,
-                   help="anneal geometrically from --temperature to this over the run (default 0: no annealing)")
-    p.add_argument("--chunk", type=int, default=1, help="subpixels per forward pass (ancestral, confidence)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto (default): bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0)
@@ -78,12 +96,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--animate", action="store_true", help="also write <stem>.gif of the sampling chain")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     args = p.parse_args(argv)
-    for flag in ("samples", "batch_size", "workers", "chunk", "max_image_pixels"):
+    for flag in ("samples", "batch_size", "workers", "max_image_pixels"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.steps < 0 or args.temperature < 0 or args.final_temperature < 0:
-        p.error("--steps, --temperature and --final-temperature must be >= 0")
+    # The flags given override SampleConfig's defaults; the job keeps no defaults of its own.
+    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    try:
+        args.sample = SampleConfig(**given).validate(where="--")
+    except ConfigError as e:  # its message names the field; name the flag instead (--final-temperature)
+        p.error(re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
     return args
+
+
+def describe(sample: SampleConfig) -> str:
+    steps = f"{sample.steps} steps" if sample.steps else "steps from the hole size"
+    return f"strategy {sample.strategy}, {steps}, guidance {sample.guidance:g}"
 
 
 # ---- planning (driver only, before any Ray work) -------------------------------------------------
@@ -121,8 +148,10 @@ def list_tree(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     return good, bad
 
 
-def error_row(url: str, rel: str, error: str, opts) -> dict:
-    return {"input": url, "rel": rel, "outputs": [], "caption": "", "strategy": opts.strategy, "steps": 0,
+def error_row(url: str, rel: str, error: str, sample: SampleConfig) -> dict:
+    from ray_jobs.inpaint_actor import sampler_fields
+
+    return {"input": url, "rel": rel, "outputs": [], "caption": "", **sampler_fields(sample),
             "seconds": 0.0, "status": "error", "error": error}
 
 
@@ -207,6 +236,7 @@ def plan(args, opts, previous: dict[str, dict]):
     from data.images import IMAGE_EXTENSIONS
     from ray_jobs.inpaint_actor import output_names
 
+    sample = opts.sample_config()
     files, unsafe = list_tree(args.input)
     if not files and not unsafe and not storage.is_s3(args.input) and not os.path.isdir(args.input):
         raise ValueError(f"--input {args.input!r} does not exist")
@@ -219,7 +249,7 @@ def plan(args, opts, previous: dict[str, dict]):
     captions = {}
     if args.captions:
         captions, bad_lines = read_captions_jsonl(args.captions, args.input, set(files))
-        known += [error_row(args.captions, where, why, opts) for where, why in bad_lines]
+        known += [error_row(args.captions, where, why, sample) for where, why in bad_lines]
         if bad_lines:
             print(f"warning: {len(bad_lines)} line(s) of {args.captions} cannot be used (see results.jsonl)",
                   file=sys.stderr)
@@ -231,7 +261,7 @@ def plan(args, opts, previous: dict[str, dict]):
     done_outputs = set(list_tree(args.output)[0])
     for rel, (url, why) in sorted(unsafe.items()):
         if not in_output(rel):
-            known.append(error_row(url, rel, f"not read: {why}", opts))
+            known.append(error_row(url, rel, f"not read: {why}", sample))
     # Two inputs must not write the same path: `a.png` and `a.jpg` both make `a.png`; the `a.original.png` of
     # `a.png` is the output of an input named `a.original.png`; `a.png/x.png` needs a folder where `a.jpg`
     # writes a file; names differing in case collide on some disks. The job's own files are claimed first.
@@ -245,19 +275,19 @@ def plan(args, opts, previous: dict[str, dict]):
         if not ext.endswith(IMAGE_EXTENSIONS):
             if ext not in IGNORED_EXTENSIONS:
                 known.append(error_row(url, rel, f"not an image (extension {ext or 'none'!r}); images are "
-                                       + ", ".join(IMAGE_EXTENSIONS), opts))
+                                       + ", ".join(IMAGE_EXTENSIONS), sample))
             continue
         stem = os.path.splitext(rel)[0]
         if stem + ".txt" in unsafe and not args.captions:
-            known.append(error_row(url, rel, f"caption file {stem}.txt not read: {unsafe[stem + '.txt'][1]}", opts))
+            known.append(error_row(url, rel, f"caption file {stem}.txt not read: {unsafe[stem + '.txt'][1]}", sample))
             continue
         if stem in bad_masks:
-            known.append(error_row(url, rel, f"mask file not read: {bad_masks[stem]}", opts))
+            known.append(error_row(url, rel, f"mask file not read: {bad_masks[stem]}", sample))
             continue
         names = output_names(rel, opts)
         clash = _clash(names, claimed)
         if clash:
-            known.append(error_row(url, rel, clash, opts))
+            known.append(error_row(url, rel, clash, sample))
             continue
         for o in names:
             claimed[o.casefold()] = ("file", rel)
@@ -268,7 +298,7 @@ def plan(args, opts, previous: dict[str, dict]):
             # The earlier run's line when there is one (it has the caption, steps and timing).
             known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
                          {"input": url, "rel": rel, "outputs": names,
-                          "caption": captions.get(rel, ""), "strategy": opts.strategy, "status": "ok",
+                          "caption": captions.get(rel, ""), "strategy": sample.strategy, "status": "ok",
                           "resumed": True})
             continue
         sidecar = files.get(stem + ".txt", "") if not args.captions else ""
@@ -352,15 +382,14 @@ def main(argv: list[str] | None = None) -> dict:
     storage.check_writable(args.output)
     opts = JobOptions(checkpoint=args.checkpoint, input=args.input, output=args.output, image_size=S, mask=mask,
                       mask_dir=args.mask if mask == "dir" else "", max_pixels=args.max_image_pixels,
-                      strategy=args.strategy, steps=args.steps, samples=args.samples, temperature=args.temperature,
-                      final_temperature=args.final_temperature, seed=args.seed, chunk=args.chunk,
-                      precision=args.precision, animate=args.animate, use_gpu=args.gpus_per_worker > 0)
+                      sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
+                      animate=args.animate, use_gpu=args.gpus_per_worker > 0)
     todo, known = plan(args, opts, read_previous(args.output))
     if not todo and not known:
         raise ValueError(f"no images under {args.input!r}")
     skipped = sum(1 for r in known if r.get("resumed"))
-    print(f"inpainting {len(todo)} image(s) from {args.input} with {args.strategy} "
-          f"({skipped} already done, {len(known) - skipped} not images) -> {args.output}", flush=True)
+    print(f"inpainting {len(todo)} image(s) from {args.input} ({describe(args.sample)}; "
+          f"{skipped} already done, {len(known) - skipped} not images) -> {args.output}", flush=True)
 
     tmp = tempfile.mkdtemp(prefix="onade_inpaint_")
     started = False
@@ -394,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
         with open(results_path, "rb") as f:
             storage.write_file_atomic(storage.join(args.output, RESULTS), f)
         summary = (f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
-                   f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; strategy {args.strategy}")
+                   f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; {describe(args.sample)}")
         index_path = os.path.join(tmp, INDEX)
         write_index(index_path, read_records(results_path), summary)
         with open(index_path, "rb") as f:

@@ -5,7 +5,7 @@
 becomes a row with `error` set, never an exception.
 
 `InpaintActor` (Ray Data actor pool): loads the checkpoint once, inpaints a whole batch with
-`onade.inpaint`, writes every output of an input atomically (temp file + rename, or temp key + copy on
+`onade.inpaint` (every sampler setting from the job's one SampleConfig, `JobOptions.sample`), writes every output of an input atomically (temp file + rename, or temp key + copy on
 S3) and returns one small row per input (no image goes back to the driver).
 """
 
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -38,18 +37,29 @@ class JobOptions:
     mask: str = "center"  # "center", "box:X,Y,W,H" or "dir" (each row then names its mask file)
     mask_dir: str = ""  # with mask="dir": the mask root, nothing outside it is read
     max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS
-    strategy: str = "independent-gibbs"
-    steps: int = 0
+    # Every sampler setting: dataclasses.asdict of the job's onade.config.SampleConfig (plain values to ship;
+    # fields left out take SampleConfig's defaults). Kept as a dict so the decode tasks never import torch.
+    sample: dict = field(default_factory=dict)
     samples: int = 1
-    temperature: float = 1.0
-    final_temperature: float = 0.0  # 0 = no annealing
     seed: int = 0
-    chunk: int = 1
-    precision: str = "auto"  # onade.precision: bf16 where the actor's CPU or GPU runs it fast
     animate: bool = False
     frames: int = 40  # frames of an animation
     threads: int = 0  # torch threads in an actor on CPU (0 = torch's default)
     use_gpu: bool = False
+
+    def sample_config(self):
+        """The job's onade.config.SampleConfig, validated."""
+        from onade.config import SampleConfig
+
+        return SampleConfig(**self.sample).validate()
+
+
+def sampler_fields(sample, forward_passes: int = 0) -> dict:
+    """What every results line records of the sampler: the settings as configured (steps 0 = the strategy's
+    per-subpixel default) and the forward passes of the batch that inpainted the input (0 when none did; a
+    batch of mask-folder inputs runs as long as its largest hole needs)."""
+    return {"strategy": sample.strategy, "steps": sample.steps, "guidance": sample.guidance,
+            "forward_passes": forward_passes}
 
 
 def output_names(rel: str, opts: JobOptions) -> list[str]:
@@ -185,7 +195,9 @@ class InpaintActor:
         self.device = "cuda" if self.opts.use_gpu and torch.cuda.is_available() else "cpu"
         loaded = onade.load_checkpoint(self.opts.checkpoint, device=self.device)
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
-        self.precision = onade.precision.resolve_precision(self.opts.precision, self.device)
+        self.profile = loaded.profile  # plans the passes of a budgeted ancestral run (None: equal chunks)
+        self.sample = self.opts.sample_config()
+        self.precision = onade.precision.resolve_precision(self.sample.precision, self.device)
         if self.config.model.image_size != self.opts.image_size:
             raise ValueError(f"checkpoint {self.opts.checkpoint} is for {self.config.model.image_size}px images, "
                              f"the job was planned for {self.opts.image_size}px")
@@ -196,10 +208,10 @@ class InpaintActor:
         errors = [str(e) for e in batch["error"]]
         outputs: list[list[str]] = [[] for _ in range(n)]
         good = [i for i in range(n) if not errors[i]]
-        steps = 0
+        passes = 0
         if good:
             try:
-                steps, results = self.inpaint([batch["image"][i] for i in good], [batch["hidden"][i] for i in good],
+                passes, results = self.inpaint([batch["image"][i] for i in good], [batch["hidden"][i] for i in good],
                                               [str(batch["caption"][i]) for i in good])
             except ValueError as e:
                 results = None
@@ -217,8 +229,8 @@ class InpaintActor:
         rows = []
         for i in range(n):
             row = {"input": str(batch["input"][i]), "outputs": outputs[i] if not errors[i] else [],
-                   "caption": str(batch["caption"][i]), "strategy": o.strategy, "steps": steps if not errors[i] else 0,
-                   "precision": self.precision,
+                   "caption": str(batch["caption"][i]),
+                   **sampler_fields(self.sample, 0 if errors[i] else passes), "precision": self.precision,
                    "samples": o.samples, "seconds": round(seconds, 4), "status": "error" if errors[i] else "ok"}
             if errors[i]:
                 row["error"] = errors[i]
@@ -228,10 +240,11 @@ class InpaintActor:
         return {"record": np.array(rows, dtype=object)}
 
     def inpaint(self, images, hiddens, captions):
-        """-> (steps, [(samples [K,S,S,3], frames [F,K,S,S,3] or None)] per input)."""
+        """-> (forward passes, [(samples [K,S,S,3], frames [F,K,S,S,3] or None)] per input)."""
         import torch
 
         import onade
+        from onade.sampling import planned_passes
 
         o, K = self.opts, self.opts.samples
         x = torch.from_numpy(np.stack(images)).repeat_interleave(K, 0)
@@ -240,20 +253,17 @@ class InpaintActor:
         tokens, lengths = self.tokenizer.encode_batch(captions, self.config.data.max_tokens)
         tokens, lengths = tokens.repeat_interleave(K, 0), lengths.repeat_interleave(K, 0)
         hole = int(hidden[0].sum()) if o.mask != "dir" else int(hidden.flatten(1).sum(1).max())
-        if o.strategy in ("independent-gibbs", "ancestral-gibbs"):
-            steps = o.steps or hole
-        else:
-            steps = math.ceil(hole / o.chunk)
-        record_every = max(1, steps // o.frames) if o.animate else 0
+        record_every = max(1, planned_passes(self.sample, hole) // o.frames) if o.animate else 0
+        stats = {}
         out, chain = onade.inpaint(self.model, x.to(self.device), mask.to(self.device), tokens, lengths,
-                                   strategy=o.strategy, steps=o.steps or None, temperature=o.temperature,
-                                   final_temperature=o.final_temperature, seed=o.seed, record_every=record_every,
-                                   chunk=o.chunk, precision=self.precision)
+                                   config=self.sample, seed=o.seed, record_every=record_every,
+                                   profile=self.profile, stats=stats)
         out = out.cpu().numpy().reshape(len(images), K, *out.shape[1:])
         frames = None
         if o.animate:
             frames = chain.numpy().reshape(chain.shape[0], len(images), K, *chain.shape[2:])
-        return steps, [(out[j], None if frames is None else frames[:, j]) for j in range(len(images))]
+        return stats["forward_passes"], [(out[j], None if frames is None else frames[:, j])
+                                         for j in range(len(images))]
 
     def write(self, rel: str, image: np.ndarray, hidden: np.ndarray, samples: np.ndarray, frames) -> list[str]:
         """Write every output of one input; each file appears whole or not at all."""
@@ -277,7 +287,7 @@ class InpaintActor:
         return names
 
 
-__all__ = ["JobOptions", "InpaintActor", "decode_batch", "output_names", "spec_hidden", "parse_box",
+__all__ = ["JobOptions", "InpaintActor", "sampler_fields", "decode_batch", "output_names", "spec_hidden", "parse_box",
            "ORIGINAL_SUFFIX", "MASKED_SUFFIX"]
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import onade
 from data.synthetic import write_awkward_cases, write_synthetic
-from onade.config import Config, ModelConfig
+from onade.config import Config, ModelConfig, SampleConfig
 from onade.tokenizer import Tokenizer
 from ray_jobs import inpaint as job
 from ray_jobs.inpaint_actor import JobOptions, output_names
@@ -96,7 +96,8 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
             assert r["error"] and r["outputs"] == []
             assert case.skip in r["error"], (rel, r["error"])  # corrupt / empty / not an image
             continue
-        assert r["strategy"] == "independent-gibbs" and r["steps"] == 8 and r["seconds"] > 0
+        assert r["strategy"] == SampleConfig().strategy and r["steps"] == 8 and r["seconds"] > 0
+        assert r["forward_passes"] > 0 and r["guidance"] == SampleConfig().guidance
         assert r["precision"] == onade.resolve_precision("auto", "cpu")  # --precision auto, resolved per actor
         assert r["caption"] == (case.captions[0] if case and case.captions else
                                 "" if case else Path(src / rel).with_suffix(".txt").read_text().splitlines()[0])
@@ -155,7 +156,9 @@ def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpo
                   "--captions", tmp_path / "caps.jsonl", "--strategy", "ancestral", "--chunk", 8)
     recs = records(out)
     assert recs["img_00000.png"]["status"] == "ok" and recs["img_00000.png"]["caption"] == "a green square"
-    assert recs["img_00000.png"]["steps"] == 6  # 4x4x3 hidden subpixels, 8 per pass
+    # --steps not given: as configured (SampleConfig's 0), then 4x4x3 hidden subpixels, 8 per pass.
+    assert recs["img_00000.png"]["steps"] == SampleConfig().steps == 0
+    assert recs["img_00000.png"]["forward_passes"] == 6
     assert recs["img_00001.png"]["status"] == "error" and "no mask" in recs["img_00001.png"]["error"]
     assert "mask file not read: symlink pointing outside" in recs["img_00002.png"]["error"]
     assert "mask is 32x16 but the image is 32x32" in recs["img_00003.png"]["error"]
@@ -172,6 +175,48 @@ def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpo
     bad = run("--checkpoint", checkpoint, "--input", broken, "--output", tmp_path / "out2")
     assert bad["done"] == 0 and bad["failed"] == 2 and job.exit_code(bad) == 1
     assert job.exit_code(summary) == 0
+
+
+@pytest.mark.timeout(120)
+def test_sampler_flags_reach_the_actor_and_every_row_records_them(ray_local, checkpoint, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_synthetic(src, 2, image_size=32)
+    (src / "broken.png").write_bytes(b"")
+    summary = run("--checkpoint", checkpoint, "--input", src, "--output", out,
+                  "--strategy", "maskgit", "--steps", 4, "--guidance", 2)
+    assert summary["done"] == 2 and summary["failed"] == 1
+    recs = records(out)
+    for rel in ("img_00000.png", "img_00001.png", "broken.png"):
+        r = recs[rel]
+        assert (r["strategy"], r["steps"], r["guidance"]) == ("maskgit", 4, 2.0), r
+        # maskgit makes exactly its budget of passes; none are made for an input that could not be read.
+        assert r["forward_passes"] == (0 if rel == "broken.png" else 4), r
+    assert "strategy maskgit, 4 steps, guidance 2" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_without_sampler_flags_the_job_samples_with_sample_config_defaults(ray_local, checkpoint, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_synthetic(src, 1, image_size=32)
+    assert run("--checkpoint", checkpoint, "--input", src, "--output", out)["done"] == 1
+    r = records(out)["img_00000.png"]
+    default = SampleConfig()
+    assert (r["strategy"], r["steps"], r["guidance"]) == (default.strategy, default.steps, default.guidance)
+    assert r["forward_passes"] > 0 and r["precision"] == onade.resolve_precision(default.precision, "cpu")
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--guidance", "-1"], "--guidance"), (["--chunk", "0"], "--chunk"), (["--steps", "-2"], "--steps"),
+    (["--final-temperature", "-0.5"], "--final-temperature"),
+])
+def test_bad_sampler_flags_are_usage_errors_naming_the_flag(flags, named, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        job.parse_args(["--checkpoint", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                        *flags])
+    assert exit_info.value.code == 2  # argparse's usage error, before anything is read
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --" in line and f"{named} " in line and "must be" in line, line
+    assert "final_temperature" not in line  # flags are named as typed, not as SampleConfig fields
 
 
 def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
