@@ -5,10 +5,17 @@ Locally (starts a local Ray when RAY_ADDRESS is unset; uses every CPU of the mac
     python -m ray_jobs.evaluate --checkpoint runs/debug1/export --data val_shards/ --num-images 512 \
         --exact-images 32 --output metrics.json
 
+The loss profile of the checkpoint on this data (written as onade.plans.LossProfile JSON), and the NLL of
+samplers of 1, 4, ... passes planned from it (the full row: one pass per hole subpixel):
+
+    python -m ray_jobs.evaluate --checkpoint runs/debug1/export --data val_shards/ --exact-images 32 \
+        --profile profile.json --budgets 1,4,16,64,256,full --hole box:4,4,16,8
+
 On a cluster:
 
     ray job submit --working-dir . -- python -m ray_jobs.evaluate \
-        --checkpoint s3://bucket/runs/base1/export --data s3://bucket/shards/val --gpus-per-actor 1
+        --checkpoint s3://bucket/runs/base1/export --data s3://bucket/shards/val --gpus-per-actor 1 \
+        --budgets 1,4,16,64,256,full
 
 Ray Data decodes the shards; a pool of actors (by default one per GPU of the cluster, or on CPU one per
 CPU of the cluster, sharing out its CPUs and leaving some for decoding), each loading the checkpoint once,
@@ -19,6 +26,18 @@ caption vs. another image's), `num_images`; and `exact_bits_per_dim` (chain rule
 one random ordering: one forward pass per hole subpixel per image, so it runs on the first
 `--exact-images` images only, default 64) with `exact_num_images`. Masks are seeded by each batch's
 content, so the numbers do not depend on how many actors ran.
+
+Over the same first `--exact-images` images and the hole of `--hole` (center, the default, or box:X,Y,W,H
+in model pixels):
+- `--profile PATH` measures the loss profile L(t) (onade.metrics.loss_profile, 64 forward passes per image;
+  the mean of each batch's profile) and writes it to PATH; the JSON gets `profile_bits_first` (L(0), the
+  one-shot NLL) and `profile_bits_last` (the last hole subpixel's).
+- `--budgets 1,4,...,full` scores K-pass samplers (onade.metrics.budget_bits: K forward passes per image)
+  with the plan of OA-ARDM's dynamic programme on the profile (onade.plans.step_plan; the one --profile
+  measured, else the checkpoint's `profile.json`) and with K equal chunks (uniform_plan), in the same
+  random ordering: `budgets` is a list of {passes, dp_bits, uniform_bits}. With one pass, or one per hole
+  subpixel (`full`), both plans are the same one and are scored once; `full` over the centre hole is the
+  exact NLL above, not recomputed.
 """
 
 from __future__ import annotations
@@ -31,10 +50,15 @@ import zlib
 import numpy as np
 import torch
 
+from onade.masks import box_mask, center_mask
 from onade.precision import PRECISIONS
+from ray_jobs.train_loop import PROFILE_POINTS
 
 METRICS = ("bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption")
 EXACT = "exact_bits_per_dim"
+PROFILE = "profile_bits"  # per batch: the batch's loss profile [M]
+PLAN_BITS = "plan_bits"  # per batch: bits per hidden subpixel under each plan scored [P]
+FULL = "full"
 DEFAULT_EXACT_IMAGES = 64
 DATA_CPUS = (0.25, 0.5)  # a shard read task, a decode task: light next to scoring
 
@@ -50,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exact-images", type=int, default=DEFAULT_EXACT_IMAGES, metavar="N",
                    help=f"exact chain-rule NLL on the first N images (0 = skip; default {DEFAULT_EXACT_IMAGES}): "
                         "it costs one forward pass per hole subpixel per image")
+    p.add_argument("--hole", default="center", metavar="SPEC",
+                   help="the hole of --profile and --budgets: center (default) or box:X,Y,W,H in model pixels")
+    p.add_argument("--profile", metavar="PATH",
+                   help="measure the loss profile over the hole on the first --exact-images images; write it here")
+    p.add_argument("--budgets", type=_budgets, metavar="K,K,...",
+                   help="NLL of K-pass samplers (DP and uniform plans) on the first --exact-images images; "
+                        "'full' = one pass per hole subpixel, e.g. 1,4,16,64,256,full")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--seed", type=int, default=0)
@@ -60,13 +91,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("num_images", "batch_size", "num_masks", "actors", "exact_images"):
         if getattr(args, flag) < (1 if flag in ("batch_size", "num_masks") else 0):
             p.error(f"--{flag.replace('_', '-')} must be positive")
+    if (args.profile or args.budgets) and not args.exact_images:
+        p.error("--profile and --budgets score the first --exact-images images: it must be > 0")
     return args
 
 
-class Scorer:
-    """A Ray Data actor: loads the checkpoint once, maps a batch to one row of per-batch metrics."""
+def _budgets(spec: str) -> list[int | str]:
+    """--budgets: pass counts (positive integers) and `full`."""
+    out: list[int | str] = []
+    for item in (v.strip() for v in spec.split(",")):
+        if item == FULL:
+            out.append(FULL)
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise argparse.ArgumentTypeError(f"{item!r} is neither a positive number of passes nor {FULL!r}")
+    return out
 
-    def __init__(self, checkpoint: str, num_masks: int, seed: int, precision: str, exact: bool, threads: int):
+
+def hole_pixels(spec: str, image_size: int) -> torch.Tensor:
+    """The hidden pixels (bool [H,W]) of --hole center or box:X,Y,W,H (model pixels)."""
+    if spec == "center":
+        return ~center_mask(1, image_size)[0].all(-1)
+    kind, _, coords = spec.partition(":")
+    try:
+        x, y, w, h = (int(v) for v in coords.split(","))
+    except ValueError:
+        kind = ""
+    if kind != "box":
+        raise ValueError(f"--hole {spec!r}: expected center or box:X,Y,W,H with integers in model pixels "
+                         f"(the model sees {image_size}x{image_size})")
+    try:
+        return ~box_mask(1, image_size, x, y, w, h)[0].all(-1)
+    except ValueError as e:
+        raise ValueError(f"--hole {spec!r}: {e}") from None
+
+
+def budget_plans(profile, budgets: list[int | str], hole_size: int) -> list[tuple[int, list[int], list[int]]]:
+    """(passes, DP plan, uniform plan) per distinct pass count, fewest first; `full` and counts beyond the
+    hole are one pass per hole subpixel."""
+    from onade.plans import step_plan, uniform_plan
+
+    counts = sorted({hole_size if k == FULL else min(int(k), hole_size) for k in budgets})
+    return [(k, step_plan(profile, k, hole_size), uniform_plan(hole_size, k)) for k in counts]
+
+
+class Scorer:
+    """A Ray Data actor: loads the checkpoint once, maps a batch to one row of per-batch metrics: the cheap
+    ones, or (on the first --exact-images images) any of the exact NLL, the loss profile over `hole` and
+    the budgeted NLL under each of `plans`."""
+
+    def __init__(self, checkpoint: str, num_masks: int, seed: int, precision: str, threads: int,
+                 exact: bool = False, profile: bool = False, plans: list[list[int]] = (), hole: str = "center"):
         import onade
         from ray_jobs.train_loop import evaluate
 
@@ -75,29 +151,43 @@ class Scorer:
             torch.set_num_threads(threads)
         self.model = onade.load_checkpoint(checkpoint, device=self.device).model
         self.precision = onade.resolve_precision(precision, self.device)
-        self.evaluate, self.num_masks, self.seed, self.exact = evaluate, num_masks, seed, exact
+        self.evaluate, self.num_masks, self.seed = evaluate, num_masks, seed
+        self.exact, self.profile, self.plans = exact, profile, [list(p) for p in plans]
+        self.cheap = not (exact or profile or self.plans)
+        self.hole_HW = hole_pixels(hole, self.model.cfg.image_size).to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from onade.metrics import budget_bits, exact_center_bits, loss_profile
+        from onade.precision import autocast
+
         tensors = {k: torch.from_numpy(np.array(batch[k])) for k in ("image", "tokens", "length")}
         # Seeded by the batch's content: masks differ across batches, and a rerun, with any number of actors,
         # gives the same numbers.
         seed = zlib.crc32(np.ascontiguousarray(batch["image"]).tobytes(), self.seed)
         n = len(batch["image"])
-        if self.exact:
-            # The costly metric alone (the cheap ones came from the first pass); seed + 1 is the ordering
-            # train_loop.evaluate draws for it.
-            from onade.metrics import exact_center_bits
-            from onade.precision import autocast
-
-            x, tokens, lengths = (tensors[k].to(self.device) for k in ("image", "tokens", "length"))
-            with autocast(self.precision, self.device):
-                bits = exact_center_bits(self.model, x, tokens, lengths, torch.Generator().manual_seed(seed + 1))
-            out = {EXACT: bits}
-        else:
-            out = self.evaluate(self.model, [tensors], num_masks=self.num_masks, seed=seed, precision=self.precision)
-        keys = (EXACT,) if self.exact else METRICS
-        return {**{k: np.array([out[k]]) for k in keys}, "num_images": np.array([n]),
-                "precision": np.array([self.precision])}
+        out = {"num_images": np.array([n]), "precision": np.array([self.precision])}
+        if self.cheap:
+            metrics = self.evaluate(self.model, [tensors], num_masks=self.num_masks, seed=seed,
+                                    precision=self.precision)
+            return {**{k: np.array([metrics[k]]) for k in METRICS}, **out}
+        # The costly metrics (the cheap ones came from the first pass). seed + 1 is the ordering
+        # train_loop.evaluate draws for the exact NLL; the budgets share it, so every plan is scored in the
+        # same ordering and the one-pass-per-subpixel plan over the centre hole is the exact NLL.
+        x, tokens, lengths = (tensors[k].to(self.device) for k in ("image", "tokens", "length"))
+        hidden_BHWC = ~self.hole_HW[None, :, :, None].expand(*x.shape)
+        with autocast(self.precision, self.device):
+            if self.exact:
+                out[EXACT] = np.array([exact_center_bits(self.model, x, tokens, lengths,
+                                                         torch.Generator().manual_seed(seed + 1))])
+            if self.profile:
+                profile = loss_profile(self.model, [(x, tokens, lengths)], self.hole_HW, PROFILE_POINTS,
+                                       torch.Generator().manual_seed(seed + 2))
+                out[PROFILE] = np.array([profile.bits])
+            if self.plans:
+                out[PLAN_BITS] = np.array([[budget_bits(self.model, x, hidden_BHWC, tokens, lengths, plan,
+                                                        torch.Generator().manual_seed(seed + 1))
+                                            for plan in self.plans]])
+        return out
 
 
 def pool_size(args) -> tuple[int, float, int]:
@@ -115,14 +205,15 @@ def pool_size(args) -> tuple[int, float, int]:
     return actors, cpus, max(1, int(total // actors))
 
 
-def _score(ds, args, exact: bool, total: int, label: str) -> list[dict]:
+def _score(ds, args, total: int, label: str, **tasks) -> list[dict]:
+    """Score `ds` with a pool of Scorer actors doing `tasks` (Scorer's keywords; none: the cheap metrics)."""
     import ray.data
 
     actors, cpus, threads = pool_size(args)
     scored = ds.map_batches(
         Scorer, fn_constructor_kwargs={"checkpoint": args.checkpoint, "num_masks": args.num_masks,
-                                       "seed": args.seed, "precision": args.precision, "exact": exact,
-                                       "threads": threads},
+                                       "seed": args.seed, "precision": args.precision, "threads": threads,
+                                       "hole": args.hole, **tasks},
         batch_size=args.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus, num_gpus=args.gpus_per_actor or None)
     rows, done, t0, shown = [], 0, time.perf_counter(), time.perf_counter()
@@ -145,17 +236,62 @@ def _mean(rows: list[dict], keys) -> dict:
             "num_images": int(counts.sum())}
 
 
+def _mean_vector(rows: list[dict], key: str) -> np.ndarray:
+    """The image-weighted mean of a per-batch vector column."""
+    counts = np.array([r["num_images"] for r in rows], dtype=np.float64)
+    return counts @ np.stack([np.asarray(r[key], np.float64) for r in rows]) / counts.sum()
+
+
+def _budget_rows(plans, scored_rows: list[dict], full_bits: float | None) -> list[dict]:
+    """{passes, dp_bits, uniform_bits} per entry of `plans` (budget_plans), from the per-batch rows that
+    scored each of _distinct_plans(plans, ...) and, when given, the full row's bits (the exact NLL)."""
+    distinct = _distinct_plans(plans, full_bits is not None)
+    bits = _mean_vector(scored_rows, PLAN_BITS).tolist() if distinct else []
+    scored = dict(zip(map(tuple, distinct), bits))
+    rows = []
+    for k, dp, uniform in plans:
+        if full_bits is not None and k == dp[-1]:
+            rows.append({"passes": k, "dp_bits": full_bits, "uniform_bits": full_bits})
+        else:
+            rows.append({"passes": k, "dp_bits": scored[tuple(dp)], "uniform_bits": scored[tuple(uniform)]})
+    return rows
+
+
+def _distinct_plans(plans, skip_full: bool) -> list[list[int]]:
+    """Each plan to score once (a one-pass plan is the same for both, and so is the full one), without the
+    full plan when its bits are known already."""
+    out: list[list[int]] = []
+    for k, dp, uniform in plans:
+        if skip_full and k == dp[-1]:
+            continue
+        out += [p for p in (dp, uniform) if p not in out]
+    return out
+
+
+def _print_budgets(rows: list[dict], hole: str, hole_size: int, num_images: int) -> None:
+    print(f"budgeted NLL, bits per hole subpixel ({num_images} images, hole {hole}: {hole_size} subpixels)")
+    print(f"{'passes':>8} {'dp_bits':>9} {'uniform_bits':>13}")
+    for r in rows:
+        full = "  (full)" if r["passes"] == hole_size else ""
+        print(f"{r['passes']:>8} {r['dp_bits']:>9.4f} {r['uniform_bits']:>13.4f}{full}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import onade
     import ray
     import ray.data
 
+    from onade.plans import LossProfile
     from ray_jobs.data import build_dataset, resolve_shards
     from ray_jobs.ray_env import init_ray
 
     loaded = onade.load_checkpoint(args.checkpoint)  # fails fast on a path that is not a checkpoint
     cfg = loaded.config
+    hole_size = 3 * int(hole_pixels(args.hole, cfg.model.image_size).sum())  # a bad --hole fails here too
+    if args.budgets and not args.profile and loaded.profile is None:
+        raise ValueError(f"--budgets plans its passes from a loss profile, and {args.checkpoint} ships none "
+                         "(profile.json): pass --profile PATH to measure one on --data first")
     shards = resolve_shards(args.data)
     if not shards:
         raise ValueError(f"--data {args.data!r} holds no shards: build them with python -m data.make_shards")
@@ -166,16 +302,38 @@ def main(argv: list[str] | None = None) -> dict:
                        batch_size=args.batch_size)  # blocks of one scoring batch: every actor gets work
     if args.num_images:
         ds = ds.limit(args.num_images)
-    rows = _score(ds, args, exact=False, total=args.num_images, label="cheap metrics")
+    rows = _score(ds, args, args.num_images, "cheap metrics")
     if not rows or sum(int(r["num_images"]) for r in rows) == 0:
         raise ValueError(f"--data {args.data!r} gave no images to evaluate")
     result = _mean(rows, METRICS)
     result["precision"] = str(rows[0]["precision"])
     exact_images = min(args.exact_images, result["num_images"])
     if exact_images:
-        exact = _mean(_score(ds.limit(exact_images), args, exact=True, total=exact_images, label="exact NLL"),
-                      (EXACT,))
+        first = ds.limit(exact_images)
+        # The full plan over the centre hole is the exact NLL of the same images in the same ordering.
+        reuse_full = args.hole == "center"
+        # Plans from the checkpoint's profile are scored in the exact NLL's pass; plans from the profile that
+        # pass measures need a pass of their own.
+        plans = budget_plans(loaded.profile, args.budgets, hole_size) if args.budgets and not args.profile else []
+        label = "exact NLL" + (" + profile" if args.profile else "") + (" + budgets" if plans else "")
+        rows = _score(first, args, exact_images, label, exact=True, profile=bool(args.profile),
+                      plans=_distinct_plans(plans, reuse_full))
+        exact = _mean(rows, (EXACT,))
         result.update({EXACT: exact[EXACT], "exact_num_images": exact["num_images"]})
+        if args.profile:
+            profile = LossProfile(bits=[round(float(b), 5) for b in _mean_vector(rows, PROFILE)], mask=args.hole,
+                                  image_size=cfg.model.image_size, num_images=exact["num_images"])
+            with open(args.profile, "w") as f:
+                f.write(profile.to_json() + "\n")
+            result.update(profile=args.profile, profile_bits_first=profile.bits[0],
+                          profile_bits_last=profile.bits[-1])
+            if args.budgets:
+                plans = budget_plans(profile, args.budgets, hole_size)
+                if _distinct_plans(plans, reuse_full):
+                    rows = _score(first, args, exact_images, "budgets", plans=_distinct_plans(plans, reuse_full))
+        if plans:
+            result["budgets"] = _budget_rows(plans, rows, exact[EXACT] if reuse_full else None)
+            _print_budgets(result["budgets"], args.hole, hole_size, exact["num_images"])
     result["checkpoint"] = args.checkpoint
     text = json.dumps(result, indent=2)
     print(text)

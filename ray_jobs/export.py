@@ -5,7 +5,10 @@ The export is `config.json`, `tokenizer.model` and consolidated fp32 weights in 
 unpickling. Consolidation uses DeepSpeed's zero_to_fp32, which rebuilds full fp32 tensors from the
 optimizer's master partitions, so it works for ZeRO-1/2/3. When the run kept an EMA of its weights
 (train.ema_decay > 0) the export ships the EMA by default; `weights="raw"` (`--export-weights raw`)
-ships the trained weights instead. The training checkpoint keeps both.
+ships the trained weights instead. The training checkpoint keeps both. The last checkpoint of a run with
+validation data also holds the loss profile of the validated weights (the EMA's when there is one), which
+the export ships as `profile.json` (onade.plans) with those weights; a raw export of an EMA run, or an
+older checkpoint, ships none (`python -m ray_jobs.evaluate --profile` measures one).
 
 Checkpoints live in STORAGE/RUN/checkpoint_<step>/ (written by ray_jobs.train_loop); the export goes to
 STORAGE/RUN/export/ by default. `python -m ray_jobs.train ... --export-only [--checkpoint-step N]` runs this
@@ -25,9 +28,10 @@ import pyarrow.fs as pafs
 from data import storage
 from safetensors.torch import load_file
 
-from onade.checkpoint import save_checkpoint
+from onade.checkpoint import PROFILE_FILE, save_checkpoint
 from onade.config import config_from_dict
 from onade.model import build_model
+from onade.plans import LossProfile
 from onade.tokenizer import Tokenizer
 from ray_jobs.train_loop import CONFIG_FILE, DS_TAG, EMA_FILE, STATE_FILE, TOKENIZER_FILE
 
@@ -82,15 +86,21 @@ def export_checkpoint(checkpoint_url: str, out_url: str, weights: str = "ema") -
         cfg = config_from_dict(json.loads((src / CONFIG_FILE).read_text()))
         tokenizer = Tokenizer.from_bytes((src / TOKENIZER_FILE).read_bytes())
         model = build_model(cfg)
-        if weights == "ema" and (src / EMA_FILE).is_file():
+        has_ema = (src / EMA_FILE).is_file()
+        if weights == "ema" and has_ema:
             state = load_file(str(src / EMA_FILE))
         else:
             # Our own training checkpoint (DeepSpeed writes torch.save files), not user-supplied data.
             state = get_fp32_state_dict_from_zero_checkpoint(str(src), tag=DS_TAG)
         model.load_state_dict(state)
+        # The profile was measured on the validated weights, the EMA when the run kept one: it plans the
+        # passes of those weights only.
+        profile = None
+        if (src / PROFILE_FILE).is_file() and (weights == "ema" or not has_ema):
+            profile = LossProfile.from_json((src / PROFILE_FILE).read_bytes())
         cfg.model.activation_checkpointing = False  # a training-only memory trade, useless at inference
         out = Path(tmp, "export")
-        save_checkpoint(out, model, cfg, tokenizer)
+        save_checkpoint(out, model, cfg, tokenizer, profile=profile)
         if storage.is_s3(out_url):
             storage.upload_dir(out, out_url)
         else:

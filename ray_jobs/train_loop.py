@@ -4,10 +4,16 @@
 metrics; both are plain functions a test can call. The body runs under bf16 autocast where
 `train.precision` resolves to bf16 (onade.precision); weights, EMA, losses and metrics stay fp32.
 
+Training batches (never validation ones) lose their caption with probability `train.caption_dropout`
+(onade.caption.drop_captions), drawn on a CPU generator of the worker's own, apart from the masks' one, so
+the masks a seed draws do not depend on the dropout rate.
+
 Validation costs little: every `val_every` steps the cheap metrics (orderless bits, one-shot centre bits
-with true and shuffled captions) on the same fixed batches and masks; the exact chain-rule NLL once, at
-the end, on `val_exact_images` fixed images. With `train.ema_decay` > 0 validation scores the EMA weights,
-which checkpoints keep beside the raw ones (EMA_FILE) and the export ships by default.
+with true and shuffled captions) on the same fixed batches and masks; at the end, once, on
+`val_exact_images` fixed images the exact chain-rule NLL, and on `profile_images` the loss profile over
+the centre hole (onade.metrics.loss_profile, PROFILE_POINTS forward passes per image), which the last
+checkpoint keeps as PROFILE_FILE for the export. With `train.ema_decay` > 0 validation scores the EMA weights, which
+checkpoints keep beside the raw ones (EMA_FILE) and the export ships by default.
 
 Side effects (metrics files, TensorBoard, PNG grids, console) go through `ray_jobs.run_dir`, which is a
 no-op off rank 0. Launch with `python -m ray_jobs.train`.
@@ -33,12 +39,15 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from onade.caption import drop_captions
+from onade.checkpoint import PROFILE_FILE
 from onade.config import MASK_KINDS, MaskConfig, config_from_dict
 from onade.ema import EMA
 from onade.loss import nade_loss, per_example_bits
 from onade.masks import center_mask, draw_masks
-from onade.metrics import evaluate_batch, exact_center_bits
+from onade.metrics import evaluate_batch, exact_center_bits, loss_profile
 from onade.model import build_model, num_parameters
+from onade.plans import LossProfile
 from onade.precision import autocast, resolve_precision
 
 DS_TAG = "deepspeed"
@@ -47,6 +56,10 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 EMA_FILE = "ema.safetensors"
 GRID_IMAGES = 8
+PROFILE_POINTS = 64  # values of t the end-of-run loss profile measures (one forward pass per point per image)
+# Offsets the caption-dropout generator's seed from the masks' one (both seeded from the worker's seed and
+# the step a run starts at): two streams that never share a seed.
+CAPTION_SEED_OFFSET = 1 << 40
 
 
 @dataclass
@@ -56,16 +69,26 @@ class StepStats:
     kind_count_K: torch.Tensor  # per MASK_KINDS entry: number of examples
 
 
+def training_inputs(batch: dict, device, caption_dropout: float = 0.0,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_BHWC, tokens_BT, lengths_B) of a training micro-batch on `device`, each caption replaced by the
+    empty one with probability `caption_dropout` (drawn on the CPU `generator`; the batch is not modified)."""
+    x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
+    return x_BHWC, tokens_BT, drop_captions(lengths_B, caption_dropout, generator)
+
+
 def train_step(engine, micro_batches: list[dict], mask_cfg: MaskConfig, loss_kind: str,
                generator: torch.Generator | None = None, precision: str = "fp32",
-               ema: EMA | None = None) -> StepStats:
+               ema: EMA | None = None, caption_dropout: float = 0.0,
+               caption_generator: torch.Generator | None = None) -> StepStats:
     """One optimizer step over `micro_batches` (gradient accumulation), then one EMA update. DeepSpeed
-    scales each backward by 1/accumulation and steps at the boundary."""
+    scales each backward by 1/accumulation and steps at the boundary. `generator` draws the masks,
+    `caption_generator` the dropped captions (training_inputs)."""
     losses = []
     kind_bits_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
     kind_count_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
     for batch in micro_batches:
-        x_BHWC, tokens_BT, lengths_B = _to_device(batch, engine.device)
+        x_BHWC, tokens_BT, lengths_B = training_inputs(batch, engine.device, caption_dropout, caption_generator)
         # Masks are drawn on the CPU generator so a worker's masks depend only on its seed, not its device.
         mask_BHWC, kind_B = draw_masks(mask_cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator)
         mask_BHWC = mask_BHWC.to(engine.device)
@@ -199,7 +222,7 @@ def optimizer_step_count(engine) -> int | None:
 
 
 def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict, rank: int,
-                     ema: EMA | None) -> None:
+                     ema: EMA | None, profile: LossProfile | None = None) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="onade_ckpt_") as d:
@@ -212,6 +235,8 @@ def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict
             Path(d, TOKENIZER_FILE).write_bytes(config["tokenizer"])
             if ema is not None:  # every rank holds the same average (ZeRO <= 2 keeps whole weights)
                 save_file(ema.state_dict(), str(Path(d, EMA_FILE)))
+            if profile is not None:  # the validated model's (the EMA's when there is one): the export ships it
+                Path(d, PROFILE_FILE).write_text(profile.to_json())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                          checkpoint_dir_name=f"checkpoint_{step:08d}")
 
@@ -265,8 +290,9 @@ def train_loop_per_worker(config: dict) -> None:
     ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
     state = _restore(engine, world_size, ema) or {"step": 0, "epoch": 0, "index": 0, "world_size": world_size}
     start_step = state["step"]
-    # A resumed run must not replay the masks of the steps it already took.
+    # A resumed run must not replay the masks (or dropped captions) of the steps it already took.
     generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step)
+    caption_generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step + CAPTION_SEED_OFFSET)
 
     run = open_run_dir(config["storage_fs"], config["run_path"], rank == 0)
     nodes = [None] * world_size
@@ -281,12 +307,13 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("has_val"):
         val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
 
-    step, window = start_step, _Window()
+    step, window, profile = start_step, _Window(), None
     timing = {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
     while step < t.steps:
         tic = time.perf_counter()
         micro_batches = [train.next() for _ in range(plan.grad_accum)]
-        window.add(train_step(engine, micro_batches, cfg.masks, t.loss, generator, precision, ema),
+        window.add(train_step(engine, micro_batches, cfg.masks, t.loss, generator, precision, ema,
+                              t.caption_dropout, caption_generator),
                    time.perf_counter() - tic)
         timing["train_s"] += time.perf_counter() - tic
         step += 1
@@ -303,9 +330,14 @@ def train_loop_per_worker(config: dict) -> None:
             window = _Window()
         if do_val:
             tic = time.perf_counter()
-            exact_images = math.ceil(t.val_exact_images / world_size) if last else 0
-            metrics.update(_validate(ema.model if ema else engine.module, val, cfg, step, run, precision,
-                                     exact_images))
+            validated = ema.model if ema else engine.module
+            exact_images = _common_images(val, math.ceil(t.val_exact_images / world_size), engine.device) if last else 0
+            metrics.update(_validate(validated, val, cfg, step, run, precision, exact_images))
+            profile_images = (_common_images(val, math.ceil(t.profile_images / world_size), engine.device)
+                              if last else 0)
+            if profile_images:
+                profile = _profile(validated, val, profile_images, t.seed, precision)
+                metrics.update(val_profile_bits_first=profile.bits[0], val_profile_bits_last=profile.bits[-1])
             timing["val_s"] += time.perf_counter() - tic
         if last:
             metrics.update({k: round(v, 2) for k, v in timing.items()})
@@ -314,7 +346,7 @@ def train_loop_per_worker(config: dict) -> None:
             tic = time.perf_counter()
             state = {"step": step, "epoch": train.epoch, "index": train.index, "world_size": world_size,
                      "ema_updates": ema.num_updates if ema else 0}
-            _save_checkpoint(engine, step, state, metrics, config, rank, ema)
+            _save_checkpoint(engine, step, state, metrics, config, rank, ema, profile)
             timing["checkpoint_s"] += time.perf_counter() - tic
             run.event("checkpoint", step=step)
         elif do_val:
@@ -356,13 +388,20 @@ class _Window:
         return out
 
 
+def _common_images(val: list[dict], wanted: int, device) -> int:
+    """`wanted`, cut to the fewest validation images any rank holds: every rank then scores the same
+    number of images in the same batch shapes (only a split's last batch is short), so each runs the same
+    forward passes, which ZeRO-3 needs."""
+    if not wanted:
+        return 0
+    (available,) = _all_reduce([sum(len(b["image"]) for b in val)], device, dist.ReduceOp.MIN)
+    return min(wanted, int(available))
+
+
 def _validate(model, val: list[dict], cfg, step: int, run, precision: str, exact_images: int) -> dict[str, float]:
-    """Held-out metrics averaged over every rank's images, and a PNG grid from rank 0's first batch."""
+    """Held-out metrics averaged over every rank's images (the exact NLL over the first `exact_images` of
+    each rank's, a count _common_images agreed on), and a PNG grid from rank 0's first batch."""
     device = next(model.parameters()).device
-    if exact_images:
-        # Every rank scores the same number of images, so each runs the same forward passes (ZeRO-3 needs it).
-        (available,) = _all_reduce([sum(len(b["image"]) for b in val)], device, dist.ReduceOp.MIN)
-        exact_images = min(exact_images, int(available))
     local = evaluate(model, val, seed=cfg.train.seed, exact_images=exact_images, precision=precision)
     n, ne = local.pop("num_images"), local.pop("exact_num_images")
     keys = sorted(local)
@@ -382,5 +421,28 @@ def _validate(model, val: list[dict], cfg, step: int, run, precision: str, exact
     return out
 
 
-__all__ = ["train_loop_per_worker", "train_step", "evaluate", "one_shot_fill", "ShardCursor", "StepStats", "DS_TAG",
-           "STATE_FILE", "EMA_FILE", "optimizer_step_count"]
+@torch.no_grad()
+def _profile(model, val: list[dict], num_images: int, seed: int, precision: str) -> LossProfile:
+    """The loss profile over the centre hole on the first `num_images` validation images of each rank (a
+    count _common_images agreed on), averaged over ranks weighted by images. Each rank's profile is already
+    non-increasing (loss_profile smooths it), and so is their average. Every rank runs it: ZeRO-3 gathers
+    weights in each forward pass, so a rank-0-only pass would wait forever for the others."""
+    device = next(model.parameters()).device
+    batches, left = [], num_images
+    for batch in val:
+        if left <= 0:
+            break
+        x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
+        batches.append((x_BHWC[:left], tokens_BT[:left], lengths_B[:left]))
+        left -= len(batches[-1][0])
+    with autocast(precision, device):
+        local = loss_profile(model, batches, num_points=PROFILE_POINTS,
+                             generator=torch.Generator().manual_seed(seed + 2))
+    sums = _all_reduce([b * local.num_images for b in local.bits] + [local.num_images], device)
+    total = sums[-1]
+    return LossProfile(bits=[round(s / total, 5) for s in sums[:-1]], mask=local.mask, image_size=local.image_size,
+                       num_images=int(total))
+
+
+__all__ = ["train_loop_per_worker", "train_step", "training_inputs", "evaluate", "one_shot_fill", "ShardCursor",
+           "StepStats", "DS_TAG", "STATE_FILE", "EMA_FILE", "PROFILE_POINTS", "optimizer_step_count"]

@@ -64,3 +64,59 @@ def test_evaluate_rejects_a_path_that_is_not_a_checkpoint(tmp_path, local_shards
 
     with pytest.raises(ValueError, match="not_an_export"):
         main(["--checkpoint", str(tmp_path / "not_an_export"), "--data", local_shards["val"]])
+
+
+EVAL_8 = ["--num-images", "8", "--batch-size", "4", "--exact-images", "8", "--precision", "fp32", "--actors", "1"]
+
+
+@pytest.mark.timeout(150)
+def test_profile_and_budgets_from_it_and_from_the_checkpoint(ray_local, export, local_shards, tmp_path):
+    import shutil
+
+    from onade.checkpoint import PROFILE_FILE
+    from onade.plans import LossProfile
+    from ray_jobs.evaluate import main
+
+    # The centre hole of a 16-pixel image spelt as a box: the full plan is then scored by budget_bits, not
+    # copied from the exact NLL, and must give it (same images, same ordering).
+    path = tmp_path / "profile.json"
+    result = main(["--checkpoint", export, "--data", local_shards["val"], *EVAL_8, "--hole", "box:4,4,8,8",
+                   "--profile", str(path), "--budgets", "1,4,full,500"])
+    profile = LossProfile.from_json(path.read_text())
+    assert (profile.hole_size, profile.image_size, profile.num_images, profile.mask) == (192, 16, 8, "box:4,4,8,8")
+    assert all(a >= b for a, b in zip(profile.bits, profile.bits[1:]))  # a mean of non-increasing profiles
+    assert (result["profile_bits_first"], result["profile_bits_last"]) == (profile.bits[0], profile.bits[-1])
+    one, four, full = result["budgets"]  # 500 passes is one per subpixel of a 192-subpixel hole: the full row
+    assert [r["passes"] for r in result["budgets"]] == [1, 4, 192]
+    # One pass is the same plan either way: the one-shot NLL of the hole, whatever the ordering.
+    assert one["dp_bits"] == one["uniform_bits"] == pytest.approx(result["center_bits_true_caption"], rel=1e-4)
+    assert full["dp_bits"] == full["uniform_bits"] == pytest.approx(result["exact_bits_per_dim"], abs=1e-3)
+    assert all(0 < r[k] < 12 for r in result["budgets"] for k in ("dp_bits", "uniform_bits"))
+
+    # The same profile shipped with the checkpoint plans the same passes over the (same) centre hole; the
+    # full row is then the exact NLL itself.
+    shipped = tmp_path / "with_profile"
+    shutil.copytree(export, shipped)
+    shutil.copy(path, shipped / PROFILE_FILE)
+    again = main(["--checkpoint", str(shipped), "--data", local_shards["val"], *EVAL_8, "--budgets", "4,full"])
+    assert [r["passes"] for r in again["budgets"]] == [4, 192] and "profile_bits_first" not in again
+    assert again["budgets"][0] == pytest.approx(four, rel=1e-5)
+    assert again["budgets"][1]["dp_bits"] == again["budgets"][1]["uniform_bits"] == again["exact_bits_per_dim"]
+
+
+@pytest.mark.timeout(60)
+def test_bad_hole_budgets_without_a_profile_and_bad_budgets_fail_before_scoring(export, local_shards, tmp_path):
+    from ray_jobs.evaluate import main
+
+    base = ["--checkpoint", export, "--data", local_shards["val"], "--profile", str(tmp_path / "p.json")]
+    with pytest.raises(ValueError, match=r"--hole 'box:4,4,8': expected center or box:X,Y,W,H .* 16x16"):
+        main([*base, "--hole", "box:4,4,8"])
+    with pytest.raises(ValueError, match=r"--hole 'box:10,10,8,8': .*does not fit inside a 16x16 image"):
+        main([*base, "--hole", "box:10,10,8,8"])
+    with pytest.raises(ValueError, match=r"ships none \(profile.json\): pass --profile PATH"):
+        main(["--checkpoint", export, "--data", local_shards["val"], "--budgets", "4"])
+    with pytest.raises(SystemExit):
+        main([*base, "--budgets", "4,0"])
+    with pytest.raises(SystemExit):
+        main([*base, "--budgets", "4", "--exact-images", "0"])
+    assert not (tmp_path / "p.json").exists()

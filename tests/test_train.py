@@ -81,6 +81,9 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained):
     assert all(r["val_num_images"] == 8 for r in val)  # 1 batch of 4 on each of 2 workers
     # The costly exact NLL runs once, at the end, on val_exact_images (16: capped at the 4 + 4 held).
     assert "val_exact_bits_per_dim" not in val[0] and val[-1]["val_exact_num_images"] == 8
+    # So does the loss profile the export ships (its time is in val_s): non-increasing in what is known.
+    assert "val_profile_bits_first" not in val[0]
+    assert val[-1]["val_profile_bits_first"] >= val[-1]["val_profile_bits_last"] > 0
     assert {"train_s", "val_s", "checkpoint_s"} <= set(val[-1])
     assert storage.exists(storage.join(run, "samples", "step_00000100.png"))
     assert storage.list_files(storage.join(run, "tb"))
@@ -99,6 +102,11 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     loaded = onade.load_checkpoint(metrics["export"])
     assert loaded.config.model.image_size == 16
     assert loaded.config.model.vocab_size == loaded.tokenizer.vocab_size
+    # The loss profile of the exported (EMA) weights, measured at the end of training over the 8x8 centre hole
+    # on train.profile_images (32: capped at the 4 + 4 validation images held).
+    assert loaded.profile is not None
+    assert (loaded.profile.hole_size, loaded.profile.image_size, loaded.profile.num_images) == (192, 16, 8)
+    assert all(a >= b for a, b in zip(loaded.profile.bits, loaded.profile.bits[1:]))
     # The trained export beats an untrained model of the same shape on the same held-out images.
     from ray_jobs.data import build_dataset
 
@@ -126,13 +134,16 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     assert main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--checkpoint-step", "100",
                  "--export-to", again])["export"] == again
     reloaded = onade.load_checkpoint(again)
+    assert reloaded.profile == loaded.profile
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
     # The export is the EMA (debug: ema_decay 0.99); the trained weights are in the checkpoint too.
     raw_url = storage.join(run, "export_raw")
     main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--export-weights", "raw",
           "--export-to", raw_url])
-    raw = onade.load_checkpoint(raw_url).model
+    raw_loaded = onade.load_checkpoint(raw_url)
+    raw = raw_loaded.model
+    assert raw_loaded.profile is None  # the profile is the EMA's: it ships with the EMA weights only
     assert not torch.equal(raw.head_proj.weight, loaded.model.head_proj.weight)
     assert center_bits(raw, x, tokens, lengths) < center_bits(fresh, x, tokens, lengths) - 1.0
     with pytest.raises(ValueError, match=r"no checkpoint at step 50; kept steps: \[100\]"):

@@ -69,6 +69,30 @@ def test_missing_data_path_fails_fast_naming_it(tmp_path):
     assert not ray.is_initialized()
 
 
+def test_training_inputs_drop_a_share_p_of_captions_and_none_at_p0():
+    from ray_jobs.train_loop import training_inputs
+
+    n, p = 20_000, 0.1
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randint(0, 256, (n, 2, 2, 3), generator=g, dtype=torch.uint8),
+             "tokens": torch.randint(4, 32, (n, 5), generator=g), "length": torch.randint(1, 6, (n,), generator=g)}
+    before = {k: v.clone() for k, v in batch.items()}
+    x, tokens, lengths = training_inputs(batch, "cpu", p, torch.Generator().manual_seed(1))
+    dropped = lengths == 0
+    # Binomial(20000, 0.1): a standard deviation of 0.0021, so 0.01 is ~5 of them.
+    assert abs(dropped.double().mean().item() - p) < 0.01
+    assert torch.equal(lengths[~dropped], before["length"][~dropped])  # the others keep their caption
+    assert torch.equal(x, before["image"]) and torch.equal(tokens, before["tokens"])
+    assert all(torch.equal(batch[k], before[k]) for k in batch)  # the batch itself is not modified
+    # The same generator seed drops the same captions; p = 0 drops none and draws nothing.
+    assert torch.equal(training_inputs(batch, "cpu", p, torch.Generator().manual_seed(1))[2], lengths)
+    g0 = torch.Generator().manual_seed(1)
+    state = g0.get_state()
+    unchanged = training_inputs(batch, "cpu", 0.0, g0)
+    assert all(torch.equal(a, b) for a, b in zip(unchanged, (before["image"], before["tokens"], before["length"])))
+    assert torch.equal(g0.get_state(), state)
+
+
 @pytest.fixture(scope="module")
 def gloo_group():
     import torch.distributed as dist
@@ -105,7 +129,12 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     batch = {"image": colours.expand(4, 8, 8, 3).contiguous(), "tokens": torch.randint(4, 32, (4, 6), generator=g),
              "length": torch.full((4,), 6)}
     before = evaluate(engine.module, [batch], num_masks=2, seed=1)
-    losses = [train_step(engine, [batch] * plan.grad_accum, cfg.masks, cfg.train.loss, g).loss for _ in range(20)]
+    captions = torch.Generator().manual_seed(1)
+    state = captions.get_state()
+    losses = [train_step(engine, [batch] * plan.grad_accum, cfg.masks, cfg.train.loss, g,
+                         caption_dropout=cfg.train.caption_dropout, caption_generator=captions).loss
+              for _ in range(20)]
+    assert not torch.equal(captions.get_state(), state)  # the step drew its dropped captions from it
     after = evaluate(engine.module, [batch], num_masks=2, seed=1, exact_images=2)
     assert optimizer_step_count(engine) == 20  # one optimizer step per train_step, accumulation inside
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
