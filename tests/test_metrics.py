@@ -97,3 +97,41 @@ def test_trained_model_reaches_the_known_entropy_and_never_beats_it():
     no_cap = center_bits(model, *batch(k, torch.zeros(K, dtype=torch.bool)))
     with_cap = center_bits(model, *batch(k, torch.ones(K, dtype=torch.bool)))
     assert with_cap < no_cap
+
+
+def test_budget_bits_spans_one_shot_to_exact():
+    """K = M passes is the exact chain-rule NLL (same ordering); one pass is the one-shot hole NLL."""
+    from onade.metrics import budget_bits
+    from onade.plans import uniform_plan
+
+    model = tiny_model(8)
+    x, _, tokens, lengths = random_batch(3, 8)
+    mask = center_mask(3, 8)
+    M = 48
+    exact = exact_hole_bits(model, x, mask, tokens, lengths, chunk=7, generator=torch.Generator().manual_seed(4))
+    full = budget_bits(model, x, mask, tokens, lengths, list(range(M + 1)), generator=torch.Generator().manual_seed(4))
+    assert full == pytest.approx(exact, abs=1e-4)
+    one = budget_bits(model, x, mask, tokens, lengths, [0, M])
+    assert one == pytest.approx(center_bits(model, x, tokens, lengths), abs=1e-4)
+    # Passes in between score each variable given a prefix of the same ordering: a different number.
+    four = budget_bits(model, x, mask, tokens, lengths, uniform_plan(M, 4), generator=torch.Generator().manual_seed(4))
+    assert four not in (pytest.approx(one, abs=1e-6), pytest.approx(full, abs=1e-6))
+    with pytest.raises(ValueError, match="plan"):
+        budget_bits(model, x, mask, tokens, lengths, [0, 10, 10, M])
+
+
+def test_loss_profile_is_non_increasing_and_starts_at_the_one_shot_nll():
+    from onade.metrics import loss_profile
+
+    model = tiny_model(8)
+    x, _, tokens, lengths = random_batch(4, 8)
+    profile = loss_profile(model, [(x, tokens, lengths)] * 2, num_points=12, generator=torch.Generator().manual_seed(0))
+    assert profile.hole_size == 48 and profile.num_images == 8 and profile.image_size == 8
+    assert all(b <= a + 1e-9 for a, b in zip(profile.bits, profile.bits[1:]))
+    # At t = 0 nothing of the hole is known: the raw estimate is the one-shot NLL. Pooling the first point
+    # into a non-increasing curve only ever merges it with later points that are higher, so it can only rise.
+    one_shot = center_bits(model, x, tokens, lengths)
+    assert profile.bits[0] >= one_shot - 1e-3
+    box = torch.zeros(8, 8, dtype=torch.bool)
+    box[0:2, 0:3] = True
+    assert loss_profile(model, [(x, tokens, lengths)], hole_HW=box, num_points=4).hole_size == 18

@@ -2,12 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import onade
 from onade.config import STRATEGIES
 from onade.masks import box_mask, center_mask
+from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
 from onade.sampling import _draw, gibbs_schedule, temperature_schedule
 from tests.helpers import random_batch, tiny_model
 
@@ -219,3 +221,97 @@ def test_nothing_hidden_returns_the_input(model):
     x, _, tokens, lengths = random_batch(2, 8)
     images, chain = onade.inpaint(model, x, torch.ones_like(x, dtype=torch.bool), tokens, lengths, record_every=1)
     assert torch.equal(images, x) and chain.shape[0] == 1
+
+
+def _passes(model, fn):
+    with Recorder(model) as rec:
+        out = fn()
+    return rec.inputs, out
+
+
+def test_sample_config_is_honoured_and_keywords_override_it(model):
+    """Every field of the config reaches the sampler (strategy and temperature once fell back to defaults)."""
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)
+    cfg = onade.SampleConfig(strategy="ancestral", steps=1, temperature=0.0)
+    seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, config=cfg, seed=1))
+    assert len(seen) == 1  # ancestral with a budget of one pass, not 48 Gibbs sweeps
+    b, _ = onade.inpaint(model, x, mask, tokens, lengths, config=cfg, seed=2)
+    assert torch.equal(a, b)  # temperature 0 in one pass: the one-shot mode, whatever the seed
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, config=cfg, steps=5))
+    assert len(seen) == 5 and cfg.steps == 1  # the keyword overrides for this call only
+    with pytest.raises(ValueError, match="unknown inpainting setting"):
+        onade.inpaint(model, x, mask, tokens, lengths, config=cfg, temprature=0.5)
+    with pytest.raises(ValueError, match="guidance"):
+        onade.inpaint(model, x, mask, tokens, lengths, guidance=-1.0)
+
+
+@pytest.mark.parametrize("strategy", ["ancestral", "maskgit", "greedy"])
+def test_budgeted_strategies_make_exactly_steps_passes(model, strategy):
+    x, _, tokens, lengths = random_batch(3, 8)
+    mask = box_mask(3, 8, 1, 2, 4, 3)  # 36 hole subpixels
+    stats = {}
+    seen, (images, _) = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy,
+                                                             steps=7, stats=stats))
+    assert len(seen) == 7 == stats["forward_passes"]
+    assert torch.equal(images[mask], x[mask])
+    revealed = [int(s.flatten(1).sum(1)[0]) - (192 - 36) for _, s in seen] + [36]
+    sizes = [b - a for a, b in zip(revealed, revealed[1:])]
+    assert sum(sizes) == 36 and min(sizes) >= 1
+    if strategy != "ancestral":
+        assert sizes == list(np.diff(cosine_plan(36, 7)))  # MaskGIT's cosine schedule
+
+
+def test_ancestral_follows_the_profile_plan(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)
+    profile = LossProfile(bits=list(8 * np.exp(-np.arange(48) / 6.0) + 1))
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=5,
+                                                   profile=profile))
+    revealed = [int(s.flatten(1).sum(1)[0]) - (192 - 48) for _, s in seen]
+    assert revealed == step_plan(profile, 5)[:-1]
+    assert revealed != uniform_plan(48, 5)[:-1]  # a profile that falls fast front-loads small passes
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=5))
+    assert [int(s.flatten(1).sum(1)[0]) - (192 - 48) for _, s in seen] == uniform_plan(48, 5)[:-1]
+
+
+def test_maskgit_keeps_the_most_confident_samples(model):
+    """Without noise and at temperature 0, the first pass keeps the subpixels whose mode is most likely."""
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy="maskgit", steps=4,
+                                                   temperature=0.0, confidence_noise=0.0))
+    with torch.inference_mode():
+        best = torch.log_softmax(model(x, mask, tokens, lengths), -1).amax(-1).masked_fill(mask, -math.inf).flatten(1)
+    first = (seen[1][1] & ~mask).flatten(1)
+    n = int(first[0].sum())
+    assert n == cosine_plan(48, 4)[1]
+    for b in range(2):
+        assert set(first[b].nonzero().flatten().tolist()) == set(best[b].topk(n).indices.tolist())
+
+
+@pytest.mark.parametrize("strategy", ["independent-gibbs", "ancestral", "maskgit"])
+def test_guidance_one_is_the_unguided_sampler(model, strategy):
+    x, mask, tokens, lengths = ragged_batch()
+    seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=4,
+                                                        seed=5, guidance=1.0))
+    b, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=4, seed=5)
+    assert torch.equal(a, b)
+    assert all(s.shape[0] == x.shape[0] for s, _ in seen)  # no unconditional half was computed
+    guided, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=4,
+                                                     seed=5, guidance=2.0))
+    assert all(s.shape[0] == 2 * x.shape[0] for s, _ in guided)  # one batched forward for both halves
+
+
+def test_guided_logits_extrapolate_from_the_unconditional(model):
+    """One ancestral pass at temperature 0 fills the hole with the argmax of l_u + s (l_c - l_u)."""
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = center_mask(2, 8)
+    with torch.inference_mode():
+        cond = model(x, mask, tokens, lengths)
+        uncond = model(x, mask, tokens, torch.zeros_like(lengths))
+    for s in (0.0, 2.5):
+        images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=1, temperature=0.0,
+                                  guidance=s, precision="fp32")
+        expected = (uncond + s * (cond - uncond)).argmax(-1).to(torch.uint8)
+        assert torch.equal(images[~mask], expected[~mask])
