@@ -66,8 +66,8 @@ def shards(images: Path, out: Path, image_size: int) -> str:
 
 
 def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | None) -> dict:
-    """Independent-Gibbs samples of the centre hole for the first validation images (the job's default
-    sampler, one step per hole subpixel); on synthetic data, the share whose centre has the caption's colour."""
+    """Independent-Gibbs samples of the centre hole for the first validation images (one step per hole
+    subpixel, the job's default before issue 10); on synthetic data, the share whose centre has the caption's colour."""
     import onade
     from data.synthetic import centre_colour
     from onade.masks import center_mask
@@ -79,7 +79,7 @@ def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | N
     tokens, lengths = loaded.tokenizer.encode_batch(captions, loaded.config.data.max_tokens)
     mask = center_mask(len(paths), x.shape[1])
     tic = time.perf_counter()
-    samples, _ = onade.inpaint(loaded.model, x, mask, tokens, lengths, seed=0)
+    samples, _ = onade.inpaint(loaded.model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=0, seed=0)
     seconds = time.perf_counter() - tic
     result = {"gibbs_images": len(paths), "gibbs_seconds": round(seconds, 1)}
     if colours:

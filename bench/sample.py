@@ -17,12 +17,22 @@
 2. Images/s of `ray_jobs.inpaint` with 1 actor / images/s of the same work (decode, `onade.inpaint`,
    PNG writing) in one plain process, same checkpoint, batch and steps.
 3. Peak memory of the whole job (driver + Ray processes) for a folder of N and of 4N images: it streams.
+
+4. With --quality, on a model trained on the synthetic `centre` variant (whose hole's colour only the
+   caption tells; --checkpoint, or trained here): bits per hole subpixel of K-pass ancestral sampling
+   (onade.metrics.budget_bits) with the DP plan and with equal chunks, K = 1 ... the hole size (the exact
+   NLL); caption adherence (data.synthetic.caption_adherence) and images/s of every budgeted strategy
+   against K, guidance swept at --guidance-passes; independent Gibbs at one sweep per hole subpixel (the
+   previous default); and ray_jobs.inpaint at its default against the previous default on one folder.
+
+    python bench/sample.py --quality --skip-samplers --skip-job --precision-presets ''
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,9 +53,10 @@ STRATEGY_RUNS = {
     # 100 steps: enough for the schedule's shape (most steps resample few subpixels) to show.
     "independent-gibbs": dict(steps=100),
     "ancestral-gibbs": dict(steps=2, chunk=64),
-    "ancestral": dict(chunk=32),
-    "greedy": dict(chunk=32),
-    "antigreedy": dict(chunk=32),
+    "ancestral": dict(steps=32),
+    "maskgit": dict(steps=32),
+    "greedy": dict(steps=32),
+    "antigreedy": dict(steps=32),
 }
 
 
@@ -121,7 +132,8 @@ def bench_precision(args) -> dict:
         for _ in range(args.rounds):
             for precision in best:
                 t = time.perf_counter()
-                onade.inpaint(model, *batch, steps=args.precision_steps, seed=0, precision=precision)
+                onade.inpaint(model, *batch, strategy="independent-gibbs", steps=args.precision_steps, seed=0,
+                              precision=precision)
                 _sync(device)
                 best[precision] = max(best[precision], B / (time.perf_counter() - t))
         out[preset] = {"fp32_images_per_s": round(best["fp32"], 2), "bf16_images_per_s": round(best["bf16"], 2),
@@ -221,6 +233,139 @@ def bench_job(args) -> dict:
         return out
 
 
+# ---- quality per forward pass (a trained model) ---------------------------------------------------------
+
+def trained_checkpoint(args, root: Path) -> str:
+    """--checkpoint, or a `debug` model trained here on the synthetic centre variant (the caption alone tells
+    the shape's colour) with the preset's caption dropout, through ray_jobs.train on 2 CPU workers."""
+    if args.checkpoint:
+        return args.checkpoint
+    from bench.quality import shards
+    from data.synthetic import write_synthetic
+    from ray_jobs import train
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    write_synthetic(root / "train", args.train_images, variant="centre")
+    write_synthetic(root / "val", 256, start=10 ** 6, variant="centre")
+    data = {k: shards(root / k, root / f"shards_{k}", 32) for k in ("train", "val")}
+    metrics = train.main(["--data", data["train"], "--val-data", data["val"], "--output", str(root / "runs"),
+                          "--name", "run", "--preset", "debug", "--steps", str(args.train_steps), "--workers", "2",
+                          "--cpus-per-worker", "0.5"])
+    print(f"  trained debug for {args.train_steps} steps in {metrics.get('train_s', 0):.0f} s; reuse it with "
+          f"--checkpoint {metrics['export']}", flush=True)
+    return metrics["export"]
+
+
+def _eval_images(loaded, n: int, start: int = 2 * 10 ** 6):
+    """n unseen centre-variant images: (x, tokens, lengths, caption colours, backgrounds)."""
+    import numpy as np
+
+    from data.synthetic import make_sample
+
+    S = loaded.config.model.image_size
+    images, metas = zip(*[make_sample(i, S, variant="centre") for i in range(start, start + n)])
+    tokens, lengths = loaded.tokenizer.encode_batch([m.captions[0] for m in metas], loaded.config.data.max_tokens)
+    return (torch.from_numpy(np.stack(images)), tokens, lengths, [m.colour for m in metas],
+            [m.background for m in metas])
+
+
+def adherence(images: torch.Tensor, colours, backgrounds) -> dict:
+    from data.synthetic import caption_adherence
+
+    return {k: round(v, 4) for k, v in caption_adherence(images.numpy(), colours, backgrounds).items()}
+
+
+def bench_budgets(args, ckpt: str) -> dict:
+    """Bits (ancestral with the DP plan vs equal chunks) and caption adherence (every strategy) against
+    forward passes, with and without guidance."""
+    from onade.metrics import budget_bits, loss_profile
+    from onade.plans import step_plan, uniform_plan
+
+    loaded = onade.load_checkpoint(ckpt)
+    model, S = loaded.model, loaded.config.model.image_size
+    x, tokens, lengths, colours, backgrounds = _eval_images(loaded, args.quality_images)
+    mask = center_mask(len(x), S)
+    M = int((~mask[0]).sum())
+    profile = loaded.profile
+    if profile is None:
+        px, pt, pl, _, _ = _eval_images(loaded, 16, start=3 * 10 ** 6)
+        profile = loss_profile(model, [(px, pt, pl)], generator=torch.Generator().manual_seed(0))
+    out: dict = {"checkpoint": ckpt, "hole": M, "images": len(x), "bits": [], "adherence": []}
+    print(f"bits per hole subpixel against forward passes ({args.bits_images} images, {M}-subpixel centre hole):")
+    print(f"  {'passes':>6} {'DP plan':>8} {'uniform':>8}")
+    n = args.bits_images
+    batches = [(x[i:i + 16], mask[i:i + 16], tokens[i:i + 16], lengths[i:i + 16]) for i in range(0, n, 16)]
+
+    def bits(plan):
+        with autocast(resolve_precision("auto", "cpu"), torch.device("cpu")):
+            return sum(budget_bits(model, *b, plan, generator=torch.Generator().manual_seed(i))
+                       for i, b in enumerate(batches)) / len(batches)
+    for K in [int(k) for k in args.budgets.split(",")] + [M]:
+        dp = bits(step_plan(profile, K, M))
+        uni = dp if K in (1, M) else bits(uniform_plan(M, K))
+        out["bits"].append({"passes": K, "dp_bits": round(dp, 4), "uniform_bits": round(uni, 4)})
+        print(f"  {K:>6} {dp:>8.4f} {uni:>8.4f}", flush=True)
+    exact = out["bits"][-1]["dp_bits"]
+    print(f"caption adherence against passes (data.synthetic.caption_adherence: hit = share of samples whose "
+          f"hole shows the caption's colour most; purity = share of the shape's pixels in that colour); real "
+          f"images: {adherence(x, colours, backgrounds)}")
+    runs = [("ancestral-DP", dict(strategy="ancestral"), profile),
+            ("ancestral-uniform", dict(strategy="ancestral"), None), ("maskgit", dict(strategy="maskgit"), None),
+            ("greedy", dict(strategy="greedy"), None),
+            ("independent-gibbs", dict(strategy="independent-gibbs"), None)]
+    for name, kw, prof in runs:
+        for K in [int(k) for k in args.adherence_passes.split(",")]:
+            for s in [float(g) for g in args.guidance.split(",")] if K == args.guidance_passes else [1.0]:
+                t = time.perf_counter()
+                images, _ = onade.inpaint(model, x, mask, tokens, lengths, steps=K, guidance=s, seed=0,
+                                          profile=prof, **kw)
+                row = {"strategy": name, "passes": K, "guidance": s,
+                       "adherence": adherence(images, colours, backgrounds),
+                       "images_per_s": round(len(x) / (time.perf_counter() - t), 2)}
+                out["adherence"].append(row)
+                print(f"  {name:18s} {K:>5} passes  guidance {s:<4} hit {row['adherence']['hit']:.3f} purity "
+                      f"{row['adherence']['purity']:.3f}  {row['images_per_s']:8.2f} images/s", flush=True)
+    t = time.perf_counter()
+    images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=M, seed=0)
+    base = {"strategy": "independent-gibbs", "passes": M, "guidance": 1.0,
+            "adherence": adherence(images, colours, backgrounds),
+            "images_per_s": round(len(x) / (time.perf_counter() - t), 2)}
+    out["adherence"].append(base)
+    print(f"  {'independent-gibbs':18s} {M:>5} passes  guidance 1.0  hit {base['adherence']['hit']:.3f} purity "
+          f"{base['adherence']['purity']:.3f}  {base['images_per_s']:8.2f} images/s   (the previous default)",
+          flush=True)
+    out["exact_bits"] = exact
+    return out
+
+
+def bench_job_default(args, ckpt: str) -> dict:
+    """ray_jobs.inpaint at its default settings against the previous default (independent Gibbs, one sweep
+    per hole subpixel) on the same folder: images/s and caption adherence of the written samples."""
+    import numpy as np
+    from PIL import Image
+
+    from data.synthetic import write_synthetic
+    from ray_jobs import inpaint as job
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="onade_bench_") as tmp:
+        root = Path(tmp)
+        metas = write_synthetic(root / "images", args.job_images, start=4 * 10 ** 6, variant="centre")
+        for name, flags in (("default", []), ("previous default", ["--strategy", "independent-gibbs",
+                                                                   "--steps", "0"])):
+            summary = job.main(["--checkpoint", ckpt, "--input", str(root / "images"), "--output",
+                                str(root / name.replace(" ", "_")), "--batch-size", str(args.batch_size),
+                                "--workers", "1", "--no-progress", *flags])
+            samples = np.stack([np.asarray(Image.open(root / name.replace(" ", "_") / f"{m.name}.png"))
+                                for m in metas])
+            got = adherence(torch.from_numpy(samples), [m.colour for m in metas], [m.background for m in metas])
+            out[name] = {"images_per_s": round(summary["images_per_second"], 3), "adherence": got}
+            print(f"  job, {name:16s}: {summary['images_per_second']:.3f} images/s, adherence {got}", flush=True)
+    out["speedup"] = round(out["default"]["images_per_s"] / out["previous default"]["images_per_s"], 1)
+    print(f"  new default / previous default: {out['speedup']}x images/s")
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="debug")
@@ -233,6 +378,20 @@ def main(argv=None) -> None:
     p.add_argument("--precision-presets", default="debug,small", help="presets for bf16 vs fp32 ('' = skip)")
     p.add_argument("--precision-steps", type=int, default=20, help="Gibbs steps per bf16/fp32 round")
     p.add_argument("--skip-job", action="store_true")
+    p.add_argument("--quality", action="store_true",
+                   help="bits and caption adherence against forward passes, and the job's default vs the previous "
+                        "one, on a trained model (--checkpoint, or one trained here for --train-steps)")
+    p.add_argument("--checkpoint", help="an exported model trained on the synthetic centre variant")
+    p.add_argument("--skip-budgets", action="store_true", help="with --quality: only the job's default vs previous")
+    p.add_argument("--train-steps", type=int, default=600)
+    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--quality-images", type=int, default=128, help="images for the adherence figures")
+    p.add_argument("--bits-images", type=int, default=32, help="images for the bits table")
+    p.add_argument("--budgets", default="1,2,4,8,16,32,64,256", help="passes for the bits table (+ full)")
+    p.add_argument("--adherence-passes", default="8,16,32,64")
+    p.add_argument("--guidance", default="1,1.5,2,3")
+    p.add_argument("--guidance-passes", type=int, default=16, help="the budget at which guidance is swept")
+    p.add_argument("--out", default="bench_out/sample_quality.json")
     p.add_argument("--skip-samplers", action="store_true")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the job's peak memory for N and 4N images")
@@ -244,6 +403,18 @@ def main(argv=None) -> None:
         bench_precision(args)
     if not args.skip_samplers:
         bench_samplers(args)
+    if args.quality:
+        import json
+
+        root = Path(args.out).parent / "sample_train"
+        if not args.checkpoint:
+            shutil.rmtree(root, ignore_errors=True)
+        ckpt = trained_checkpoint(args, root)
+        result = {"budgets": bench_budgets(args, ckpt)} if not args.skip_budgets else {}
+        print(f"ray_jobs.inpaint at its default vs the previous default, {args.job_images} images:")
+        result["job"] = bench_job_default(args, ckpt)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
     if not args.skip_job:
         print(f"ray_jobs.inpaint vs one process: {args.job_images} images, {args.job_steps} steps, "
               f"batch {args.batch_size}")

@@ -7,5 +7,6 @@ from onade.plans import LossProfile
 from onade.sampling import inpaint
 from onade.precision import resolve_precision
 
-__all__ = ["Config", "ConfigError", "SampleConfig", "LossProfile", "get_preset", "load_config", "ONADE", "build_model", "Loaded",
+__all__ = ["Config", "ConfigError", "SampleConfig", "LossProfile",
+           "get_preset", "load_config", "ONADE", "build_model", "Loaded",
            "load_checkpoint", "save_checkpoint", "inpaint", "resolve_precision"]

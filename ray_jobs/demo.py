@@ -36,10 +36,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=1000, help="training steps (debug preset)")
     p.add_argument("--workers", type=int, default=2, help="training workers (CPU, DeepSpeed)")
     p.add_argument("--samples", type=int, default=2, help="inpainted samples per held-back image")
-    # A demo choice, not a copy of SampleConfig's default: it bounds the demo's time whatever the strategy.
-    p.add_argument("--inpaint-steps", type=int, default=200,
-                   help="forward passes per image (default 200; 0 = the strategy's per-subpixel default, "
-                        "768 passes here with the Gibbs strategies)")
+    p.add_argument("--inpaint-steps", type=int, default=None,
+                   help="forward passes per image (default: the inpainting job's, onade.config.SampleConfig)")
     return p.parse_args(argv)
 
 
@@ -108,7 +106,8 @@ def main(argv: list[str] | None = None) -> str:
         t = stage("inpainting the held-back images")
         summary = inpaint.main(["--checkpoint", checkpoint, "--input", str(images / "heldout"),
                                 "--output", str(out / "inpainted"), "--animate", "--samples", str(args.samples),
-                                "--steps", str(args.inpaint_steps), "--batch-size", "32",
+                                *(["--steps", str(args.inpaint_steps)] if args.inpaint_steps is not None else []),
+                                "--batch-size", "32",
                                 # Annealing towards the mode makes the short-trained model commit to one shape.
                                 "--final-temperature", "0.3"])
         print(f"   {time.perf_counter() - t:.0f}s", flush=True)

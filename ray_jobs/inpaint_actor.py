@@ -5,8 +5,9 @@
 becomes a row with `error` set, never an exception.
 
 `InpaintActor` (Ray Data actor pool): loads the checkpoint once, inpaints a whole batch with
-`onade.inpaint` (every sampler setting from the job's one SampleConfig, `JobOptions.sample`), writes every output of an input atomically (temp file + rename, or temp key + copy on
-S3) and returns one small row per input (no image goes back to the driver).
+`onade.inpaint` (every sampler setting from the job's one SampleConfig, `JobOptions.sample`), writes every
+output of an input atomically (temp file + rename, or temp key + copy on S3) and returns one small row per
+input (no image goes back to the driver).
 """
 
 from __future__ import annotations
@@ -287,8 +288,8 @@ class InpaintActor:
         return names
 
 
-__all__ = ["JobOptions", "InpaintActor", "sampler_fields", "decode_batch", "output_names", "spec_hidden", "parse_box",
-           "ORIGINAL_SUFFIX", "MASKED_SUFFIX"]
+__all__ = ["JobOptions", "InpaintActor", "sampler_fields", "decode_batch", "output_names", "spec_hidden",
+           "parse_box", "ORIGINAL_SUFFIX", "MASKED_SUFFIX"]
 
 
 def options_dict(opts: JobOptions) -> dict:

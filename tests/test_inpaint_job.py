@@ -153,11 +153,11 @@ def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpo
     os.symlink(tmp_path / "outside_mask.png", masks / "img_00002.png")  # a mask from outside the mask folder
     Image.fromarray(m[:16]).save(masks / "img_00003.png")  # 32x16: not the image's size
     summary = run("--checkpoint", checkpoint, "--input", src, "--output", out, "--mask", masks,
-                  "--captions", tmp_path / "caps.jsonl", "--strategy", "ancestral", "--chunk", 8)
+                  "--captions", tmp_path / "caps.jsonl", "--strategy", "ancestral", "--steps", 0, "--chunk", 8)
     recs = records(out)
     assert recs["img_00000.png"]["status"] == "ok" and recs["img_00000.png"]["caption"] == "a green square"
-    # --steps not given: as configured (SampleConfig's 0), then 4x4x3 hidden subpixels, 8 per pass.
-    assert recs["img_00000.png"]["steps"] == SampleConfig().steps == 0
+    # --steps 0: `--chunk` subpixels per pass, 4x4x3 hidden subpixels, 8 per pass.
+    assert recs["img_00000.png"]["steps"] == 0
     assert recs["img_00000.png"]["forward_passes"] == 6
     assert recs["img_00001.png"]["status"] == "error" and "no mask" in recs["img_00001.png"]["error"]
     assert "mask file not read: symlink pointing outside" in recs["img_00002.png"]["error"]

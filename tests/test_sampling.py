@@ -105,7 +105,8 @@ def test_independent_gibbs_resamples_the_scheduled_fraction_at_every_step(model)
     mask = torch.zeros_like(x, dtype=torch.bool)  # the whole image is the hole: 8 * 192 Bernoullis a step
     N, pmin, pmax, alpha = 12, 0.15, 0.85, 0.5
     with Recorder(model) as rec:
-        onade.inpaint(model, x, mask, tokens, lengths, steps=N, pmin=pmin, pmax=pmax, alpha=alpha)
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=N, pmin=pmin, pmax=pmax,
+                      alpha=alpha)
     assert len(rec.inputs) == N + 1  # the one-shot initial fill, then one pass per step
     assert not rec.inputs[0][1].any()
     for n, (_, seen) in enumerate(rec.inputs[1:]):
@@ -141,7 +142,7 @@ def test_ancestral_makes_one_forward_per_chunk_of_subpixels(model, chunk):
     handle = model.stem.register_forward_hook(lambda *a: calls.append(1))
     try:
         with Recorder(model) as rec:
-            images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=chunk)
+            images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=chunk)
     finally:
         handle.remove()
     assert len(calls) == math.ceil(36 / chunk)
@@ -156,7 +157,7 @@ def test_confidence_fills_the_lowest_or_highest_entropy_subpixel_first(model, st
     x, _, tokens, lengths = random_batch(2, 8)
     mask = center_mask(2, 8)
     with Recorder(model) as rec:
-        onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, chunk=1)
+        onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=0, chunk=1)
     assert len(rec.inputs) == 48
     with torch.inference_mode():
         for (seen_x, seen), (_, next_seen) in list(zip(rec.inputs, rec.inputs[1:]))[:6]:
@@ -172,19 +173,20 @@ def test_confidence_fills_the_lowest_or_highest_entropy_subpixel_first(model, st
 def test_chain_records_every_kth_state(model):
     x, _, tokens, lengths = random_batch(2, 8)
     mask = center_mask(2, 8)
-    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=4, record_every=3)
+    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=4,
+                                  record_every=3)
     # 12 passes: frames before pass 1 and after passes 3, 6, 9, 12 (the last is also the result).
     assert chain.shape == (5, 2, 8, 8, 3) and chain.device.type == "cpu"
     assert (chain[0][~mask] == 127).all()
     assert torch.equal(chain[-1], images)
-    _, none = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=4)
+    _, none = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=4)
     assert none.shape == (0, 2, 8, 8, 3)
 
 
 def test_uniform_init_and_annealing_run_and_keep_observed(model):
     x, mask, tokens, lengths = ragged_batch()
-    images, _ = onade.inpaint(model, x, mask, tokens, lengths, steps=4, init="uniform", temperature=1.5,
-                              final_temperature=0.01)
+    images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=4, init="uniform",
+                              temperature=1.5, final_temperature=0.01)
     assert torch.equal(images[mask], x[mask])
     assert temperature_schedule(0, 10, 1.5, 0.01) == pytest.approx(1.5)
     assert temperature_schedule(9, 10, 1.5, 0.01) == pytest.approx(0.01)
@@ -214,7 +216,7 @@ def test_bad_arguments_raise_clear_errors(model):
     with pytest.raises(ValueError, match="pmin"):
         onade.inpaint(model, x, mask, tokens, lengths, pmin=0.9, pmax=0.1)
     with pytest.raises(ValueError, match="chunk"):
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", chunk=0)
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=0)
 
 
 def test_nothing_hidden_returns_the_input(model):
