@@ -46,18 +46,8 @@ def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int =
     """Exact NLL of the hidden subpixels of `mask_BHWC` under one random ordering (shared by the batch),
     in bits per hidden subpixel. Every example must hide the same number of subpixels."""
     B, H, W, C = x_BHWC.shape
-    num_hidden_B = (~mask_BHWC).flatten(1).sum(1)
-    if bool((num_hidden_B != num_hidden_B[0]).any()):
-        raise ValueError("exact_hole_bits needs the same number of hidden subpixels in every example")
-    M = int(num_hidden_B[0])
-    if M == 0:
-        raise ValueError("exact_hole_bits needs a mask that hides at least one subpixel")
+    order_BM, rank_BD, M = _random_order(mask_BHWC, generator, shared=True)
     device = x_BHWC.device
-    key_D = torch.rand(H * W * C, generator=generator).to(device)
-    key_BD = key_D.expand(B, -1).masked_fill(mask_BHWC.flatten(1), float("inf"))
-    order_BM = key_BD.argsort(dim=1)[:, :M]  # flat subpixel index of the j-th variable revealed
-    rank_BD = torch.full((B, H * W * C), M, device=device, dtype=torch.long)
-    rank_BD.scatter_(1, order_BM, torch.arange(M, device=device).expand(B, M))
     chunk = max(1, min(chunk, max_batch // B if B <= max_batch else 1, M))
     nats = torch.zeros((), device=device, dtype=torch.float64)
     for j0 in range(0, M, chunk):
@@ -123,9 +113,10 @@ def _hole_scores(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, known_NBD, targ
     return nats_NBHWC.flatten(2).sum(-1)
 
 
-def _random_ranks(mask_BHWC, generator, shared: bool) -> tuple[torch.Tensor, int]:
-    """rank_BD: each hidden subpixel's place in a uniformly random order of its example's hole (observed
-    subpixels get M); one order for the whole batch when `shared` (as exact_hole_bits draws it)."""
+def _random_order(mask_BHWC, generator, shared: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A uniformly random order of each example's hole: (order_BM, the flat subpixel index of the j-th
+    variable; rank_BD, each hidden subpixel's place in it, observed subpixels M; M). One order for the
+    whole batch when `shared`. Every example must hide the same number M > 0 of subpixels."""
     B = mask_BHWC.shape[0]
     D = mask_BHWC[0].numel()
     num_hidden_B = (~mask_BHWC).flatten(1).sum(1)
@@ -141,7 +132,7 @@ def _random_ranks(mask_BHWC, generator, shared: bool) -> tuple[torch.Tensor, int
     order_BM = key_BD.argsort(dim=1)[:, :M]
     rank_BD = torch.full((B, D), M, device=device, dtype=torch.long)
     rank_BD.scatter_(1, order_BM, torch.arange(M, device=device).expand(B, M))
-    return rank_BD, M
+    return order_BM, rank_BD, M
 
 
 @torch.no_grad()
@@ -151,7 +142,7 @@ def budget_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, plan: list[int],
     < t_K = M, onade.plans): pass k's variables, those of ranks t_k .. t_{k+1}-1 in one random ordering
     shared by the batch (drawn as exact_hole_bits draws it), are each scored given the observed subpixels
     and the t_k revealed before the pass. K forward passes per image; with K = M it is the exact NLL."""
-    rank_BD, M = _random_ranks(mask_BHWC, generator, shared=True)
+    _, rank_BD, M = _random_order(mask_BHWC, generator, shared=True)
     t = list(plan)
     if t[0] != 0 or t[-1] != M or any(a >= b for a, b in zip(t, t[1:])):
         raise ValueError(f"plan must rise strictly from 0 to the hole's {M} subpixels, got {t[:4]}...{t[-2:]}")
@@ -187,7 +178,7 @@ def loss_profile(model, batches, hole_HW: torch.Tensor | None = None, num_points
             if hole.shape != (H, H) or not bool(hole.any()):
                 raise ValueError(f"the profile's hole must be a non-empty bool [{H},{H}] pixel mask")
             mask_BHWC = ~hole[None, :, :, None].expand(B, H, H, 3)
-            rank_BD, M = _random_ranks(mask_BHWC, generator, shared=False)
+            _, rank_BD, M = _random_order(mask_BHWC, generator, shared=False)
             if sums is None:
                 points = np.unique(np.round(np.linspace(0, M - 1, min(num_points, M))).astype(int))
                 sums, counts = np.zeros(len(points)), np.zeros(len(points))
