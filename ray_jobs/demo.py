@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> str:
         print(f"   {time.perf_counter() - t:.0f}s; checkpoint {checkpoint}", flush=True)
 
         t = stage("inpainting the held-back images")
+        # The job resumes into a folder that holds outputs; the demo's gallery is of this run's model.
+        shutil.rmtree(out / "inpainted", ignore_errors=True)
         summary = inpaint.main(["--checkpoint", checkpoint, "--input", str(images / "heldout"),
                                 "--output", str(out / "inpainted"), "--animate", "--samples", str(args.samples),
                                 *(["--steps", str(args.inpaint_steps)] if args.inpaint_steps is not None else []),
