@@ -10,10 +10,10 @@ Strategies (onade.config.STRATEGIES); the hole is every subpixel where `mask_BHW
 - independent-gibbs (Yao et al. 2014): fill the hole (one-shot model sample, or uniform noise), then for
   n = 0..N-1 hide each hole subpixel with probability p_n = gibbs_schedule(n, N, ...) and resample all the
   hidden ones at once from the model's conditionals. p_n is the fraction *resampled*, falling from pmax to
-  pmin over the first alpha*N steps: big moves first, then ever finer corrections. N = steps (default: the
+  pmin over the first alpha*N steps: big moves first, then ever finer corrections. N = steps (0: the
   number of hole subpixels).
-- ancestral-gibbs: the same outer loop, but each hidden block is resampled ancestrally (a random order, k
-  subpixels per forward pass), so every block is an exact draw from its conditional when k = 1.
+- ancestral-gibbs: the same outer loop, but each hidden block is resampled ancestrally (a random order, k =
+  `chunk` subpixels per forward pass), so every block is an exact draw from its conditional when k = 1.
 - ancestral: orderless-NADE ancestral sampling in a random order. With steps = K it takes K passes whose
   sizes come from the model's loss profile by OA-ARDM's dynamic programme (onade.plans.step_plan; equal
   chunks when no profile is given); with steps = 0, `chunk` subpixels per pass.
@@ -40,6 +40,7 @@ are real), R the subpixels of the hole's pixels, F recorded frames, E feature wi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -115,6 +116,13 @@ def resolve_settings(config: SampleConfig | None, settings: dict) -> SampleConfi
     return dataclasses.replace(config or SampleConfig(), **settings).validate()
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_step_plan(bits: tuple[float, ...], num_passes: int, hole_size: int) -> tuple[int, ...]:
+    """step_plan, once per (profile, budget, hole size) in a process: an actor plans once, not per batch
+    (about a second for a 3072-subpixel hole)."""
+    return tuple(step_plan(LossProfile(list(bits)), num_passes, hole_size))
+
+
 def planned_passes(config: SampleConfig, hole_size: int) -> int:
     """Forward passes a run of `config` makes for a hole of `hole_size` subpixels, known before it starts
     (ancestral-gibbs excepted: its count depends on the drawn block sizes; this gives its sweeps).
@@ -150,9 +158,13 @@ def _draw(logits_NK: torch.Tensor, temperature: float, generator: torch.Generato
 
 
 def _set(t_BD: torch.Tensor, sub_BM: torch.Tensor, valid_BM: torch.Tensor, value_BM) -> None:
-    """t[b, sub[b, m]] = value[b, m] where valid[b, m]; padded entries write back what is already there."""
+    """t[b, sub[b, m]] = value[b, m] where valid[b, m]. Padded entries write to a scratch column: a padded
+    index may equal a valid one of the same row, and of two writes to one index either may land."""
+    D = t_BD.shape[1]
     value_BM = torch.as_tensor(value_BM, dtype=t_BD.dtype, device=t_BD.device).expand_as(sub_BM)
-    t_BD.scatter_(1, sub_BM, torch.where(valid_BM, value_BM, t_BD.gather(1, sub_BM)))
+    with_scratch_BD = torch.cat([t_BD, t_BD[:, :1]], dim=1)
+    with_scratch_BD.scatter_(1, torch.where(valid_BM, sub_BM, D), value_BM)
+    t_BD.copy_(with_scratch_BD[:, :D])
 
 
 class _Sampler:
@@ -260,7 +272,8 @@ class _Sampler:
             return lambda m: cosine_plan(m, o.steps)
         if self.profile is None:
             return lambda m: uniform_plan(m, o.steps)
-        return lambda m: step_plan(self.profile, o.steps, m)
+        bits = tuple(self.profile.bits)
+        return lambda m: list(_cached_step_plan(bits, o.steps, m))
 
     # ---- strategies -----------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import zlib
 
@@ -93,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be positive")
     if (args.profile or args.budgets) and not args.exact_images:
         p.error("--profile and --budgets score the first --exact-images images: it must be > 0")
+    if args.hole != "center" and not (args.profile or args.budgets):
+        p.error("--hole is the hole of --profile and --budgets (the other metrics use the centre): give one of them")
+    if args.profile and (args.profile.startswith("s3://") or not os.path.isdir(os.path.dirname(args.profile) or ".")):
+        p.error(f"--profile {args.profile!r}: a local file in an existing folder (copy it to S3 afterwards)")
     return args
 
 

@@ -74,8 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sampler.add_argument("--temperature", type=float, help="sampling temperature (0 = most likely value)")
     sampler.add_argument("--final-temperature", type=float,
                          help="anneal geometrically from --temperature to this over the run (0: no annealing)")
-    sampler.add_argument("--chunk", type=int, help="subpixels per forward pass when --steps is 0 "
-                                                   "(ancestral, greedy, antigreedy)")
+    sampler.add_argument("--chunk", type=int, help="subpixels per forward pass: with --steps 0 for ancestral, "
+                                                   "maskgit, greedy, antigreedy; ancestral-gibbs's blocks")
     sampler.add_argument("--precision", choices=PRECISIONS,
                          help="auto: bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     sampler.add_argument("--guidance", type=float, metavar="S",

@@ -119,4 +119,9 @@ def test_bad_hole_budgets_without_a_profile_and_bad_budgets_fail_before_scoring(
         main([*base, "--budgets", "4,0"])
     with pytest.raises(SystemExit):
         main([*base, "--budgets", "4", "--exact-images", "0"])
+    data = ["--checkpoint", export, "--data", local_shards["val"]]
+    with pytest.raises(SystemExit):  # --hole alone would change nothing
+        main([*data, "--hole", "box:4,4,8,8"])
+    with pytest.raises(SystemExit):  # refused before any scoring, not after it
+        main([*data, "--profile", str(tmp_path / "missing" / "p.json")])
     assert not (tmp_path / "p.json").exists()

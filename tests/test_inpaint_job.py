@@ -207,7 +207,7 @@ def test_without_sampler_flags_the_job_samples_with_sample_config_defaults(ray_l
 
 @pytest.mark.parametrize("flags,named", [
     (["--guidance", "-1"], "--guidance"), (["--chunk", "0"], "--chunk"), (["--steps", "-2"], "--steps"),
-    (["--final-temperature", "-0.5"], "--final-temperature"),
+    (["--final-temperature", "-0.5"], "--final-temperature"), (["--chunk", "4"], "--steps 0"),
 ])
 def test_bad_sampler_flags_are_usage_errors_naming_the_flag(flags, named, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -10,12 +10,16 @@ import onade
 from onade.config import STRATEGIES
 from onade.masks import box_mask, center_mask
 from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
-from onade.sampling import _draw, gibbs_schedule, temperature_schedule
+from onade.sampling import _draw, _set, gibbs_schedule, temperature_schedule
 from tests.helpers import random_batch, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 
-FAST = dict(steps=6, chunk=5)
+def fast(strategy: str) -> dict:
+    """A few passes; ancestral-gibbs resamples its blocks 5 subpixels per pass."""
+    return dict(steps=6, chunk=5 if strategy == "ancestral-gibbs" else 1)
+
+
 # Every sampler guarantee holds in both precisions the library runs in (bf16: autocast of the body).
 PRECISIONS = pytest.mark.parametrize("precision", ["fp32", "bf16"])
 
@@ -56,7 +60,7 @@ def ragged_batch(batch=4, size=8):
 def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
     images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, record_every=1,
-                                  precision=precision, **FAST)
+                                  precision=precision, **fast(strategy))
     assert images.dtype == torch.uint8 and images.shape == x.shape
     assert torch.equal(images[mask], x[mask])
     # Every frame of the chain keeps the observed subpixels too, and the last frame is the result.
@@ -72,8 +76,8 @@ def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy, pre
 def test_hidden_true_values_never_reach_the_result(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
     other = torch.where(mask, x, 255 - x)
-    a, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **FAST)
-    b, _ = onade.inpaint(model, other, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **FAST)
+    a, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **fast(strategy))
+    b, _ = onade.inpaint(model, other, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **fast(strategy))
     assert torch.equal(a, b)
 
 
@@ -81,7 +85,7 @@ def test_hidden_true_values_never_reach_the_result(model, strategy, precision):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_same_seed_same_result_other_seed_other_result(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
-    kw = dict(strategy=strategy, precision=precision, **FAST)
+    kw = dict(strategy=strategy, precision=precision, **fast(strategy))
     a, ca = onade.inpaint(model, x, mask, tokens, lengths, seed=7, record_every=2, **kw)
     b, cb = onade.inpaint(model, x, mask, tokens, lengths, seed=7, record_every=2, **kw)
     c, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=8, **kw)
@@ -317,3 +321,41 @@ def test_guided_logits_extrapolate_from_the_unconditional(model):
                                   guidance=s, precision="fp32")
         expected = (uncond + s * (cond - uncond)).argmax(-1).to(torch.uint8)
         assert torch.equal(images[~mask], expected[~mask])
+
+
+def test_set_ignores_padding_even_where_it_aliases_a_sampled_index():
+    t = torch.zeros(2, 5, dtype=torch.uint8)
+    sub = torch.tensor([[3, 3, 3], [1, 4, 4]])
+    valid = torch.tensor([[True, False, False], [True, True, False]])
+    _set(t, sub, valid, torch.tensor([[9, 1, 2], [7, 8, 6]], dtype=torch.uint8))
+    assert t.tolist() == [[0, 0, 0, 9, 0], [0, 7, 0, 0, 8]]
+
+
+def test_planned_passes_fill_every_hole_of_a_ragged_batch(model):
+    """DP plans of different hole sizes end at different widths; every hole subpixel is still sampled (a padded
+    entry once overwrote the last sample of the largest hole, leaving it grey)."""
+    g = torch.Generator().manual_seed(0)
+    x, _, tokens, lengths = random_batch(2, 8)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    for b, size in enumerate((126, 123)):  # 8 DP passes whose last ones are 15 and 16 subpixels wide
+        mask[b].view(-1)[torch.randperm(192, generator=g)[:size]] = False
+    profile = LossProfile(bits=list(np.linspace(6, 2, 768)))
+    assert step_plan(profile, 8, 126)[-2:] == [111, 126] and step_plan(profile, 8, 123)[-2:] == [107, 123]
+    with Recorder(model) as rec:
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=8, profile=profile)
+    # Pass k shows exactly the plan's first t_k hole subpixels; after the last one every hole subpixel is known.
+    shown = [(~mask).flatten(1).sum(1) - (~seen).flatten(1).sum(1) for _, seen in rec.inputs]
+    assert [int(s[0]) for s in shown] == step_plan(profile, 8, 126)[:-1]
+    assert [int(s[1]) for s in shown] == step_plan(profile, 8, 123)[:-1]
+    filled = [onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=8, profile=profile,
+                            seed=s)[0] for s in range(3)]
+    assert all(torch.equal(f[mask], x[mask]) for f in filled)
+    # A subpixel left unsampled shows the placeholder grey whatever the seed.
+    assert not ((~mask) & (filled[0] == 127) & (filled[1] == 127) & (filled[2] == 127)).any()
+
+
+def test_chunk_with_a_pass_budget_is_refused(model):
+    x, mask, tokens, lengths = random_batch(2, 8)
+    with pytest.raises(ValueError, match="steps 0"):
+        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=32, chunk=4)
+    onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral-gibbs", steps=2, chunk=4)  # its blocks
