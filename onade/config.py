@@ -156,9 +156,8 @@ class SampleConfig:
         if not isinstance(self.chunk, int) or self.chunk < 1:
             raise ConfigError(f"{k}chunk (subpixels per forward pass) must be an integer >= 1, got {self.chunk!r}")
         if self.chunk != 1 and self.steps and self.strategy in ("ancestral", "maskgit", "greedy", "antigreedy"):
-            raise ConfigError(f"{k}chunk applies to {self.strategy} only with {k}steps 0 ({self.steps} planned "
-                              f"passes were asked for): set {k}steps 0 for {self.chunk} subpixels per pass, or "
-                              f"leave {k}chunk at 1")
+            raise ConfigError(f"{k}chunk must be 1 when {self.strategy} has a budget of {k}steps {self.steps} "
+                              f"planned passes: set {k}steps 0 for {self.chunk} subpixels per pass")
         if self.init not in ("model", "uniform"):
             raise ConfigError(f"{k}init must be 'model' (one-shot sample) or 'uniform' (noise), got {self.init!r}")
         if self.precision not in PRECISIONS:
