@@ -353,9 +353,9 @@ class _Sampler:
         best-ranked pending subpixels."""
         o = self.cfg
         B = self.shape[0]
-        bounds_BK = self.pass_bounds(self.planned())
-        num_passes = bounds_BK.shape[1] - 1
-        count_dev_BK = torch.as_tensor(np.diff(bounds_BK, axis=1), device=self.device)
+        counts_BK = np.diff(self.pass_bounds(self.planned()), axis=1)
+        num_passes = counts_BK.shape[1]
+        count_dev_BK = torch.as_tensor(counts_BK, device=self.device)
         mask_BD = self.mask_BD.clone()
         # The head runs once per hole pixel (not per subpixel): rows R = P*C are the subpixels of the
         # hole's pixels, some of which may be observed (a partly hidden pixel).
@@ -366,7 +366,7 @@ class _Sampler:
         in_hole_BR = ~mask_BD.gather(1, sub_BR)
         self.record(0)
         for n in range(num_passes):
-            width = int(np.diff(bounds_BK, axis=1)[:, n].max())
+            width = int(counts_BK[:, n].max())
             if width == 0:
                 continue
             temperature = temperature_schedule(n, num_passes, o.temperature, o.final_temperature)
