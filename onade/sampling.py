@@ -11,7 +11,7 @@ Strategies (onade.config.STRATEGIES); the hole is every subpixel where `mask_BHW
   n = 0..N-1 hide each hole subpixel with probability p_n = gibbs_schedule(n, N, ...) and resample all the
   hidden ones at once from the model's conditionals. p_n is the fraction *resampled*, falling from pmax to
   pmin over the first alpha*N steps: big moves first, then ever finer corrections. N = steps (0: the
-  number of hole subpixels).
+  number of the example's own hole subpixels; examples that finish early wait, sampling nothing).
 - ancestral-gibbs: the same outer loop, but each hidden block is resampled ancestrally (a random order, k =
   `chunk` subpixels per forward pass), so every block is an exact draw from its conditional when k = 1.
 - ancestral: orderless-NADE ancestral sampling in a random order. With steps = K it takes K passes whose
@@ -22,19 +22,28 @@ Strategies (onade.config.STRATEGIES); the hole is every subpixel where `mask_BHW
   reveals (onade.plans.cosine_plan), and hides the rest again.
 - greedy / antigreedy: like maskgit, but each pass fills the hidden subpixels whose predictive entropy is
   lowest (greedy) or highest (antigreedy); steps = 0 means `chunk` subpixels per pass.
+Every schedule is the example's own: a small hole may need fewer passes than its batch's largest, and the
+temperature annealing (final_temperature > 0) and maskgit's noise run over the example's own passes.
 
 Classifier-free guidance (`guidance` = s != 1): every pass runs the body on the batch twice over, with
 the captions and with empty ones, in one batched forward, and samples from l_u + s (l_c - l_u). s = 1
 runs the captioned half alone: exactly the unguided sampler.
 
-Every strategy runs the output head only where it needs logits (the pixels it samples; the whole hole for
-the confidence strategies, which rank it). It draws on the model's device from one seeded torch.Generator,
-and the loop never waits on the device (pass sizes are known on the host before the loop). Observed
-subpixels never change.
+Seeds: `seed` is one int per example, or one int s for the batch (example b then gets example_seeds(s, B)[b],
+from numpy's SeedSequence(s, spawn_key=(b,))). Example b draws only from its own generators (a torch.Generator
+on the model's device; a numpy one for the host-side Gibbs block sizes), each draw takes exactly its own count
+of values (its valid entries: a prefix of its row of the padded batch), and sorts that could tie are stable.
+So the number and order of its draws depend on its seed, its hole and the settings alone, never on the batch
+size, its position or its neighbours; its sample too, up to the network's rounding: on CPU in fp32 oneDNN may
+round a row ~1e-6 apart at another batch size, while bf16 autocast measured bitwise batch-invariant.
 
-Shapes: B batch, H/W image side, C = 3 channels, K = 256 levels, D = H*W*C subpixels of an image,
-S = the batch's largest hole in subpixels, M subpixels sampled in one pass (padded; `valid_BM` says which
-are real), R the subpixels of the hole's pixels, F recorded frames, E feature width.
+Every strategy runs the output head only where it needs logits (the pixels it samples; the whole hole for
+the confidence strategies, which rank it). It draws on the model's device, and the loop never waits on the
+device (pass sizes are known on the host before the loop). Observed subpixels never change.
+
+Shapes: B batch, H/W image side, C = 3 channels, K = 256 levels, D = H*W*C subpixels of an image, S = the
+batch's largest hole in subpixels, M subpixels sampled in one pass (padded; `valid_BM` says which are real:
+a prefix of each row), R the subpixels of the hole's pixels, F recorded frames, E feature width.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -53,6 +63,7 @@ from onade.precision import autocast, resolve_precision
 NUM_LEVELS = 256
 NUM_CHANNELS = 3
 _UNKNOWN_VALUE = 127  # what a not-yet-sampled hole subpixel shows in recorded frames (never seen by the model)
+SEED_LIMIT = 2 ** 63  # seeds are ints in [0, 2**63)
 
 
 def gibbs_schedule(n: int, num_steps: int, pmin: float = 0.1, pmax: float = 0.9, alpha: float = 0.7) -> float:
@@ -69,16 +80,42 @@ def temperature_schedule(n: int, num_steps: int, temperature: float = 1.0, final
     return temperature * (final_temperature / temperature) ** (n / (num_steps - 1))
 
 
+def example_seeds(seed: int | Sequence[int], batch_size: int) -> list[int]:
+    """The seed of every example of a batch, each an int in [0, 2**63): `seed` itself when it is a sequence of
+    `batch_size` ints, else 63 bits of SeedSequence(seed, spawn_key=(b,)) (the b-th child of SeedSequence(seed))
+    for example b. Example b run alone with seed=[example_seeds(s, B)[b]] gets its sample in the batch."""
+    def checked(s, what: str) -> int:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or not 0 <= s < SEED_LIMIT:
+            raise ValueError(f"{what} must be an int in [0, 2**63), got {s!r}")
+        return int(s)
+
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        s = checked(seed, "seed")
+        return [int(np.random.SeedSequence(s, spawn_key=(b,)).generate_state(1, np.uint64)[0]) >> 1
+                for b in range(batch_size)]
+    if isinstance(seed, (torch.Tensor, np.ndarray)):
+        seed = seed.tolist()
+    if not isinstance(seed, Sequence) or isinstance(seed, (str, bytes)):
+        raise ValueError(f"seed must be an int or a sequence of one int per example (batch of {batch_size}), "
+                         f"got {type(seed).__name__}")
+    if len(seed) != batch_size:
+        raise ValueError(f"seed has {len(seed)} values but the batch has {batch_size} examples: give one seed per "
+                         f"example, or one int for the whole batch")
+    return [checked(s, f"seed[{b}]") for b, s in enumerate(seed)]
+
+
 def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
-            lengths_B: torch.Tensor, config: SampleConfig | None = None, *, seed: int = 0, record_every: int = 0,
-            profile: LossProfile | None = None, stats: dict | None = None,
+            lengths_B: torch.Tensor, config: SampleConfig | None = None, *, seed: int | Sequence[int] = 0,
+            record_every: int = 0, profile: LossProfile | None = None, stats: dict | None = None,
             **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint the hidden subpixels (mask False) of a batch.
 
     Settings come from `config` (a SampleConfig; its defaults when None); keyword arguments naming its
     fields (strategy=, steps=, temperature=, guidance=, ...) override them for this call, and any other
-    keyword is an error. `profile` (onade.plans.LossProfile, shipped with an export as Loaded.profile)
-    plans the passes of `ancestral` with steps > 0. When `stats` is a dict it receives `forward_passes`.
+    keyword is an error. `seed` is one int per example (its sample then depends on nothing else in the
+    batch) or one int for the batch (see example_seeds). `profile` (onade.plans.LossProfile, shipped with an
+    export as Loaded.profile) plans the passes of `ancestral` with steps > 0. When `stats` is a dict it
+    receives `forward_passes`.
 
     Returns `images_BHWC` (uint8, on x's device) and `chain_FBHWC` (uint8, CPU): the state after the initial
     fill (Gibbs) or before the first pass (ancestral, confidence; unknown subpixels grey), then every
@@ -92,10 +129,11 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tenso
         raise ValueError(f"profile must be an onade.plans.LossProfile (Loaded.profile), got {type(profile).__name__}")
     device = next(model.parameters()).device
     _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+    seeds = example_seeds(seed, x_BHWC.shape[0])
     resolved = resolve_precision(cfg.precision, device)
     with torch.inference_mode(), autocast(resolved, device):
         sampler = _Sampler(model, x_BHWC.to(device), mask_BHWC.to(device), tokens_BT.to(device),
-                           lengths_B.to(device), cfg, seed, record_every, profile)
+                           lengths_B.to(device), cfg, seeds, record_every, profile)
         images_BHWC = sampler.run()
         chain = sampler.frames
     if stats is not None:
@@ -146,13 +184,21 @@ def _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> None:
                          f"got {tuple(tokens_BT.shape)} and {tuple(lengths_B.shape)}")
 
 
-def _draw(logits_NK: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """One categorical draw per row, on the logits' device. Inverse-CDF sampling needs one uniform per row
-    instead of Gumbel-max's K, and measured twice as fast on CPU; temperature 0 takes the most likely value."""
-    if temperature <= 0:
+def _draw(logits_NK: torch.Tensor, u_N: torch.Tensor, temperature: float = 1.0,
+          inv_temperature_N: torch.Tensor | None = None) -> torch.Tensor:
+    """One categorical draw per row from its uniform u in [0, 1), on the logits' device. Inverse-CDF sampling
+    needs one uniform per row instead of Gumbel-max's K, and measured twice as fast on CPU; temperature 0
+    takes the most likely value. Per-row temperatures (all > 0) come as `inv_temperature_N`, reciprocals
+    computed on the host in float64 and stored in fp32: the very factor the scalar path multiplies by, so a
+    row draws the same value whichever path its batch takes (a device-side 1/t or division may round apart)."""
+    if inv_temperature_N is not None:
+        logits_NK = logits_NK * inv_temperature_N[:, None]
+    elif temperature <= 0:
         return logits_NK.argmax(-1)
-    cdf_NK = torch.softmax(logits_NK if temperature == 1 else logits_NK / temperature, dim=-1).cumsum_(-1)
-    u_N1 = torch.rand((logits_NK.shape[0], 1), generator=generator, device=logits_NK.device) * cdf_NK[:, -1:]
+    elif temperature != 1:
+        logits_NK = logits_NK * (1.0 / temperature)
+    cdf_NK = torch.softmax(logits_NK, dim=-1).cumsum_(-1)
+    u_N1 = u_N[:, None] * cdf_NK[:, -1:]
     # right=True: a zero-probability level has cdf equal to its predecessor's, so it can never be chosen.
     return torch.searchsorted(cdf_NK, u_N1, right=True).squeeze(1).clamp_(max=logits_NK.shape[-1] - 1)
 
@@ -168,7 +214,7 @@ def _set(t_BD: torch.Tensor, sub_BM: torch.Tensor, valid_BM: torch.Tensor, value
 
 
 class _Sampler:
-    def __init__(self, model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, cfg: SampleConfig, seed: int,
+    def __init__(self, model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, cfg: SampleConfig, seeds: list[int],
                  record_every: int, profile: LossProfile | None):
         self.model, self.cfg, self.record_every, self.profile = model, cfg, record_every, profile
         self.shape = x_BHWC.shape
@@ -183,9 +229,14 @@ class _Sampler:
         self.mask_BD = mask_BHWC.reshape(B, -1)
         self.x_in_BD = x_BHWC.reshape(B, -1)
         self.device = x_BHWC.device
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        # Block sizes are drawn on the host so each pass knows its shapes without asking the device.
-        self.host_rng = np.random.default_rng(seed)
+        # Each example's own generators, from two children of SeedSequence(its seed): torch's on the device, and
+        # numpy's for the Gibbs block sizes, drawn on the host so each pass knows its shapes without asking the
+        # device. The torch seed is hashed: the CPU generator (mt19937) keeps only a seed's low 32 bits.
+        self.gens, self.rngs = [], []
+        for torch_seq, host_seq in (np.random.SeedSequence(s).spawn(2) for s in seeds):
+            seed_64 = int(torch_seq.generate_state(1, np.uint64)[0])
+            self.gens.append(torch.Generator(device=self.device).manual_seed(seed_64))
+            self.rngs.append(np.random.default_rng(host_seq))
         self.frames: list[torch.Tensor] = []
         self.passes = 0
         # The hole of every example as a padded list of subpixel indices [B,S]; the one host sync of a run.
@@ -225,34 +276,76 @@ class _Sampler:
         row_N = torch.arange(B * M, device=sub_BM.device) * NUM_CHANNELS + (sub_BM - pix_BM * NUM_CHANNELS).flatten()
         return logits_NK.index_select(0, row_N).view(B, M, NUM_LEVELS)
 
-    def sample(self, mask_BD, sub_BM, valid_BM, temperature) -> None:
-        """Resample the subpixels sub_BM (where valid) given everything mask_BD shows."""
+    def uniforms(self, counts: Sequence[int], width: int, fill: float = 0.5) -> torch.Tensor:
+        """[B, width] uniforms in [0, 1): row b's first counts[b] entries (its valid prefix) drawn from example
+        b's own generator, `fill` after them. One call per drawing example, of exactly its own count, so its
+        stream never depends on the padded width or on the other examples."""
+        u_BW = torch.full((len(counts), width), fill, device=self.device)
+        for b, count in enumerate(counts):
+            if count:
+                u_BW[b, :count].uniform_(generator=self.gens[b])
+        return u_BW
+
+    def anneal(self, num_steps_B: Sequence[int]) -> None:
+        """Tables [N, B] of each example's temperature at its step n, annealed over its own N_b steps (host), and
+        of their reciprocals (device, once: building it per pass would make the loop wait on the device)."""
+        o = self.cfg
+        self.temperature_NB = np.array([[temperature_schedule(n, N, o.temperature, o.final_temperature)
+                                         for N in num_steps_B] for n in range(max(num_steps_B, default=0))])
+        annealed = o.final_temperature > 0 and o.temperature > 0  # else every entry is o.temperature
+        self.inv_temperature_NB = (torch.as_tensor(1.0 / self.temperature_NB).float().to(self.device)
+                                   if annealed and self.temperature_NB.size else None)
+
+    def draw_settings(self, n: int | None, counts: Sequence[int], width: int) -> dict:
+        """_draw's temperature for a [B, width] pass at step n (None: the initial fill): one float when every
+        drawing example has the same (always, without annealing), else per-row reciprocals (all > 0)."""
+        if n is None or self.inv_temperature_NB is None:
+            return dict(temperature=self.cfg.temperature)
+        drawing = {float(t) for t, count in zip(self.temperature_NB[n], counts) if count}
+        if len(drawing) <= 1:
+            return dict(temperature=drawing.pop() if drawing else self.cfg.temperature)
+        return dict(inv_temperature_N=self.inv_temperature_NB[n][:, None].expand(-1, width).flatten())
+
+    def sample(self, mask_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None) -> None:
+        """Resample the subpixels sub_BM (where valid: the first counts[b] of row b) given everything mask_BD
+        shows, at step n's temperatures."""
         logits_BMK = self.logits(mask_BD, sub_BM)
-        v_BM = _draw(logits_BMK.reshape(-1, NUM_LEVELS), temperature, self.gen).view(sub_BM.shape)
+        u_BM = self.uniforms(counts, sub_BM.shape[1])
+        v_BM = _draw(logits_BMK.reshape(-1, NUM_LEVELS), u_BM.flatten(),
+                     **self.draw_settings(n, counts, sub_BM.shape[1])).view(sub_BM.shape)
         _set(self.x_BD, sub_BM, valid_BM, v_BM.to(torch.uint8))
 
-    def random_order(self) -> torch.Tensor:
-        """The hole in a uniformly random order per example [B,S] (padding last)."""
-        keys_BS = torch.rand(self.hole_BS.shape, generator=self.gen, device=self.device)
-        keys_BS = torch.where(self.hole_valid_BS, keys_BS, 2.0)
-        return self.hole_BS.gather(1, keys_BS.argsort(dim=1))
+    def random_order(self, drawing: Sequence[bool] | None = None) -> torch.Tensor:
+        """The hole in a uniformly random order per example [B,S] (padding last); examples not `drawing` (host
+        flags; default all) draw nothing and keep their hole in index order."""
+        counts = self.hole_count if drawing is None else [c * bool(d) for c, d in zip(self.hole_count, drawing)]
+        keys_BS = self.uniforms(counts, self.num_hole, fill=2.0)
+        # Stable: fp32 uniforms tie now and then, and a tie must break the same way whatever the padded width.
+        return self.hole_BS.gather(1, keys_BS.argsort(dim=1, stable=True))
 
     def record(self, n: int, force: bool = False) -> None:
         every = self.record_every
         if every and (force or n % every == 0):
             self.frames.append(self.x_BD.view(self.shape).clone())
 
-    def block_sizes(self, num_steps: int) -> tuple[np.ndarray, torch.Tensor]:
-        """Subpixels resampled per step and example [N,B] ~ Binomial(hole, p_n): together with a uniform subset
-        of that size this is exactly "hide each hole subpixel with probability p_n", with sizes known up front."""
+    def block_sizes(self, num_steps_B: Sequence[int]) -> np.ndarray:
+        """Subpixels resampled per step and example [N,B] ~ Binomial(hole, p_n) (0 once an example's N_b steps
+        are done), from each example's own host rng: together with a uniform subset of that size this is exactly
+        "hide each hole subpixel with probability p_n", with sizes known up front."""
         o = self.cfg
-        p_N = np.array([gibbs_schedule(n, num_steps, o.pmin, o.pmax, o.alpha) for n in range(num_steps)])
-        m_NB = self.host_rng.binomial(np.array(self.hole_count)[None, :], p_N[:, None])
-        return m_NB, torch.as_tensor(m_NB, device=self.device)
+        m_NB = np.zeros((max(num_steps_B, default=0), len(num_steps_B)), np.int64)
+        schedules = {}
+        for b, (rng, hole, N) in enumerate(zip(self.rngs, self.hole_count, num_steps_B)):
+            if hole and N:
+                if N not in schedules:
+                    schedules[N] = np.array([gibbs_schedule(n, N, o.pmin, o.pmax, o.alpha) for n in range(N)])
+                m_NB[:N, b] = rng.binomial(hole, schedules[N])
+        return m_NB
 
-    def pass_bounds(self, plan) -> np.ndarray:
-        """Per example, the boundaries of its passes [B, K+1] (host): `plan(hole_size)` gives one example's
-        0 = t_0 < ... < t_k = hole; examples with fewer passes (a smaller hole) repeat their last boundary."""
+    def pass_bounds(self, plan) -> tuple[np.ndarray, list[int]]:
+        """Per example, the boundaries of its passes [B, K+1] (host) and its number of passes: `plan(hole_size)`
+        gives one example's 0 = t_0 < ... < t_k = hole; examples with fewer passes (a smaller hole) repeat their
+        last boundary."""
         plans = {m: plan(m) for m in set(self.hole_count) if m > 0}
         K = max(len(p) - 1 for p in plans.values())
         bounds_BK = np.zeros((len(self.hole_count), K + 1), np.int64)
@@ -260,7 +353,7 @@ class _Sampler:
             if m:
                 p = plans[m]
                 bounds_BK[b, :len(p)], bounds_BK[b, len(p):] = p, p[-1]
-        return bounds_BK
+        return bounds_BK, [len(plans[m]) - 1 if m else 0 for m in self.hole_count]
 
     def planned(self):
         """The plan of the ancestral and confidence strategies: `steps` passes (from the loss profile for
@@ -295,25 +388,28 @@ class _Sampler:
     def initial_fill(self) -> None:
         valid_BS = self.hole_valid_BS
         if self.cfg.init == "uniform":
-            noise_BS = torch.randint(0, NUM_LEVELS, self.hole_BS.shape, generator=self.gen, device=self.device)
-            _set(self.x_BD, self.hole_BS, valid_BS, noise_BS.to(torch.uint8))
+            noise_BS = torch.zeros(self.hole_BS.shape, dtype=torch.uint8, device=self.device)
+            for b, count in enumerate(self.hole_count):
+                if count:
+                    noise_BS[b, :count].random_(0, NUM_LEVELS, generator=self.gens[b])
+            _set(self.x_BD, self.hole_BS, valid_BS, noise_BS)
         else:
-            self.sample(self.mask_BD, self.hole_BS, valid_BS, self.cfg.temperature)
+            self.sample(self.mask_BD, self.hole_BS, valid_BS, self.hole_count, None)
 
     def gibbs(self, block_chunk: int | None) -> None:
-        o = self.cfg
-        num_steps = o.steps or self.num_hole
-        m_NB, m_dev_NB = self.block_sizes(num_steps)
+        num_steps_B = [self.cfg.steps or m for m in self.hole_count]  # N_b: steps 0 means the example's hole
+        m_NB = self.block_sizes(num_steps_B)
+        self.anneal(num_steps_B)
+        m_dev_NB = torch.as_tensor(m_NB, device=self.device)
         self.initial_fill()
         self.record(0)
         arange_S = torch.arange(self.num_hole, device=self.device)
-        for n in range(num_steps):
+        for n in range(m_NB.shape[0]):
             M = int(m_NB[n].max())
             if M == 0:
                 self.record(n + 1)
                 continue
-            temperature = temperature_schedule(n, num_steps, o.temperature, o.final_temperature)
-            block_BM = self.random_order()[:, :M]
+            block_BM = self.random_order(drawing=(m_NB[n] > 0).tolist())[:, :M]
             in_block_BM = arange_S[None, :M] < m_dev_NB[n][:, None]
             # The network sees everything but the block: observed subpixels and the current hole values.
             mask_BD = torch.ones_like(self.mask_BD)
@@ -321,30 +417,30 @@ class _Sampler:
             k = M if block_chunk is None else block_chunk
             for j in range(0, M, k):
                 sub_Bk, valid_Bk = block_BM[:, j:j + k], in_block_BM[:, j:j + k]
-                self.sample(mask_BD, sub_Bk, valid_Bk, temperature)
+                self.sample(mask_BD, sub_Bk, valid_Bk, np.clip(m_NB[n] - j, 0, k).tolist(), n)
                 if block_chunk is not None:
                     _set(mask_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
 
     def ancestral(self) -> None:
-        o, S = self.cfg, self.num_hole
-        bounds_BK = self.pass_bounds(self.planned())
-        num_passes = bounds_BK.shape[1] - 1
+        S = self.num_hole
+        bounds_BK, num_passes_B = self.pass_bounds(self.planned())
+        self.anneal(num_passes_B)
         start_dev_BK = torch.as_tensor(bounds_BK, device=self.device)
         order_BS = self.random_order()
         mask_BD = self.mask_BD.clone()
         self.record(0)
-        for n in range(num_passes):
+        for n in range(bounds_BK.shape[1] - 1):
             # Pass n samples ranks bounds[b, n] .. bounds[b, n+1]-1 of example b's order.
-            width = int((bounds_BK[:, n + 1] - bounds_BK[:, n]).max())
+            counts_B = bounds_BK[:, n + 1] - bounds_BK[:, n]
+            width = int(counts_B.max())
             if width == 0:
                 continue
             offset_W = torch.arange(width, device=self.device)
             rank_BW = start_dev_BK[:, n:n + 1] + offset_W
             valid_BW = rank_BW < start_dev_BK[:, n + 1:n + 2]
             sub_BW = order_BS.gather(1, rank_BW.clamp(max=S - 1))
-            self.sample(mask_BD, sub_BW, valid_BW,
-                        temperature_schedule(n, num_passes, o.temperature, o.final_temperature))
+            self.sample(mask_BD, sub_BW, valid_BW, counts_B.tolist(), n)
             _set(mask_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
 
@@ -353,38 +449,50 @@ class _Sampler:
         best-ranked pending subpixels."""
         o = self.cfg
         B = self.shape[0]
-        counts_BK = np.diff(self.pass_bounds(self.planned()), axis=1)
-        num_passes = counts_BK.shape[1]
+        bounds_BK, num_passes_B = self.pass_bounds(self.planned())
+        self.anneal(num_passes_B)
+        counts_BK = np.diff(bounds_BK, axis=1)
+        # maskgit's noise scale [K, B]: annealed to 0 over each example's own passes.
+        noise_KB = torch.tensor([[o.confidence_noise * (1 - (n + 1) / K) if K else 0.0 for K in num_passes_B]
+                                 for n in range(counts_BK.shape[1])], device=self.device)
         count_dev_BK = torch.as_tensor(counts_BK, device=self.device)
         mask_BD = self.mask_BD.clone()
         # The head runs once per hole pixel (not per subpixel): rows R = P*C are the subpixels of the
-        # hole's pixels, some of which may be observed (a partly hidden pixel).
+        # hole's pixels, some of which may be observed (a partly hidden pixel). Example b's are the first
+        # rows_B[b] of its row.
         hidden_BP = (~mask_BD).view(B, -1, NUM_CHANNELS).any(-1)
-        P = int(hidden_BP.sum(1).max())
+        rows_B = [NUM_CHANNELS * p for p in hidden_BP.sum(1).tolist()]
+        P = max(rows_B) // NUM_CHANNELS
         pix_BP = torch.argsort((~hidden_BP).to(torch.uint8), dim=1, stable=True)[:, :P]
         sub_BR = (pix_BP[..., None] * NUM_CHANNELS + torch.arange(NUM_CHANNELS, device=self.device)).flatten(1)
+        R = sub_BR.shape[1]
         in_hole_BR = ~mask_BD.gather(1, sub_BR)
         self.record(0)
-        for n in range(num_passes):
-            width = int(counts_BK[:, n].max())
+        for n in range(counts_BK.shape[1]):
+            counts_B = counts_BK[:, n].tolist()
+            width = max(counts_B)
             if width == 0:
                 continue
-            temperature = temperature_schedule(n, num_passes, o.temperature, o.final_temperature)
             logits_BRK = self.pixel_logits(mask_BD, pix_BP).flatten(1, 2)
             pending_BR = in_hole_BR & ~mask_BD.gather(1, sub_BR)
             if strategy == "maskgit":
-                v_BR = _draw(logits_BRK.reshape(-1, NUM_LEVELS), temperature, self.gen).view(sub_BR.shape)
+                # One call per example draws both its samples' uniforms and its Gumbel noise's: [B, R, 2].
+                drawn_B = [2 * r if c else 0 for r, c in zip(rows_B, counts_B)]
+                u_BR2 = self.uniforms(drawn_B, 2 * R).view(B, R, 2)
+                v_BR = _draw(logits_BRK.reshape(-1, NUM_LEVELS), u_BR2[..., 0].flatten(),
+                             **self.draw_settings(n, counts_B, R)).view(B, R)
                 logp_BR = torch.log_softmax(logits_BRK, -1).gather(-1, v_BR[..., None]).squeeze(-1)
-                u_BR = torch.rand(logp_BR.shape, generator=self.gen, device=self.device).clamp_(1e-20, 1 - 1e-7)
-                noise = o.confidence_noise * (1 - (n + 1) / num_passes)
-                score_BR = logp_BR + noise * -torch.log(-torch.log(u_BR))
+                gumbel_BR = -torch.log(-torch.log(u_BR2[..., 1].clamp(1e-20, 1 - 1e-7)))
+                score_BR = logp_BR + noise_KB[n][:, None] * gumbel_BR
             else:
                 logp_BRK = torch.log_softmax(logits_BRK, dim=-1)
                 entropy_BR = -(logp_BRK.exp() * logp_BRK).sum(-1)
                 score_BR = -entropy_BR if strategy == "greedy" else entropy_BR
-            # Subpixels already known rank last.
+            # Subpixels already known rank last. A stable sort (not topk) breaks ties by position, the same
+            # whatever the padded width; pending subpixels (finite scores) come first, so the valid picks of a
+            # row are a prefix of it.
             score_BR = torch.where(pending_BR, score_BR, -math.inf)
-            pick_Bk = score_BR.topk(width, dim=1).indices
+            pick_Bk = score_BR.sort(dim=1, descending=True, stable=True).indices[:, :width]
             sub_Bk = sub_BR.gather(1, pick_Bk)
             valid_Bk = pending_BR.gather(1, pick_Bk) & (torch.arange(width, device=self.device)[None]
                                                          < count_dev_BK[:, n:n + 1])
@@ -392,10 +500,12 @@ class _Sampler:
                 v_Bk = v_BR.gather(1, pick_Bk)
             else:
                 picked_BkK = logits_BRK.gather(1, pick_Bk[..., None].expand(-1, -1, NUM_LEVELS))
-                v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), temperature, self.gen).view(sub_Bk.shape)
+                v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), self.uniforms(counts_B, width).flatten(),
+                             **self.draw_settings(n, counts_B, width)).view(sub_Bk.shape)
             _set(self.x_BD, sub_Bk, valid_Bk, v_Bk.to(torch.uint8))
             _set(mask_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
 
 
-__all__ = ["inpaint", "resolve_settings", "planned_passes", "gibbs_schedule", "temperature_schedule", "step_plan"]
+__all__ = ["inpaint", "resolve_settings", "planned_passes", "gibbs_schedule", "temperature_schedule", "step_plan",
+           "example_seeds", "SEED_LIMIT"]

@@ -1,5 +1,6 @@
 """Invariants of the inpainting samplers, on a tiny real model (nothing is faked)."""
 
+import copy
 import math
 
 import numpy as np
@@ -10,7 +11,8 @@ import onade
 from onade.config import STRATEGIES
 from onade.masks import box_mask, center_mask
 from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
-from onade.sampling import _draw, _set, gibbs_schedule, temperature_schedule
+from onade.precision import resolve_precision
+from onade.sampling import _draw, _set, example_seeds, gibbs_schedule, temperature_schedule
 from tests.helpers import random_batch, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,8 +78,9 @@ def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy, pre
 def test_hidden_true_values_never_reach_the_result(model, strategy, precision):
     x, mask, tokens, lengths = ragged_batch()
     other = torch.where(mask, x, 255 - x)
-    a, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **fast(strategy))
-    b, _ = onade.inpaint(model, other, mask, tokens, lengths, strategy=strategy, seed=3, precision=precision, **fast(strategy))
+    kw = dict(strategy=strategy, seed=3, precision=precision, **fast(strategy))
+    a, _ = onade.inpaint(model, x, mask, tokens, lengths, **kw)
+    b, _ = onade.inpaint(model, other, mask, tokens, lengths, **kw)
     assert torch.equal(a, b)
 
 
@@ -201,12 +204,16 @@ def test_draw_matches_the_softmax_and_temperature_zero_is_argmax():
     g = torch.Generator().manual_seed(0)
     probs = torch.tensor([0.2, 0.0, 0.3, 0.5])
     logits = probs.log().expand(100_000, 4).contiguous()
-    freq = torch.bincount(_draw(logits, 1.0, g), minlength=4).float() / 100_000
+    freq = torch.bincount(_draw(logits, torch.rand(100_000, generator=g)), minlength=4).float() / 100_000
     assert torch.allclose(freq, probs, atol=0.01) and freq[1] == 0
-    sharp = torch.bincount(_draw(logits, 0.5, g), minlength=4).float() / 100_000
+    u = torch.rand(100_000, generator=g)
+    sharp = _draw(logits, u, temperature=0.5)
     expected = probs ** 2 / (probs ** 2).sum()
-    assert torch.allclose(sharp, expected, atol=0.01)
-    assert (_draw(logits, 0.0, g) == 3).all()
+    assert torch.allclose(torch.bincount(sharp, minlength=4).float() / 100_000, expected, atol=0.01)
+    assert (_draw(logits, u, temperature=0.0) == 3).all()
+    # Per-row temperatures (host reciprocals) draw exactly what the scalar path draws at the same temperature.
+    inv = torch.tensor([1 / 0.5], dtype=torch.float64).float().expand(100_000)
+    assert torch.equal(_draw(logits, u, inv_temperature_N=inv), sharp)
 
 
 def test_bad_arguments_raise_clear_errors(model):
@@ -359,3 +366,104 @@ def test_chunk_with_a_pass_budget_is_refused(model):
     with pytest.raises(ValueError, match="steps 0"):
         onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=32, chunk=4)
     onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral-gibbs", steps=2, chunk=4)  # its blocks
+
+
+# ---- per-example seeds: an example's sample does not depend on its batch ---------------------------------------
+
+HOLES = (3, 40, 12, 0, 100, 25, 70, 7)  # hole subpixels of the pool's examples: 3 is fewer than fast()'s 6 passes
+SEEDS = (11, 2**63 - 1, 33, 44, 55, 66, 77, 88)
+
+
+def pool(size=8):
+    """Examples with holes of different sizes (random subpixels: partly hidden pixels; one empty) and captions."""
+    x, _, tokens, lengths = random_batch(len(HOLES), size, seed=1)
+    g = torch.Generator().manual_seed(2)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    for b, hole in enumerate(HOLES):
+        mask[b].view(-1)[torch.randperm(size * size * 3, generator=g)[:hole]] = False
+    return x, mask, tokens, lengths
+
+
+@pytest.fixture(scope="module")
+def peaked(model):
+    """The tiny model with its head's logits scaled 5x: conditionals peaked like a trained model's (the fresh
+    head's are near uniform, where maskgit's ranking is all noise and its annealing could not be seen)."""
+    peaked = copy.deepcopy(model)
+    with torch.no_grad():
+        peaked.head_proj.weight.mul_(5.0)
+        peaked.head_proj.bias.mul_(5.0)
+    return peaked
+
+
+def run(model, picks, **kw):
+    """Inpaint the pool's examples `picks` as one batch, each with its own seed -> {example: image}."""
+    x, mask, tokens, lengths = (t[list(picks)] for t in pool())
+    images, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=[SEEDS[i] for i in picks], **kw)
+    assert torch.equal(images[mask], x[mask])
+    return dict(zip(picks, images))
+
+
+# Two batches of one size (the network's fp32 rounding may depend on the batch size, never on a row's
+# neighbours) sharing examples 0 and 2 at other positions, beside holes that set other widths, pass counts
+# and Gibbs sweeps: example 2's 12 subpixels are the largest hole of BATCH_A, BATCH_B's is 100.
+BATCH_A, BATCH_B, SHARED = (0, 7, 2, 3), (4, 2, 6, 0), (0, 2)
+# "own passes": steps 0 gives each example as many passes (Gibbs: sweeps) as it has hole subpixels, over which
+# it anneals its temperature and (maskgit) its noise.
+VARIANTS = {"plain": {}, "guided": dict(guidance=2.0), "annealed": dict(temperature=1.5, final_temperature=0.05),
+            "own passes": dict(steps=0, final_temperature=0.2, init="uniform")}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_an_example_samples_the_same_whatever_its_neighbours(peaked, strategy, variant):
+    kw = dict(strategy=strategy, precision="fp32", **{**fast(strategy), **VARIANTS[variant]})
+    a, b = run(peaked, BATCH_A, **kw), run(peaked, BATCH_B, **kw)
+    for i in SHARED:
+        assert torch.equal(a[i], b[i]), i
+
+
+def test_an_example_done_with_its_sweeps_is_no_longer_resampled(model):
+    with Recorder(model) as rec:
+        run(model, (0, 1, 2, 3), strategy="independent-gibbs", steps=0)
+    hidden = [(~seen).flatten(1).sum(1).tolist() for _, seen in rec.inputs]
+    # The initial fill, then one pass per sweep (a sweep that resamples nothing anywhere is skipped, so
+    # example 2's 12 sweeps are among the first 13 passes): after them it is never hidden again, while
+    # example 1 (40 subpixels) goes on.
+    assert all(h[2] == 0 for h in hidden[13:]) and any(h[1] > 0 for h in hidden[13:])
+    assert any(h[2] > 0 for h in hidden[1:13])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_an_example_samples_the_same_alone_as_in_a_batch(peaked, strategy):
+    """Example 0 (3 subpixels) takes 3 passes: alone its batch takes 3, beside BATCH_B's larger holes 6: its
+    annealing and maskgit's noise must follow its own passes. Across batch sizes the network itself must be
+    batch-invariant: bf16 autocast measured so on CPU; in fp32 a batch of one rounds its convolutions
+    differently, so without bf16 the small batch is a pair (with the empty hole: still 3 passes)."""
+    precision = resolve_precision("auto", "cpu")
+    small = (0,) if precision == "bf16" else (0, 3)
+    kw = dict(strategy=strategy, precision=precision, **fast(strategy), final_temperature=0.05, guidance=2.0)
+    a, b = run(peaked, small, **kw), run(peaked, BATCH_B, **kw)
+    assert torch.equal(a[0], b[0])
+
+
+def test_an_int_seed_is_deterministic_and_means_derived_per_example_seeds(model):
+    x, mask, tokens, lengths = pool()
+    kw = dict(strategy="ancestral", steps=6, precision="fp32")
+    a, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=7, **kw)
+    b, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=7, **kw)
+    c, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=example_seeds(7, len(HOLES)), **kw)
+    d, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=8, **kw)
+    assert torch.equal(a, b) and torch.equal(a, c) and not torch.equal(a, d)
+    seeds = example_seeds(7, 4)
+    assert seeds == example_seeds(7, 9)[:4]  # example b's seed does not depend on the batch size
+    assert len(set(seeds)) == 4 and all(0 <= s < 2**63 for s in seeds)
+    assert example_seeds(np.int64(7), 2) == seeds[:2] and example_seeds(torch.tensor([1, 2]), 2) == [1, 2]
+
+
+def test_bad_seeds_raise_clear_errors(model):
+    x, mask, tokens, lengths = random_batch(2, 8)
+    for seed, message in [([1, 2, 3], "3 values but the batch has 2"), ([1], "1 values"), (-1, r"\[0, 2\*\*63\)"),
+                          ([0, 2**63], r"seed\[1\] must be an int in"), ([0, 1.5], r"seed\[1\]"), (True, "seed must"),
+                          ("12", "seed must be an int or a sequence"), (None, "seed must be an int or a sequence")]:
+        with pytest.raises(ValueError, match=message):
+            onade.inpaint(model, x, mask, tokens, lengths, seed=seed, steps=2)
