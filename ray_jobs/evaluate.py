@@ -51,7 +51,6 @@ import zlib
 import numpy as np
 import torch
 
-from onade.masks import box_mask, center_mask
 from onade.precision import PRECISIONS
 from ray_jobs.train_loop import PROFILE_POINTS
 
@@ -76,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"exact chain-rule NLL on the first N images (0 = skip; default {DEFAULT_EXACT_IMAGES}): "
                         "it costs one forward pass per hole subpixel per image")
     p.add_argument("--hole", default="center", metavar="SPEC",
-                   help="the hole of --profile and --budgets: center (default) or box:X,Y,W,H in model pixels")
+                   help="the hole of --profile and --budgets: center (default), box:X,Y,W,H in model pixels "
+                        "or box:0.25,0.25,0.5,0.5 as fractions of the side")
     p.add_argument("--profile", metavar="PATH",
                    help="measure the loss profile over the hole on the first --exact-images images; write it here")
     p.add_argument("--budgets", type=_budgets, metavar="K,K,...",
@@ -115,21 +115,16 @@ def _budgets(spec: str) -> list[int | str]:
 
 
 def hole_pixels(spec: str, image_size: int) -> torch.Tensor:
-    """The hidden pixels (bool [H,W]) of --hole center or box:X,Y,W,H (model pixels)."""
-    if spec == "center":
-        return ~center_mask(1, image_size)[0].all(-1)
-    kind, _, coords = spec.partition(":")
+    """The hidden pixels (bool [H,W]) of --hole: center, or box:X,Y,W,H in model pixels or as fractions."""
+    from onade.holes import HoleSpec
+
     try:
-        x, y, w, h = (int(v) for v in coords.split(","))
-    except ValueError:
-        kind = ""
-    if kind != "box":
-        raise ValueError(f"--hole {spec!r}: expected center or box:X,Y,W,H with integers in model pixels "
-                         f"(the model sees {image_size}x{image_size})")
-    try:
-        return ~box_mask(1, image_size, x, y, w, h)[0].all(-1)
+        hole = HoleSpec.parse(spec)
+        if hole.kind == "random-box":
+            raise ValueError("random-box gives each image its own hole; --hole takes one hole for every image")
+        return torch.from_numpy(hole.hidden(image_size, image_size))
     except ValueError as e:
-        raise ValueError(f"--hole {spec!r}: {e}") from None
+        raise ValueError(f"--hole {e} (the model sees {image_size}x{image_size})") from None
 
 
 def budget_plans(profile, budgets: list[int | str], hole_size: int) -> list[tuple[int, list[int], list[int]]]:

@@ -109,9 +109,9 @@ def test_bad_hole_budgets_without_a_profile_and_bad_budgets_fail_before_scoring(
     from ray_jobs.evaluate import main
 
     base = ["--checkpoint", export, "--data", local_shards["val"], "--profile", str(tmp_path / "p.json")]
-    with pytest.raises(ValueError, match=r"--hole 'box:4,4,8': expected center or box:X,Y,W,H .* 16x16"):
+    with pytest.raises(ValueError, match=r"--hole .box:4,4,8.: expected center, box:X,Y,W,H .* 16x16"):
         main([*base, "--hole", "box:4,4,8"])
-    with pytest.raises(ValueError, match=r"--hole 'box:10,10,8,8': .*does not fit inside a 16x16 image"):
+    with pytest.raises(ValueError, match=r"--hole .*box:10,10,8,8 does not lie inside the 16x16 image"):
         main([*base, "--hole", "box:10,10,8,8"])
     with pytest.raises(ValueError, match=r"ships none \(profile.json\): pass --profile PATH"):
         main(["--checkpoint", export, "--data", local_shards["val"], "--budgets", "4"])
