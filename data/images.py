@@ -126,6 +126,15 @@ def load(data: bytes, size: int, resize: str = "crop") -> tuple[Image.Image, tup
 
     Raises ImageSkip with a short reason for empty, truncated, corrupt or non-image data.
     """
+    img, upright_size, mode = open_upright(data, draft=size)
+    return fit(to_rgb(img), size, resize), upright_size, mode
+
+
+def open_upright(data: bytes, draft: int = 0) -> tuple[Image.Image, tuple[int, int], str]:
+    """Bytes of any image file -> (the decoded image turned upright by its EXIF orientation, the file's
+    (w, h) after that rotation, its file mode).
+    `draft` > 0 lets libjpeg decode a JPEG at a reduced scale still at least that many pixels a side (the
+    size is then smaller than the file's). Raises ImageSkip like `load`."""
     if not data:
         raise ImageSkip("empty file")
     try:
@@ -137,9 +146,8 @@ def load(data: bytes, size: int, resize: str = "crop") -> tuple[Image.Image, tup
             w, h = img.size
             if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
                 w, h = h, w
-            if img.format == "JPEG" and mode in ("RGB", "L"):
-                # Let libjpeg decode at a reduced scale that is still at least `size` on each side.
-                img.draft(mode, (size, size))
+            if draft and img.format == "JPEG" and mode in ("RGB", "L"):
+                img.draft(mode, (draft, draft))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would double a large image's memory
     except Image.UnidentifiedImageError:
@@ -153,7 +161,11 @@ def load(data: bytes, size: int, resize: str = "crop") -> tuple[Image.Image, tup
         raise ImageSkip(f"corrupt image: {str(e) or type(e).__name__}") from None
     if min(img.size) < 1:
         raise ImageSkip(f"image has no pixels ({w}x{h})")
-    return fit(to_rgb(img), size, resize), (w, h), mode
+    return img, (w, h), mode
+
+
+def has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
 
 
 def encode(img: Image.Image, fmt: str = "png") -> bytes:
@@ -165,7 +177,8 @@ def encode(img: Image.Image, fmt: str = "png") -> bytes:
         img.save(buf, format="JPEG", quality=95, subsampling=0)
     elif fmt == "webp":
         # Lossless: the model predicts exact 8-bit values, so a lossy store would change the target.
-        img.save(buf, format="WEBP", lossless=True, quality=80, method=4)
+        # exact: keep the colour under fully transparent pixels (libwebp would otherwise change it).
+        img.save(buf, format="WEBP", lossless=True, quality=80, method=4, exact=True)
     else:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     return buf.getvalue()
@@ -181,4 +194,5 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 __all__ = ["BACKGROUND", "RESIZE_MODES", "FORMATS", "IMAGE_EXTENSIONS", "ImageSkip", "set_max_pixels", "pixel_limit",
-           "to_rgb", "fit", "load", "encode", "decode_rgb"]
+           "to_rgb", "fit", "load", "open_upright", "has_alpha", "encode",
+           "decode_rgb"]

@@ -49,14 +49,17 @@ import sys
 import tempfile
 import time
 
+from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import STRATEGIES, ConfigError, SampleConfig, config_from_dict
 from onade.precision import PRECISIONS
+from ray_jobs.inpaint_inputs import FITS
 from ray_jobs.ray_env import init_ray
 
 RESULTS = "results.jsonl"
 INDEX = "index.html"
 IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
+IO_CPUS = 0.25  # each decode or write task's share of a CPU
 SAMPLER_FLAGS = ("strategy", "steps", "temperature", "final_temperature", "chunk", "precision", "guidance")
 
 
@@ -66,7 +69,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="folder or s3:// prefix of images (searched recursively)")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for the outputs")
     p.add_argument("--captions", help="JSONL of {\"file\": ..., \"caption\": ...} (default: sidecar .txt files)")
-    p.add_argument("--mask", default="center", help="center | box:X,Y,W,H | MASK_DIR (default center)")
+    p.add_argument("--mask", default="center", metavar="SPEC",
+                   help="center | box:X,Y,W,H (image pixels) | box:0.25,0.25,0.5,0.5 (fractions of the sides) | "
+                        "random-box[:SEED] | MASK_DIR of mask PNGs (default center)")
+    p.add_argument("--fit", choices=FITS, default="context",
+                   help="context: inpaint a window around the hole and paste it back into the image at its own "
+                        "size (default); crop: the model-size centre crop")
+    p.add_argument("--format", choices=sorted(FORMATS), default="png",
+                   help="of the results and masked previews (default png; jpg is lossy outside the hole too)")
+    p.add_argument("--feather", type=int, default=0, metavar="PX",
+                   help="blend the sample in over PX pixels inside the hole's edge (default 0: a hard edge)")
     sampler = p.add_argument_group("sampler (each defaults to onade.config.SampleConfig's)")
     sampler.add_argument("--strategy", choices=STRATEGIES)
     sampler.add_argument("--steps", type=int,
@@ -99,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("samples", "batch_size", "workers", "max_image_pixels"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.feather < 0:
+        p.error("--feather must be >= 0")
     # The flags given override SampleConfig's defaults; the job keeps no defaults of its own.
     given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     try:
@@ -149,10 +163,9 @@ def list_tree(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
 
 
 def error_row(url: str, rel: str, error: str, sample: SampleConfig) -> dict:
-    from ray_jobs.inpaint_actor import sampler_fields
+    from ray_jobs.outputs import error_record
 
-    return {"input": url, "rel": rel, "outputs": [], "caption": "", **sampler_fields(sample),
-            "seconds": 0.0, "status": "error", "error": error}
+    return error_record({"input": url, "rel": rel}, error, sample, seconds=0.0)
 
 
 def read_captions_jsonl(url: str, input_root: str, wanted: set[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
@@ -234,7 +247,7 @@ def plan(args, opts, previous: dict[str, dict]):
     read or written for them."""
     from data import storage
     from data.images import IMAGE_EXTENSIONS
-    from ray_jobs.inpaint_actor import output_names
+    from ray_jobs.outputs import OutputNames
 
     sample = opts.sample_config()
     files, unsafe = list_tree(args.input)
@@ -284,7 +297,8 @@ def plan(args, opts, previous: dict[str, dict]):
         if stem in bad_masks:
             known.append(error_row(url, rel, f"mask file not read: {bad_masks[stem]}", sample))
             continue
-        names = output_names(rel, opts)
+        outs = OutputNames.of(rel, opts)
+        names = outs.all()
         clash = _clash(names, claimed)
         if clash:
             known.append(error_row(url, rel, clash, sample))
@@ -297,7 +311,7 @@ def plan(args, opts, previous: dict[str, dict]):
             prev = previous.get(url)
             # The earlier run's line when there is one (it has the caption, steps and timing).
             known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
-                         {"input": url, "rel": rel, "outputs": names,
+                         {"input": url, "rel": rel, "outputs": names, "files": outs.files(),
                           "caption": captions.get(rel, ""), "strategy": sample.strategy, "status": "ok",
                           "resumed": True})
             continue
@@ -326,23 +340,28 @@ def read_previous(output: str) -> dict[str, dict]:
 # ---- Ray ----------------------------------------------------------------------------------------
 
 def build_dataset(todo: list[dict], args, opts):
+    """decode (CPU tasks) -> model (the actor pool) -> paste back and write (CPU tasks) -> result lines."""
     import ray
     import ray.data
 
-    from ray_jobs.inpaint_actor import InpaintActor, decode_batch, options_dict
+    from ray_jobs.inpaint_actor import InpaintActor
+    from ray_jobs.inpaint_inputs import decode_batch
+    from ray_jobs.outputs import write_batch
 
-    o = options_dict(opts)
+    o = opts.to_dict()
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / args.batch_size)))
-    # Decoding is light: small CPU slices keep it running beside actors that hold most of the CPUs.
+    # Decoding and writing are light: small CPU slices keep them running beside actors that hold most CPUs.
     ds = ds.map_batches(decode_batch, fn_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
-                        num_cpus=0.5)
+                        num_cpus=IO_CPUS)
     # Ray Data restarts a dead pool actor and retries its batch (max_restarts=-1, max_task_retries=-1 are
     # its defaults for actor pools); every output is written atomically, so a retry finds nothing half-written.
-    return ds.map_batches(
+    ds = ds.map_batches(
         InpaintActor, fn_constructor_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=args.workers), num_cpus=opts_cpus(args),
         num_gpus=args.gpus_per_worker or None,
         **({"accelerator_type": args.accelerator_type} if args.accelerator_type else {}))
+    return ds.map_batches(write_batch, fn_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
+                          num_cpus=IO_CPUS)
 
 
 def opts_cpus(args) -> float:
@@ -353,8 +372,8 @@ def opts_cpus(args) -> float:
     import ray
 
     total = ray.cluster_resources().get("CPU", 1.0)
-    # Leave half a CPU to the decode tasks or the pipeline stalls (Ray Data needs a free CPU for them).
-    return max(0.25, min(total - 0.5, (total - 0.5) / args.workers))
+    # Leave CPU to the decode and write tasks or the pipeline stalls (Ray Data needs free CPU for them).
+    return max(0.25, (total - 2 * IO_CPUS) / args.workers)
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -362,8 +381,9 @@ def opts_cpus(args) -> float:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from data import storage, untrusted
-    from ray_jobs.gallery import read_records, write_index
-    from ray_jobs.inpaint_actor import JobOptions, parse_box
+    from onade.holes import HoleSpec
+    from ray_jobs.outputs import write_gallery
+    from ray_jobs.inpaint_inputs import JobOptions
 
     for flag in ("input", "output", "mask"):
         untrusted.check_s3_root(getattr(args, flag), f"--{flag}")
@@ -373,15 +393,17 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = read_model_config(args.checkpoint)
     S = cfg.model.image_size
     mask = args.mask
-    if mask.startswith("box:"):
-        parse_box(mask, S)
-    elif mask != "center":
-        if not (storage.is_s3(mask) or os.path.isdir(mask)):
-            raise ValueError(f"--mask {mask!r} is neither center, box:X,Y,W,H nor an existing folder of mask PNGs")
+    if storage.is_s3(mask) or os.path.isdir(mask):
         mask = "dir"
+    else:
+        try:
+            HoleSpec.parse(mask)
+        except ValueError as e:
+            raise ValueError(f"--mask {e}; or an existing folder of mask PNGs") from None
     storage.check_writable(args.output)
     opts = JobOptions(checkpoint=args.checkpoint, input=args.input, output=args.output, image_size=S, mask=mask,
-                      mask_dir=args.mask if mask == "dir" else "", max_pixels=args.max_image_pixels,
+                      mask_dir=args.mask if mask == "dir" else "", fit=args.fit, format=args.format,
+                      feather=args.feather, max_pixels=args.max_image_pixels,
                       sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
                       animate=args.animate, use_gpu=args.gpus_per_worker > 0)
     todo, known = plan(args, opts, read_previous(args.output))
@@ -424,10 +446,11 @@ def main(argv: list[str] | None = None) -> dict:
             storage.write_file_atomic(storage.join(args.output, RESULTS), f)
         summary = (f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
                    f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; {describe(args.sample)}")
-        index_path = os.path.join(tmp, INDEX)
-        write_index(index_path, read_records(results_path), summary)
-        with open(index_path, "rb") as f:
-            storage.write_file_atomic(storage.join(args.output, INDEX), f)
+        pages = os.path.join(tmp, "gallery")
+        os.mkdir(pages)
+        for name in write_gallery(pages, results_path, summary):
+            with open(os.path.join(pages, name), "rb") as f:
+                storage.write_file_atomic(storage.join(args.output, name), f)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if started:

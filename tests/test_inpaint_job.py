@@ -18,7 +18,9 @@ from data.synthetic import write_awkward_cases, write_synthetic
 from onade.config import Config, ModelConfig, SampleConfig
 from onade.tokenizer import Tokenizer
 from ray_jobs import inpaint as job
-from ray_jobs.inpaint_actor import JobOptions, output_names
+from data.images import has_alpha, to_rgb
+from ray_jobs.inpaint_inputs import JobOptions
+from ray_jobs.outputs import output_names
 
 SIZE = 16
 CAPTIONS = ["a red disc on a blue background", "a green square", "a yellow triangle", "grey stripes"]
@@ -37,6 +39,22 @@ def checkpoint(tmp_path_factory):
 
 def run(*argv) -> dict:
     return job.main([*map(str, argv), "--no-progress"])
+
+
+def decoded(path: Path, rgb: bool = False) -> np.ndarray:
+    """An input as the job must keep it outside the hole: upright, 8-bit, RGBA when it has transparency
+    (with `rgb`, as the model and the masked view see it: transparency composited on white)."""
+    from PIL import ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        return np.asarray(img.convert("RGBA") if has_alpha(img) and not rgb else to_rgb(img))
+
+
+def is_checkerboard(pixels: np.ndarray) -> bool:
+    """Hole pixels [N,3] drawn as black and white squares (both show once the hole spans a few squares)."""
+    both = len(pixels) < 64 or ((pixels == 0).any() and (pixels == 255).any())
+    return bool(np.isin(pixels, (0, 255)).all() and both)
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -102,21 +120,25 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
         assert r["caption"] == (case.captions[0] if case and case.captions else
                                 "" if case else Path(src / rel).with_suffix(".txt").read_text().splitlines()[0])
         assert r["outputs"] == output_names(rel, opts)
-        sample, second, original, masked = (np.asarray(Image.open(out / o)) for o in r["outputs"][:4])
-        assert sample.shape == second.shape == original.shape == (SIZE, SIZE, 3)
-        hole = np.zeros((SIZE, SIZE), bool)
-        hole[4:12, 4:12] = True
-        # Observed pixels come through unchanged; the hole is grey in the masked view and sampled in the output.
+        sample, second, masked = (np.asarray(Image.open(out / o)) for o in r["outputs"][:3])
+        original = decoded(src / rel)
+        h, w = original.shape[:2]
+        assert sample.shape == second.shape == original.shape and r["image_size"] == [w, h]
+        hole = np.zeros((h, w), bool)
+        side = max(1, min(w, h) // 2)
+        hole[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side] = True
+        assert r["hole_pixels"] == side * side
+        # Outside the hole every pixel is the input's; the hole is a checkerboard in the masked view.
         assert (sample[~hole] == original[~hole]).all() and (second[~hole] == original[~hole]).all()
-        assert (masked[hole] == 127).all() and (masked[~hole] == original[~hole]).all()
+        assert is_checkerboard(masked[hole]) and (masked[~hole] == decoded(src / rel, rgb=True)[~hole]).all()
         with Image.open(out / r["outputs"][-1]) as gif:
             assert gif.format == "GIF" and gif.n_frames > 2 and gif.size == (2 * SIZE, SIZE)
     bad = [rel for rel, c in images.items() if not c.image_ok]
     assert len(bad) == 4  # truncated, empty, text named .jpg, notes.md
     assert summary["done"] == len(expected) - 4 and summary["failed"] == 4 and summary["skipped"] == 0
     # The awkward images keep what they show: the EXIF-rotated one is upright, red above blue.
-    upright = np.asarray(Image.open(out / "awk/exif_rotated.original.png")).astype(int)
-    assert upright[1, SIZE // 2, 0] > 150 and upright[-2, SIZE // 2, 2] > 150
+    upright = np.asarray(Image.open(out / "awk/exif_rotated.png")).astype(int)
+    assert upright[1, upright.shape[1] // 2, 0] > 150 and upright[-2, upright.shape[1] // 2, 2] > 150
 
     index = (out / "index.html").read_text()
     for src_attr in re.findall(r'src="([^"]+)"', index):
@@ -156,17 +178,19 @@ def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpo
                   "--captions", tmp_path / "caps.jsonl", "--strategy", "ancestral", "--steps", 0, "--chunk", 8)
     recs = records(out)
     assert recs["img_00000.png"]["status"] == "ok" and recs["img_00000.png"]["caption"] == "a green square"
-    # --steps 0: `--chunk` subpixels per pass, 4x4x3 hidden subpixels, 8 per pass.
-    assert recs["img_00000.png"]["steps"] == 0
-    assert recs["img_00000.png"]["forward_passes"] == 6
+    # --steps 0: `--chunk` subpixels per pass. The 8x8 hole's window is the 16x16 corner (the model's own
+    # size: no resampling), so 8x8x3 hidden subpixels at 8 per pass.
+    r = recs["img_00000.png"]
+    assert r["steps"] == 0 and r["window"] == {"left": 16, "top": 0, "side": 16, "model_size": 16, "scale": 1.0}
+    assert r["forward_passes"] == 24
     assert recs["img_00001.png"]["status"] == "error" and "no mask" in recs["img_00001.png"]["error"]
     assert "mask file not read: symlink pointing outside" in recs["img_00002.png"]["error"]
     assert "mask is 32x16 but the image is 32x32" in recs["img_00003.png"]["error"]
     assert "bad captions line" in recs["caps.jsonl:2"]["error"] and "'..'" in recs["caps.jsonl:3"]["error"]
-    sample, original = (np.asarray(Image.open(out / f"img_00000{s}.png")) for s in ("", ".original"))
-    hole = np.zeros((SIZE, SIZE), bool)
-    hole[0:4, 12:16] = True
-    assert (sample[~hole] == original[~hole]).all() and summary["done"] == 1
+    sample, original = np.asarray(Image.open(out / "img_00000.png")), decoded(src / "img_00000.png")
+    hole = m > 127
+    assert (sample[~hole] == original[~hole]).all() and (sample[hole] != original[hole]).any()
+    assert summary["done"] == 1
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -222,9 +246,9 @@ def test_bad_sampler_flags_are_usage_errors_naming_the_flag(flags, named, tmp_pa
 def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="not an onade checkpoint"):
         run("--checkpoint", tmp_path, "--input", tmp_path, "--output", tmp_path / "o")
-    with pytest.raises(ValueError, match="box"):
-        run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "box:10,10,20,20")
-    with pytest.raises(ValueError, match="neither center"):
+    with pytest.raises(ValueError, match=r"--mask 'box:1,2,3': expected center, box:X,Y,W,H in image pixels"):
+        run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "box:1,2,3")
+    with pytest.raises(ValueError, match="expected center.*or an existing folder of mask PNGs"):
         run("--checkpoint", checkpoint, "--input", tmp_path, "--output", tmp_path / "o", "--mask", "middle")
     with pytest.raises(ValueError, match="no images"):
         run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", tmp_path / "o" / "inside")
@@ -262,8 +286,8 @@ def test_a_killed_actor_is_restarted_and_its_batch_retried(s3_server, ray_local,
     assert result["done"] == 12 and result["failed"] == 0
     assert set(records(out)) == {f"img_{i:05d}.png" for i in range(12)}
     for i in range(12):
-        for suffix in ("", ".original", ".masked"):
-            with Image.open(out / f"img_{i:05d}{suffix}.png") as img:
+        for suffix in (".png", ".masked.png", ".thumb.jpg"):
+            with Image.open(out / f"img_{i:05d}{suffix}") as img:
                 img.load()  # whole files only: a truncated PNG would raise here
 
 
@@ -369,6 +393,182 @@ def test_hostile_folder_writes_only_under_output(s3_server, ray_local, checkpoin
     assert set(recs) == {c.rel for c in cases}
     _check_hostile_rows(recs, cases)
     # The symlink inside the folder is followed: its outputs show the image it points to.
-    original = storage.read_bytes(f"{out}/link_in.original.png")
-    assert original == storage.read_bytes(f"{out}/ok/a.original.png")
+    assert storage.read_bytes(f"{out}/link_in.masked.png") == storage.read_bytes(f"{out}/ok/a.masked.png")
     _check_gallery(storage.read_bytes(f"{out}/index.html").decode(), lambda rel: f"{out}/{rel}" in new_keys)
+
+
+MAGENTA = (255, 0, 255)
+
+
+def _photo(w: int, h: int, hole: tuple[int, int, int, int] | None, mode: str = "RGB") -> Image.Image:
+    """A smooth picture; the hole (left, top, right, bottom) painted magenta, which no fill keeps."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    a = np.stack([xs * 255 // max(1, w - 1), ys * 255 // max(1, h - 1), (xs + ys) % 256], -1).astype(np.uint8)
+    if hole:
+        a[hole[1]:hole[3], hole[0]:hole[2]] = MAGENTA
+    if mode == "RGBA":
+        alpha = np.full((h, w, 1), 255, np.uint8)
+        alpha[: h // 4] = 0  # a transparent band at the top, away from the hole
+        a = np.concatenate([a, alpha], -1)
+    return Image.fromarray(a, mode)
+
+
+def _mixed_folder(src: Path) -> dict[str, dict]:
+    """Inputs of mixed sizes and kinds, each with its hole in image coordinates: {rel: expectations}."""
+    src.mkdir(parents=True)
+    cases = {}
+    # box:0.25,0.25,0.5,0.5 in fractions, so every size gets a hole; each image paints that box magenta.
+    for rel, (w, h) in {"tiny.png": (9, 7), "landscape.jpg": (1024, 768), "portrait.png": (300, 500),
+                        "huge.jpg": (4000, 3000)}.items():
+        hole = (round(0.25 * w), round(0.25 * h), round(0.75 * w), round(0.75 * h))
+        _photo(w, h, hole).save(src / rel, **({"quality": 95} if rel.endswith(".jpg") else {}))
+        cases[rel] = {"size": (w, h), "hole": hole}
+    # A JPEG stored sideways with EXIF orientation 6: upright it is 400 wide and 240 high.
+    upright = _photo(400, 240, (100, 60, 300, 180))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(src / "rotated.jpg", exif=exif, quality=95)
+    cases["rotated.jpg"] = {"size": (400, 240), "hole": (100, 60, 300, 180)}
+    _photo(200, 160, (50, 40, 150, 120), "RGBA").save(src / "alpha.png")
+    cases["alpha.png"] = {"size": (200, 160), "hole": (50, 40, 150, 120)}
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    cases["broken.jpg"] = {"error": "corrupt image"}
+    return cases
+
+
+def _check_outputs(out: Path, src: Path, cases: dict, recs: dict) -> None:
+    for rel, case in cases.items():
+        r = recs[rel]
+        if "error" in case:
+            assert r["status"] == "error" and case["error"] in r["error"], r
+            continue
+        assert r["status"] == "ok", r
+        w, h = case["size"]
+        result = np.asarray(Image.open(out / r["files"]["samples"][0]))
+        original = decoded(src / rel)
+        assert result.shape == original.shape and original.shape[:2] == (h, w), rel
+        assert r["image_size"] == [w, h] and r["fit"] == "context"
+        left, top, right, bottom = case["hole"]
+        hole = np.zeros((h, w), bool)
+        hole[top:bottom, left:right] = True
+        # Outside the hole every byte is the decoded input's (alpha too); inside, the magenta is gone.
+        assert (result[~hole] == original[~hole]).all(), rel
+        filled = result[hole][:, :3].astype(int)
+        assert (np.abs(filled - MAGENTA).sum(-1) > 60).mean() > 0.9, rel
+        win = r["window"]
+        assert win["left"] <= left and win["top"] <= top and win["left"] + win["side"] >= right
+        assert win["top"] + win["side"] >= bottom and win["model_size"] == SIZE
+        masked = np.asarray(Image.open(out / r["files"]["masked"]))
+        assert masked.shape[:2] == (h, w) and is_checkerboard(masked[hole])
+        with Image.open(out / r["files"]["thumb"]) as thumb:
+            assert thumb.format == "JPEG" and thumb.height == 128
+
+
+@pytest.mark.timeout(300)
+def test_images_of_mixed_sizes_come_back_at_their_own_size_with_only_the_hole_changed(ray_local, checkpoint,
+                                                                                     tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    cases = _mixed_folder(src)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    # A mask PNG in image coordinates for one input, and one of the wrong size for another.
+    m = np.zeros((500, 300), np.uint8)
+    m[75:375, 75:225] = 255
+    Image.fromarray(m).save(masks / "portrait.png")
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(masks / "landscape.png")
+    args = ("--checkpoint", checkpoint, "--input", src, "--output", out, "--steps", 4, "--batch-size", 3)
+    summary = run(*args, "--mask", "box:0.25,0.25,0.5,0.5")
+    assert summary["done"] == 6 and summary["failed"] == 1
+    _check_outputs(out, src, cases, records(out))
+
+    # The same folder with mask PNGs: the one of the wrong size is an error row, not a crash.
+    out2 = tmp_path / "out2"
+    run("--checkpoint", checkpoint, "--input", src, "--output", out2, "--steps", 4, "--mask", masks)
+    recs = records(out2)
+    assert recs["portrait.png"]["status"] == "ok" and recs["portrait.png"]["image_size"] == [300, 500]
+    assert "mask is 10x10 but the image is 1024x768" in recs["landscape.jpg"]["error"]
+    assert "no mask file" in recs["tiny.png"]["error"]
+
+    # A box in pixels that one image is too small for, and a hole too large for one window: error rows.
+    out3 = tmp_path / "out3"
+    run(*args[:5], out3, "--steps", 2, "--mask", "box:20,20,100,100")
+    recs = records(out3)
+    assert "does not lie inside the 9x7 image" in recs["tiny.png"]["error"]
+    assert recs["landscape.jpg"]["status"] == "ok" and recs["landscape.jpg"]["hole_pixels"] == 100 * 100
+    out4 = tmp_path / "out4"
+    run(*args[:5], out4, "--steps", 2, "--mask", "box:0.05,0.05,0.9,0.5")
+    recs = records(out4)
+    assert "longer than the image's shorter side (768 px)" in recs["landscape.jpg"]["error"]  # 922 px wide
+    assert recs["portrait.png"]["status"] == "ok"  # 270x250 px fits the 300 px window
+
+    # Resume: everything done is skipped, and a lost output is made again, identical.
+    lost = out / "landscape.png"
+    before = lost.read_bytes()
+    lost.unlink()
+    again = run(*args, "--mask", "box:0.25,0.25,0.5,0.5")
+    assert again["done"] == 1 and again["skipped"] == 5 and again["failed"] == 1
+    assert lost.read_bytes() == before
+    _check_outputs(out, src, cases, records(out))
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix != ".html" and p.name != "results.jsonl"}
+
+
+@pytest.mark.timeout(300)
+def test_outputs_are_the_same_whatever_the_batch_size_workers_or_resume(ray_local, checkpoint, tmp_path):
+    """Each image's samples come from seeds of (--seed, its path, the sample index): byte-identical outputs
+    with one image per batch, all in one batch, two actors, or a resumed run."""
+    src = tmp_path / "in"
+    write_synthetic(src, 10, image_size=32)
+    _photo(60, 40, None).save(src / "wide.png")
+    base = ("--checkpoint", checkpoint, "--input", src, "--steps", 6, "--samples", 2, "--animate",
+            "--mask", "random-box:1")
+    run(*base, "--output", tmp_path / "b1", "--batch-size", 1)
+    run(*base, "--output", tmp_path / "b64", "--batch-size", 64)
+    run(*base, "--output", tmp_path / "w2", "--batch-size", 3, "--workers", 2)
+    reference = _tree_bytes(tmp_path / "b1")
+    assert len(reference) == 11 * 5  # 2 samples, masked, thumbnail and animation per image
+    assert _tree_bytes(tmp_path / "b64") == reference
+    assert _tree_bytes(tmp_path / "w2") == reference
+    recs = records(tmp_path / "b1")
+    assert len({tuple(r["window"].values()) for r in recs.values()}) > 5, "random-box: a box per image"
+    assert recs["img_00000.png"]["seeds"] == records(tmp_path / "b64")["img_00000.png"]["seeds"]
+    # Resume after losing half the outputs, with yet another batch size.
+    for i, path in enumerate(sorted((tmp_path / "b64").glob("img_*.png"))):
+        if i % 2:
+            path.unlink()
+    again = run(*base, "--output", tmp_path / "b64", "--batch-size", 4)
+    assert again["done"] > 0 and again["skipped"] > 0
+    assert _tree_bytes(tmp_path / "b64") == reference
+    # Another --seed gives other samples.
+    run(*base[:-2], "--mask", "random-box:1", "--seed", 1, "--output", tmp_path / "seed1", "--batch-size", 64)
+    other = _tree_bytes(tmp_path / "seed1")
+    assert other.keys() == reference.keys() and other["img_00000.png"] != reference["img_00000.png"]
+
+
+@pytest.mark.timeout(180)
+def test_crop_fit_and_other_formats(ray_local, checkpoint, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _photo(200, 160, (50, 40, 150, 120), "RGBA").save(src / "alpha.png")
+    _photo(120, 90, None).save(src / "plain.png")
+    run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "webp", "--format", "webp",
+        "--steps", 2, "--mask", "box:50,40,100,80")
+    r = records(tmp_path / "webp")["alpha.png"]
+    assert r["files"]["samples"] == ["alpha.webp"] and r["files"]["masked"] == "alpha.masked.webp"
+    result, original = np.asarray(Image.open(tmp_path / "webp/alpha.webp")), decoded(src / "alpha.png")
+    hole = np.zeros((160, 200), bool)
+    hole[40:120, 50:150] = True
+    assert result.shape == (160, 200, 4) and (result[~hole] == original[~hole]).all()  # lossless, alpha kept
+    run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "jpg", "--format", "jpg", "--steps", 2,
+        "--mask", "box:0.25,0.25,0.5,0.5", "--feather", 2)
+    with Image.open(tmp_path / "jpg/alpha.jpg") as img:
+        assert img.format == "JPEG" and img.size == (200, 160) and img.mode == "RGB"
+    run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "crop", "--fit", "crop", "--steps", 2)
+    recs = records(tmp_path / "crop")
+    for rel in ("alpha.png", "plain.png"):
+        assert recs[rel]["fit"] == "crop"
+        with Image.open(tmp_path / "crop" / rel) as img:
+            assert img.size == (SIZE, SIZE)  # the model-size centre crop, as before

@@ -15,7 +15,7 @@ from PIL import Image
 
 from data import images, storage, untrusted
 from data.make_shards import make_shards
-from ray_jobs.gallery import href, write_index
+from ray_jobs.outputs import href, write_gallery
 from data.synthetic import png_bomb
 from tests.hostile_inputs import SECRET_CAPTION, write_hostile_folder
 
@@ -165,7 +165,8 @@ def test_gallery_links_survive_url_special_names_and_text_is_escaped(tmp_path):
     rec = {"rel": f"<b>{name}</b>.png", "status": "ok", "caption": "<script>x()</script>",
            "outputs": [f"{name}.png", f"{name}.original.png", f"{name}.masked.png"]}
     bad = {"rel": "<i>bad</i>.png", "status": "error", "error": "<img src=x onerror=y()>", "caption": ""}
-    write_index(str(tmp_path / "index.html"), [rec, bad], "<summary>")
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (rec, bad)))
+    assert write_gallery(str(tmp_path), str(tmp_path / "results.jsonl"), "<summary>") == ["index.html"]
     page = (tmp_path / "index.html").read_text()
     for raw in ("<script>", "<b>", "<i>", "<img src=x", "<summary>"):
         assert raw not in page
@@ -434,7 +435,7 @@ def test_the_inpaint_plan_refuses_colliding_outputs_and_never_reads_its_own_outp
     import argparse
 
     from ray_jobs import inpaint
-    from ray_jobs.inpaint_actor import JobOptions
+    from ray_jobs.inpaint_inputs import JobOptions
 
     real = tmp_path / "real"
     for rel in ("a.jpg", "a.png/x.png", "results.jsonl/y.png", "B.png", "b.png", "x" * 190 + ".png",
@@ -452,7 +453,7 @@ def test_the_inpaint_plan_refuses_colliding_outputs_and_never_reads_its_own_outp
     assert "needs a folder a.png, already a file of a.jpg" in errors["a.png/x.png"]
     assert "needs a folder results.jsonl, already a file of the job's results" in errors["results.jsonl/y.png"]
     assert "its output b.png is already that of B.png" in errors["b.png"]
-    assert "at most 200" in errors["x" * 190 + ".png"]  # its .original.png would be over the name limit
+    assert "at most 200" in errors["x" * 190 + ".png"]  # its .masked.png would be over the name limit
     assert not any(rel.startswith("out/") for rel in errors) and "out/old.png" not in {r["rel"] for r in todo}
 
 
