@@ -17,7 +17,6 @@
 2. Images/s of `ray_jobs.inpaint` with 1 actor / images/s of the same work (decode, `onade.inpaint`,
    PNG writing) in one plain process, same checkpoint, batch and steps.
 3. Peak memory of the whole job (driver + Ray processes) for a folder of N and of 4N images: it streams.
-
 4. With --quality, on a model trained on the synthetic `centre` variant (whose hole's colour only the
    caption tells; --checkpoint, or trained here): bits per hole subpixel of K-pass ancestral sampling
    (onade.metrics.budget_bits) with the DP plan and with equal chunks, K = 1 ... the hole size (the exact
@@ -26,6 +25,12 @@
    previous default); and ray_jobs.inpaint at its default against the previous default on one folder.
 
     python bench/sample.py --quality --skip-samplers --skip-job --precision-presets ''
+
+5. With --fit: images/s of `ray_jobs.inpaint` on --fit-size JPEGs (a window around the centre hole resized
+   to the model, the sample pasted back, PNGs written at full size) / on model-size PNGs, --fit-preset
+   (small), same sampler; and the share of the actors' time spent in the model (target >= 80%).
+
+    python bench/sample.py --fit --skip-samplers --skip-job --precision-presets ''
 """
 
 from __future__ import annotations
@@ -162,11 +167,11 @@ def direct_images_per_second(ckpt: str, folder: Path, out: Path, args) -> float:
     from PIL import Image
 
     from data.images import encode, load
-    from ray_jobs.inpaint_actor import spec_hidden
+    from onade.holes import HoleSpec
 
     loaded = onade.load_checkpoint(ckpt)
     S = loaded.config.model.image_size
-    hidden = torch.from_numpy(spec_hidden("center", S))[..., None].expand(S, S, 3)
+    hidden = torch.from_numpy(HoleSpec.parse("center").hidden(S, S))[..., None].expand(S, S, 3)
     files = sorted(folder.glob("*.png"))
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -231,6 +236,65 @@ def bench_job(args) -> dict:
                   flush=True)
             out.update(mem_small=small, mem_large=large)
         return out
+
+
+def _photos(folder: Path, n: int, width: int, height: int, fmt: str) -> None:
+    """n smooth, different pictures (gradients and discs) with a caption each."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    ys, xs = np.mgrid[0:height, 0:width]
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        a = np.stack([(xs * rng.uniform(0.1, 0.3) + ys * rng.uniform(0.1, 0.3) + 80 * c) % 256 for c in range(3)], -1)
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.1, 0.4) * min(width, height)
+        a[(xs - cx) ** 2 + (ys - cy) ** 2 < r * r] = rng.integers(0, 256, 3)
+        options = {"quality": 90} if fmt == "jpg" else {}
+        Image.fromarray(a.astype(np.uint8)).save(folder / f"p{i:04d}.{fmt}", **options)
+        (folder / f"p{i:04d}.txt").write_text("a disc on a gradient\n")
+
+
+def bench_fit(args) -> dict:
+    """ray_jobs.inpaint on photos (--fit context: window, resize, paste back at full size, PNG at full size)
+    against the same job on model-size PNGs (nothing to resize or paste), same model, count and sampler; and
+    how the actors spend their time (results.jsonl: model_seconds of seconds)."""
+    import json
+
+    from ray_jobs import inpaint as job
+
+    S = onade.get_preset(args.fit_preset).model.image_size
+    w, h = args.fit_size
+    out = {"preset": args.fit_preset, "images": args.fit_images, "photo_size": [w, h], "model_size": S,
+           "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="onade_bench_fit_") as tmp:
+        root = Path(tmp)
+        ckpt = make_checkpoint(root, args.fit_preset)
+        _photos(root / "photos", args.fit_images, w, h, "jpg")
+        _photos(root / "model_size", args.fit_images, S, S, "png")
+        for rnd in range(args.rounds):
+            for name in ("model_size", "photos"):
+                dest = root / f"out_{name}_{rnd}"
+                summary = job.main(["--checkpoint", ckpt, "--input", str(root / name), "--output", str(dest),
+                                    "--batch-size", str(args.batch_size), "--no-progress"])
+                rows = [json.loads(line) for line in (dest / "results.jsonl").read_text().splitlines()]
+                ok = [r for r in rows if r["status"] == "ok"]
+                assert len(ok) == args.fit_images, [r.get("error") for r in rows if r["status"] != "ok"][:3]
+                actor = sum(r["seconds"] for r in ok)
+                model = sum(r["model_seconds"] for r in ok)
+                got = {"images_per_second": summary["images_per_second"], "model_share_of_actor": model / actor,
+                       "model_share_of_wall": model / summary["seconds"],
+                       "write_seconds_per_image": sum(r["write_seconds"] for r in ok) / len(ok)}
+                best = out["runs"].get(name)
+                if best is None or got["images_per_second"] > best["images_per_second"]:
+                    out["runs"][name] = got
+                print(f"  round {rnd} {name:10s}: {got['images_per_second']:.2f} images/s, model "
+                      f"{got['model_share_of_actor']:.1%} of the actor's time, {got['model_share_of_wall']:.1%} of "
+                      f"the wall time, write {got['write_seconds_per_image'] * 1000:.0f} ms/image", flush=True)
+    runs = out["runs"]
+    out["photos_over_model_size"] = runs["photos"]["images_per_second"] / runs["model_size"]["images_per_second"]
+    print(f"  photos / model-size images/s: {out['photos_over_model_size']:.3f} (best of {args.rounds} rounds each)")
+    return out
 
 
 # ---- quality per forward pass (a trained model) ---------------------------------------------------------
@@ -393,6 +457,11 @@ def main(argv=None) -> None:
     p.add_argument("--guidance-passes", type=int, default=16, help="the budget at which guidance is swept")
     p.add_argument("--out", default="bench_out/sample_quality.json")
     p.add_argument("--skip-samplers", action="store_true")
+    p.add_argument("--fit", action="store_true",
+                   help="job images/s on photos (--fit context, pasted back) vs on model-size PNGs")
+    p.add_argument("--fit-preset", default="small")
+    p.add_argument("--fit-images", type=int, default=64)
+    p.add_argument("--fit-size", type=int, nargs=2, default=(1024, 768), metavar=("W", "H"))
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the job's peak memory for N and 4N images")
     args = p.parse_args(argv)
@@ -415,6 +484,16 @@ def main(argv=None) -> None:
         result["job"] = bench_job_default(args, ckpt)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
+    if args.fit:
+        import json
+
+        print(f"ray_jobs.inpaint on {args.fit_size[0]}x{args.fit_size[1]} JPEGs vs model-size PNGs, preset "
+              f"{args.fit_preset}, {args.fit_images} images, batch {args.batch_size}, the job's default sampler:")
+        result = bench_fit(args)
+        out = Path(args.out).with_name("sample_fit.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
     if not args.skip_job:
         print(f"ray_jobs.inpaint vs one process: {args.job_images} images, {args.job_steps} steps, "
               f"batch {args.batch_size}")

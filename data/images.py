@@ -143,9 +143,7 @@ def open_upright(data: bytes, draft: int = 0) -> tuple[Image.Image, tuple[int, i
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             mode = img.mode
-            w, h = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
-                w, h = h, w
+            w, h = upright_size(img)
             if draft and img.format == "JPEG" and mode in ("RGB", "L"):
                 img.draft(mode, (draft, draft))
             img.load()
@@ -162,6 +160,12 @@ def open_upright(data: bytes, draft: int = 0) -> tuple[Image.Image, tuple[int, i
     if min(img.size) < 1:
         raise ImageSkip(f"image has no pixels ({w}x{h})")
     return img, (w, h), mode
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """An opened image's (w, h) once turned upright by its EXIF orientation (read from the header)."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)  # orientations that swap the sides
 
 
 def has_alpha(img: Image.Image) -> bool:
@@ -194,5 +198,5 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 __all__ = ["BACKGROUND", "RESIZE_MODES", "FORMATS", "IMAGE_EXTENSIONS", "ImageSkip", "set_max_pixels", "pixel_limit",
-           "to_rgb", "fit", "load", "open_upright", "has_alpha", "encode",
+           "to_rgb", "fit", "load", "open_upright", "upright_size", "has_alpha", "encode",
            "decode_rgb"]

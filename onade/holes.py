@@ -2,8 +2,8 @@
 
     spec = HoleSpec.parse("box:0.25,0.25,0.5,0.5")   # center | box:X,Y,W,H (pixels or fractions) | random-box[:SEED]
     hidden_HW = spec.hidden(width, height, key="photos/a.jpg")
-    window = context_window(hidden_HW, model_size)   # or centre_window(width, height)
-    x_SSC, hidden_SS = window.to_model(rgb_HWC, hidden_HW, model_size)
+    window = context_window(hidden_HW, model_size)   # or centre_window(width, height, model_size)
+    x_SSC, hidden_SS = window.to_model(rgb_HWC, hidden_HW)
     ... inpaint x_SSC where hidden_SS ...
     out_HWC = window.paste(source_HWC, hidden_HW, sample_SSC)    # only the hole changes
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from onade.config import num_hole_side
 
 RANDOM_BOX_FRACTIONS = (0.25, 0.5)  # random-box sides, as fractions of the image's shorter side
 RESAMPLE = Image.Resampling.BICUBIC  # as the shards are made (data.images.fit); antialiased when shrinking
@@ -70,18 +72,18 @@ class HoleSpec:
     def box(self, width: int, height: int, key: str = "") -> tuple[int, int, int, int]:
         """(left, top, right, bottom) in pixels of a width x height image; ValueError if it does not fit."""
         if self.kind == "center":
-            side = max(1, min(width, height) // 2)
+            side = num_hole_side(min(width, height))
             left, top = (width - side) // 2, (height - side) // 2
             return left, top, left + side, top + side
         if self.kind == "random-box":
-            rng = np.random.default_rng(_key_seed(self.seed, key))
+            rng = np.random.default_rng(key_seed(self.seed, key))
             short = min(width, height)
             w, h = (max(1, round(short * rng.uniform(*RANDOM_BOX_FRACTIONS))) for _ in range(2))
             left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             return left, top, left + w, top + h
         x, y, w, h = self.values
         if self.fractions:
-            left, top = round(x * width), round(y * height)
+            left, top = min(round(x * width), width - 1), min(round(y * height), height - 1)
             right, bottom = max(left + 1, round((x + w) * width)), max(top + 1, round((y + h) * height))
             return left, top, min(right, width), min(bottom, height)
         if x + w > width or y + h > height:
@@ -98,7 +100,8 @@ class HoleSpec:
         return hidden_HW
 
 
-def _key_seed(seed: int, key: str) -> int:
+def key_seed(seed: int, key: str) -> int:
+    """A 64-bit seed from (seed, key): the same on every run and machine, different for different keys."""
     return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little")
 
 
@@ -121,35 +124,51 @@ class Window:
 
     def to_model(self, rgb_HWC: np.ndarray, hidden_HW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The window resized to the model: (image uint8 [S,S,3], hole bool [S,S]). A model pixel is in the
-        hole when any image pixel under it is; when shrinking, the hole grows by one model pixel so the
-        resampling filter's reach carries none of the hidden content into the pixels the model sees."""
+        hole when any image pixel under it is. None of the hidden content reaches the model: hidden pixels
+        are set to the mean of the window's visible ones before resampling, and the hole grows by the
+        resampling filter's reach (one model pixel when shrinking, about 2*S/side when enlarging) so the
+        pixels the model sees as known are made of visible ones alone, or nearly so."""
         S = self.model_size
-        x_SSC = np.asarray(Image.fromarray(rgb_HWC).resize((S, S), RESAMPLE, box=self.box), dtype=np.uint8)
-        cover = Image.fromarray(hidden_HW.astype(np.uint8) * 255).resize((S, S), Image.Resampling.BOX, box=self.box)
+        left, top, right, bottom = self.box
+        region_LLC = rgb_HWC[top:bottom, left:right]
+        hole_LL = hidden_HW[top:bottom, left:right]
+        if hole_LL.any():
+            region_LLC = region_LLC.copy()
+            seen = ~hole_LL
+            region_LLC[hole_LL] = np.rint(region_LLC[seen].mean(0)) if seen.any() else 127
+        x_SSC = np.asarray(Image.fromarray(region_LLC).resize((S, S), RESAMPLE), dtype=np.uint8)
+        # Float coverage: a speck covering 1/1000 of a model pixel still hides it.
+        cover = Image.fromarray(hole_LL.astype(np.float32)).resize((S, S), Image.Resampling.BOX)
         hidden_SS = np.asarray(cover) > 0
-        if self.side > S:
+        for _ in range(0 if self.side == S else 1 if self.side > S else math.ceil(2 * S / self.side)):
             hidden_SS = _dilate(hidden_SS)
         return x_SSC, hidden_SS
 
     def paste(self, source_HWC: np.ndarray, hidden_HW: np.ndarray, sample_SSC: np.ndarray,
               feather: int = 0) -> np.ndarray:
         """`source` with its hole replaced by the sample resized back to the window; every pixel outside the
-        hole keeps its bytes. `feather` > 0 blends the sample in over that many pixels inside the hole's
-        edge (the source's own hole pixels show through there). A 4-channel source keeps its alpha outside
-        the hole and is opaque inside."""
+        hole keeps its bytes. `feather` > 0 blends the sample's colour in over that many pixels inside the
+        hole's edge (the source's own hole pixels show through there). A 4-channel source keeps its alpha
+        outside the hole and is opaque inside."""
         left, top, right, bottom = self.box
-        up_LLC = np.asarray(Image.fromarray(sample_SSC).resize((self.side, self.side), RESAMPLE), dtype=np.uint8)
+        height, width = hidden_HW.shape
         assert hidden_HW[:top].sum() + hidden_HW[bottom:].sum() + hidden_HW[:, :left].sum() \
             + hidden_HW[:, right:].sum() == 0, "the hole must lie inside the window"
+        up_LLC = np.asarray(Image.fromarray(sample_SSC).resize((self.side, self.side), RESAMPLE), dtype=np.uint8)
         out_HWC = source_HWC.copy()
         region = out_HWC[top:bottom, left:right]
         hole_LL = hidden_HW[top:bottom, left:right]
         fill_LLC = up_LLC
-        if region.shape[-1] == 4:
-            fill_LLC = np.concatenate([up_LLC, np.full(up_LLC.shape[:2] + (1,), 255, np.uint8)], -1)
         if feather > 0:
-            alpha_LL1 = (_depth(hole_LL, feather) / (feather + 1))[..., None]
-            fill_LLC = np.rint(alpha_LL1 * fill_LLC + (1 - alpha_LL1) * region).astype(np.uint8)
+            # Depth into the hole measured with a margin around the window, so an edge of the window inside
+            # the image is not taken for the image's border.
+            m = feather + 1
+            y0, x0, y1, x1 = max(0, top - m), max(0, left - m), min(height, bottom + m), min(width, right + m)
+            depth = _depth(hidden_HW[y0:y1, x0:x1], feather)[top - y0:bottom - y0, left - x0:right - x0]
+            alpha_LL1 = (depth / (feather + 1))[..., None]
+            fill_LLC = np.rint(alpha_LL1 * up_LLC + (1 - alpha_LL1) * region[..., :3]).astype(np.uint8)
+        if region.shape[-1] == 4:
+            fill_LLC = np.concatenate([fill_LLC, np.full(up_LLC.shape[:2] + (1,), 255, np.uint8)], -1)
         region[hole_LL] = fill_LLC[hole_LL]
         return out_HWC
 
@@ -205,4 +224,4 @@ def _depth(hole: np.ndarray, limit: int) -> np.ndarray:
     return depth
 
 
-__all__ = ["HoleSpec", "Window", "context_window", "centre_window"]
+__all__ = ["HoleSpec", "Window", "context_window", "centre_window", "key_seed"]

@@ -28,7 +28,7 @@ one random ordering: one forward pass per hole subpixel per image, so it runs on
 content, so the numbers do not depend on how many actors ran.
 
 Over the same first `--exact-images` images and the hole of `--hole` (center, the default, or box:X,Y,W,H
-in model pixels):
+in model pixels or as fractions of the side):
 - `--profile PATH` measures the loss profile L(t) (onade.metrics.loss_profile, 64 forward passes per image;
   the mean of each batch's profile) and writes it to PATH; the JSON gets `profile_bits_first` (L(0), the
   one-shot NLL) and `profile_bits_last` (the last hole subpixel's).

@@ -19,17 +19,24 @@ following the caption twice as hard as unguided sampling:
     python -m ray_jobs.inpaint --checkpoint runs/debug1/export --input photos/ --output inpainted/ \
         --strategy ancestral --steps 32 --guidance 2
 
-Inputs are found recursively (png, jpg, webp, bmp, gif, tiff, pnm); each is converted to RGB and centre-cropped
-and resized to the model size (results.jsonl records how). Captions come from a sidecar `<stem>.txt` (its first
-non-blank line), or from --captions FILE.jsonl ({"file": "relative/path.jpg", "caption": "..."}); no caption
-means an empty one. --mask center (default: the central square of half the side), box:X,Y,W,H (model pixels),
-or a folder of mask PNGs at the same relative paths (white = hide, same size as the image).
+Inputs are found recursively (png, jpg, webp, bmp, gif, tiff, pnm) and turned upright by their EXIF
+orientation. --fit context (default): each image's hole gets a square window with as much context again
+(onade.holes), resized to the model size, inpainted, and the sample pasted back into the hole only, at the
+image's own size: every pixel outside the hole keeps the decoded input's bytes (--feather PX blends the
+edge; a hole longer than the image's shorter side is an error row, never tiled). --fit crop: the model-size
+centre crop, written at the model size. Masks are in image coordinates: --mask center (the central square of
+half the shorter side), box:X,Y,W,H (pixels), box:0.25,0.25,0.5,0.5 (fractions of the sides),
+random-box[:SEED] (a box per image), or a folder of mask PNGs at the same relative paths and the images'
+sizes (white = hide). Captions come from a sidecar `<stem>.txt` (its first non-blank line), or from
+--captions FILE.jsonl ({"file": "relative/path.jpg", "caption": "..."}); no caption means an empty one.
 
-Outputs, at each input's relative path under --output: `<stem>.png` (and `<stem>.<k>.png` for --samples K),
-`<stem>.original.png` and `<stem>.masked.png` (what the model saw), `<stem>.gif` with --animate; one line per
-input in `results.jsonl` and a gallery in `index.html`. Every file is written whole or not at all; running
-again skips inputs whose outputs are all there, so a killed job resumes. A bad input becomes an error line;
-the job exits 0 unless every input failed.
+Outputs, at each input's relative path under --output: `<stem>.png` (`<stem>.<k>.png` for --samples K;
+--format jpg|webp), `<stem>.masked.png` (the hole as a checkerboard), `<stem>.thumb.jpg`, `<stem>.gif` with
+--animate; one line per input in `results.jsonl` (with the window and how it maps back) and a gallery,
+`index.html`, `index-2.html`, ... Sample k of an input is drawn from a seed of (--seed, its relative path,
+k), so outputs are the same whatever --batch-size, --workers or resume. Every file is written whole or not
+at all; running again skips inputs whose outputs are all there and were made with the same settings, so a
+killed job resumes. A bad input becomes an error line; the job exits 0 unless every input failed.
 
 Inputs are untrusted (data/untrusted.py): a key or entry that is not a plain relative path (`..`, a leading
 `/`, ...), a symlink out of the input folder, an image over --max-image-pixels, an oversized caption file or
@@ -39,6 +46,7 @@ caption becomes an error line, and nothing is read or written for it; nothing is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -57,6 +65,9 @@ from ray_jobs.inpaint_inputs import FITS
 from ray_jobs.ray_env import init_ray
 
 RESULTS = "results.jsonl"
+# The settings of the last run that wrote into an output folder: outputs without a results line (a killed
+# run writes results.jsonl only at its end) count as done only when they were made with today's settings.
+SETTINGS = ".onade-inpaint.json"
 INDEX = "index.html"
 IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
 IO_CPUS = 0.25  # each decode or write task's share of a CPU
@@ -113,6 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.feather < 0:
         p.error("--feather must be >= 0")
+    if args.feather and args.fit != "context":
+        p.error("--feather blends a sample pasted back into its image: it needs --fit context")
     # The flags given override SampleConfig's defaults; the job keeps no defaults of its own.
     given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     try:
@@ -241,15 +254,17 @@ def _same_or_inside(inner: str, outer: str) -> bool:
     return inner.rstrip("/") == outer.rstrip("/") or _nested(inner, outer) is not None
 
 
-def plan(args, opts, previous: dict[str, dict]):
+def plan(args, opts, previous: dict[str, dict], folder_settings: str | None = None):
     """Split the input tree into (rows to inpaint, result lines already known). Every entry gets a row:
     unusable ones (unsafe names, symlinks out of the input, not images) an error row, and nothing is
-    read or written for them."""
+    read or written for them. An input is done when all its outputs exist and were made with these settings
+    (its line in `previous` says so, or, without one, `folder_settings`: SETTINGS of the last run)."""
     from data import storage
     from data.images import IMAGE_EXTENSIONS
     from ray_jobs.outputs import OutputNames
 
     sample = opts.sample_config()
+    settings = opts.fingerprint()
     files, unsafe = list_tree(args.input)
     if not files and not unsafe and not storage.is_s3(args.input) and not os.path.isdir(args.input):
         raise ValueError(f"--input {args.input!r} does not exist")
@@ -275,8 +290,8 @@ def plan(args, opts, previous: dict[str, dict]):
     for rel, (url, why) in sorted(unsafe.items()):
         if not in_output(rel):
             known.append(error_row(url, rel, f"not read: {why}", sample))
-    # Two inputs must not write the same path: `a.png` and `a.jpg` both make `a.png`; the `a.original.png` of
-    # `a.png` is the output of an input named `a.original.png`; `a.png/x.png` needs a folder where `a.jpg`
+    # Two inputs must not write the same path: `a.png` and `a.jpg` both make `a.png`; the `a.masked.png` of
+    # `a.png` is the output of an input named `a.masked.png`; `a.png/x.png` needs a folder where `a.jpg`
     # writes a file; names differing in case collide on some disks. The job's own files are claimed first.
     claimed = {RESULTS: ("file", "the job's results"), INDEX: ("file", "the job's gallery")}
     todo = []
@@ -307,13 +322,13 @@ def plan(args, opts, previous: dict[str, dict]):
             claimed[o.casefold()] = ("file", rel)
             for folder in _parents(o):
                 claimed.setdefault(folder.casefold(), ("folder", rel))
-        if all(o in done_outputs for o in names):
-            prev = previous.get(url)
+        prev = previous.get(url)
+        if all(o in done_outputs for o in names) and (prev.get("settings") if prev else folder_settings) == settings:
             # The earlier run's line when there is one (it has the caption, steps and timing).
             known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
                          {"input": url, "rel": rel, "outputs": names, "files": outs.files(),
                           "caption": captions.get(rel, ""), "strategy": sample.strategy, "status": "ok",
-                          "resumed": True})
+                          "settings": settings, "resumed": True})
             continue
         sidecar = files.get(stem + ".txt", "") if not args.captions else ""
         todo.append({"input": url, "rel": rel, "caption": captions.get(rel, ""), "caption_url": sidecar,
@@ -406,13 +421,21 @@ def main(argv: list[str] | None = None) -> dict:
                       feather=args.feather, max_pixels=args.max_image_pixels,
                       sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
                       animate=args.animate, use_gpu=args.gpus_per_worker > 0)
-    todo, known = plan(args, opts, read_previous(args.output))
+    settings_url = storage.join(args.output, SETTINGS)
+    folder_settings = None
+    if storage.exists(settings_url):
+        with contextlib.suppress(ValueError, AttributeError, storage.StorageError):
+            folder_settings = json.loads(storage.read_bytes(settings_url, max_bytes=1 << 16)).get("settings")
+    todo, known = plan(args, opts, read_previous(args.output), folder_settings)
     if not todo and not known:
         raise ValueError(f"no images under {args.input!r}")
     skipped = sum(1 for r in known if r.get("resumed"))
     print(f"inpainting {len(todo)} image(s) from {args.input} ({describe(args.sample)}; "
           f"{skipped} already done, {len(known) - skipped} not images) -> {args.output}", flush=True)
 
+    if todo:
+        untrusted.write_output(args.output, SETTINGS, json.dumps({"settings": opts.fingerprint(),
+                                                                 "options": opts.to_dict()}, indent=1).encode())
     tmp = tempfile.mkdtemp(prefix="onade_inpaint_")
     started = False
     counts = {"done": 0, "failed": len(known) - skipped, "skipped": skipped}

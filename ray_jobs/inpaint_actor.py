@@ -14,15 +14,9 @@ import time
 import numpy as np
 
 from ray_jobs.inpaint_inputs import JobOptions, image_seeds
+from ray_jobs.outputs import gif_bytes
 
 PASS_THROUGH = ("input", "rel", "caption", "mask_url", "fit", "digest")
-
-
-def sampler_fields(sample, forward_passes: int = 0) -> dict:
-    """What every results line records of the sampler: the settings as configured (steps 0 = the strategy's
-    per-subpixel default) and the forward passes that inpainted the input (0 when none did)."""
-    return {"strategy": sample.strategy, "steps": sample.steps, "guidance": sample.guidance,
-            "forward_passes": forward_passes}
 
 
 class InpaintActor:
@@ -61,8 +55,6 @@ class InpaintActor:
                 model_seconds = time.perf_counter() - t0
                 samples[good] = out
                 if chain is not None:
-                    from ray_jobs.outputs import gif_bytes
-
                     for j, i in enumerate(good):
                         gifs[i] = gif_bytes(_own_frames(chain[j]))
             except ValueError as e:
@@ -74,7 +66,7 @@ class InpaintActor:
             error=np.array(errors, dtype=object), samples=samples,
             forward_passes=np.array([0 if errors[i] else self.passes(batch["hidden"][i]) for i in range(n)]),
             # The batch's time shared out over its images (a batch runs as one).
-            model_seconds=np.full(n, model_seconds / n), actor_seconds=np.full(n, seconds / n),
+            model_seconds=np.full(n, model_seconds / max(1, n)), actor_seconds=np.full(n, seconds / max(1, n)),
             precision=np.array([self.precision] * n, dtype=object))
         if o.animate:
             result["gif"] = np.array(gifs, dtype=object)
@@ -122,4 +114,4 @@ def _own_frames(frames_FKHWC: np.ndarray) -> np.ndarray:
     return frames_FKHWC[:last + 1]
 
 
-__all__ = ["InpaintActor", "sampler_fields", "PASS_THROUGH"]
+__all__ = ["InpaintActor", "PASS_THROUGH"]

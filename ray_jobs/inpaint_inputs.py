@@ -19,6 +19,7 @@ import numpy as np
 
 from data import storage, untrusted
 from data.images import ImageSkip, has_alpha, open_upright, pixel_limit, to_rgb
+from data.images import upright_size as upright_size_of
 
 FITS = ("context", "crop")
 
@@ -55,16 +56,26 @@ class JobOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def fingerprint(self) -> str:
+        """Of every setting an output depends on: a resume redoes an input whose outputs were made otherwise
+        (another --mask, --fit, --seed, sampler, checkpoint...)."""
+        keys = ("checkpoint", "image_size", "mask", "mask_dir", "fit", "format", "feather", "sample", "samples",
+                "seed", "animate", "frames")
+        settings = {k: v for k, v in asdict(self).items() if k in keys}
+        return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
+
 
 def image_seeds(seed: int, rel: str, samples: int) -> list[int]:
     """The seed of each sample of the input at relative path `rel`: a function of (--seed, rel, sample index)
     alone, so an image gets the same samples whatever batch, worker or run it lands in."""
-    return [int.from_bytes(hashlib.blake2b(f"{seed}\0{rel}\0{k}".encode(), digest_size=8).digest(), "little") >> 1
-            for k in range(samples)]
+    from onade.holes import key_seed
+
+    return [key_seed(seed, f"{rel}\0{k}") >> 1 for k in range(samples)]
 
 
-def digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def input_digest(data: bytes, mask_data: bytes | None) -> str:
+    """Of an input's bytes and its mask's: the write stage checks it reads what the decode stage read."""
+    return "/".join(hashlib.blake2b(d, digest_size=16).hexdigest() for d in (data, mask_data) if d is not None)
 
 
 @dataclass
@@ -86,7 +97,8 @@ def prepare(data: bytes, mask_data: bytes | None, rel: str, o: JobOptions) -> Pr
     be inpainted. Call inside data.images.pixel_limit(o.max_pixels)."""
     from onade.holes import HoleSpec, centre_window, context_window
 
-    img, (w, h), _ = open_upright(data)
+    img, _, _ = open_upright(data)
+    w, h = img.size
     rgb_HWC = np.asarray(to_rgb(img), dtype=np.uint8)
     source_HWC = np.asarray(img.convert("RGBA"), dtype=np.uint8) if has_alpha(img) else rgb_HWC
     del img
@@ -106,19 +118,21 @@ def prepare(data: bytes, mask_data: bytes | None, rel: str, o: JobOptions) -> Pr
     return Prepared(source_HWC, rgb_HWC, hidden_HW, window)
 
 
-def mask_from_png(data: bytes, upright_size: tuple[int, int]) -> np.ndarray:
-    """A mask image (white = hide) of the image's upright size -> bool [H, W]. Its size is checked from the
-    header, before decoding."""
+def mask_from_png(data: bytes, image_size: tuple[int, int]) -> np.ndarray:
+    """A mask image (white = hide) of the image's upright size (w, h) -> bool [H, W]. Its size is checked from
+    the header before anything is decoded (reading a PNG's EXIF orientation may decode it)."""
     from PIL import Image, ImageOps
+
+    def wrong(w: int, h: int) -> ImageSkip:
+        return ImageSkip(f"mask is {w}x{h} but the image is {image_size[0]}x{image_size[1]}: a mask must have its "
+                         "image's size (after EXIF rotation)")
 
     try:
         img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
-            w, h = h, w
-        if (w, h) != upright_size:
-            raise ImageSkip(f"mask is {w}x{h} but the image is {upright_size[0]}x{upright_size[1]}: a mask must "
-                            "have its image's size (after EXIF rotation)")
+        if img.size not in (image_size, image_size[::-1]):
+            raise wrong(*img.size)
+        if upright_size_of(img) != image_size:
+            raise wrong(*upright_size_of(img))
         img.load()
         img = ImageOps.exif_transpose(img).convert("L")
     except ImageSkip:
@@ -171,7 +185,7 @@ def _decode_rows(batch: dict[str, np.ndarray], o: JobOptions) -> dict[str, np.nd
             prepared = prepare(data, mask_data, str(row["rel"]), o)
             images[i], hidden[i] = prepared.window.to_model(prepared.rgb_HWC, prepared.hidden_HW)
             fit = json.dumps(prepared.record(o.fit))
-            dig = digest(data) + ("" if mask_data is None else "/" + digest(mask_data))
+            dig = input_digest(data, mask_data)
         except (ImageSkip, ValueError, storage.StorageError) as e:  # UnsafeInput is a ValueError
             error = str(e)
         except Exception as e:  # noqa: BLE001 - one bad input must not fail the batch of good ones
@@ -186,5 +200,5 @@ def _decode_rows(batch: dict[str, np.ndarray], o: JobOptions) -> dict[str, np.nd
     return out
 
 
-__all__ = ["FITS", "JobOptions", "Prepared", "prepare", "read_input", "mask_from_png", "image_seeds", "digest",
-           "decode_batch"]
+__all__ = ["FITS", "JobOptions", "Prepared", "prepare", "read_input", "mask_from_png", "image_seeds",
+           "input_digest", "decode_batch"]

@@ -38,7 +38,7 @@ import numpy as np
 
 from data import storage, untrusted
 from data.images import BACKGROUND, ImageSkip, encode, pixel_limit
-from ray_jobs.inpaint_inputs import JobOptions, digest, image_seeds, prepare, read_input
+from ray_jobs.inpaint_inputs import JobOptions, image_seeds, input_digest, prepare, read_input
 
 GIF_FRAME_MS = 80
 GIF_HOLD_MS = 1500  # the last frame (the result) stays up before the loop restarts
@@ -109,15 +109,19 @@ def encode_image(image_HWC: np.ndarray, fmt: str) -> bytes:
     return encode(img, fmt)
 
 
-def thumb_strip(images: list[np.ndarray]) -> bytes:
-    """The images side by side, each THUMB_PX high, as one JPEG."""
+def thumb(image_HWC: np.ndarray):
+    """A PIL image THUMB_PX high (at most 4 times as wide: a panorama is squeezed, not a 65,535 px JPEG)."""
     from PIL import Image
 
-    tiles = []
-    for im in images:
-        h, w = im.shape[:2]
-        tiles.append(Image.fromarray(np.ascontiguousarray(im[..., :3])).resize(
-            (max(1, round(w * THUMB_PX / h)), THUMB_PX), Image.Resampling.BICUBIC))
+    h, w = image_HWC.shape[:2]
+    size = (min(4 * THUMB_PX, max(1, round(w * THUMB_PX / h))), THUMB_PX)
+    return Image.fromarray(np.ascontiguousarray(image_HWC[..., :3])).resize(size, Image.Resampling.BICUBIC)
+
+
+def thumb_strip(tiles: list) -> bytes:
+    """Thumbnails (`thumb`) side by side, as one JPEG."""
+    from PIL import Image
+
     strip = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), THUMB_PX), (255, 255, 255))
     x = 0
     for t in tiles:
@@ -128,9 +132,14 @@ def thumb_strip(images: list[np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def error_record(row: dict, error: str, sample, **extra) -> dict:
-    from ray_jobs.inpaint_actor import sampler_fields
+def sampler_fields(sample, forward_passes: int = 0) -> dict:
+    """What every results line records of the sampler: the settings as configured (steps 0 = the strategy's
+    per-subpixel default) and the forward passes that inpainted the input (0 when none did)."""
+    return {"strategy": sample.strategy, "steps": sample.steps, "guidance": sample.guidance,
+            "forward_passes": forward_passes}
 
+
+def error_record(row: dict, error: str, sample, **extra) -> dict:
     return {"input": str(row.get("input", "")), "rel": str(row.get("rel", "")), "outputs": [],
             "caption": str(row.get("caption", "")), **sampler_fields(sample), **extra, "status": "error",
             "error": error}
@@ -149,44 +158,53 @@ def write_batch(batch: dict[str, np.ndarray], opts: dict) -> dict[str, np.ndarra
 
 
 def _write_one(row: dict, o: JobOptions, sample) -> dict:
-    from ray_jobs.inpaint_actor import sampler_fields
-
     if row["error"]:
-        return error_record(row, str(row["error"]), sample)
+        return error_record(row, str(row["error"]), sample, settings=o.fingerprint())
     start = time.perf_counter()
     rel = str(row["rel"])
     try:
-        data, mask_data = read_input(row, o)
-        if digest(data) + ("" if mask_data is None else "/" + digest(mask_data)) != row["digest"]:
-            raise ImageSkip("the input (or its mask) changed while the job ran; run the job again")
-        prepared = prepare(data, mask_data, rel, o)
-        samples = row["samples"]
-        if o.fit == "context":
-            results = [prepared.window.paste(prepared.source_HWC, prepared.hidden_HW, s, o.feather) for s in samples]
-            masked = checkerboard(prepared.rgb_HWC, prepared.hidden_HW)
-        else:
-            x_SSC, hidden_SS = prepared.window.to_model(prepared.rgb_HWC, prepared.hidden_HW)
-            results = list(samples)
-            masked = checkerboard(x_SSC, hidden_SS)
         names = OutputNames.of(rel, o)
-        blobs = [encode_image(r, o.format) for r in results]
-        blobs += [encode_image(masked, o.format), thumb_strip([masked, *results])]
+        blobs = _encode_outputs(row, o, rel)
+        files = names.all()
         if names.animation:
             blobs.append(bytes(row["gif"]))
-        files = names.all()
         assert len(blobs) == len(files)
         # Every name passed untrusted.safe_rel when the job was planned; write_output checks each again.
         for name, blob in list(zip(files, blobs))[1:] + [(files[0], blobs[0])]:
             untrusted.write_output(o.output, name, blob)
     except (ImageSkip, ValueError, OSError, storage.StorageError) as e:  # UnsafeInput is a ValueError
-        return error_record(row, f"cannot write outputs: {e}", sample)
+        return error_record(row, f"cannot write outputs: {e}", sample, settings=o.fingerprint())
+    except Exception as e:  # noqa: BLE001 - one input must not fail its batch (MemoryError on a huge one...)
+        return error_record(row, f"cannot write outputs: {type(e).__name__}: {e}", sample, settings=o.fingerprint())
     fit = json.loads(str(row["fit"]))
     return {"input": str(row["input"]), "rel": rel, "outputs": files, "files": names.files(),
             "caption": str(row["caption"]), **sampler_fields(sample, int(row["forward_passes"])),
             "precision": str(row["precision"]), "samples": o.samples, "seeds": image_seeds(o.seed, rel, o.samples),
-            **fit, "format": o.format,
+            **fit, "format": o.format, "settings": o.fingerprint(),
             "seconds": round(float(row["actor_seconds"]), 4), "model_seconds": round(float(row["model_seconds"]), 4),
             "write_seconds": round(time.perf_counter() - start, 4), "status": "ok"}
+
+
+def _encode_outputs(row: dict, o: JobOptions, rel: str) -> list[bytes]:
+    """[each sample, masked view, thumbnail strip] encoded; one full-size image held at a time."""
+    data, mask_data = read_input(row, o)
+    if input_digest(data, mask_data) != row["digest"]:
+        raise ImageSkip("the input (or its mask) changed while the job ran; run the job again")
+    prepared = prepare(data, mask_data, rel, o)
+    del data, mask_data
+    if o.fit == "context":
+        masked = checkerboard(prepared.rgb_HWC, prepared.hidden_HW)
+        results = (prepared.window.paste(prepared.source_HWC, prepared.hidden_HW, s, o.feather)
+                   for s in row["samples"])
+    else:
+        x_SSC, hidden_SS = prepared.window.to_model(prepared.rgb_HWC, prepared.hidden_HW)
+        masked = checkerboard(x_SSC, hidden_SS)
+        results = iter(row["samples"])
+    blobs, thumbs = [], [thumb(masked)]
+    for result in results:
+        blobs.append(encode_image(result, o.format))
+        thumbs.append(thumb(result))
+    return blobs + [encode_image(masked, o.format), thumb_strip(thumbs)]
 
 
 # ---- the gallery ------------------------------------------------------------------------------------
@@ -388,6 +406,7 @@ def write_gallery(folder: str, records_path: str, summary: str = "", page_rows: 
     return names
 
 
-__all__ = ["OutputNames", "output_names", "gif_bytes", "checkerboard", "encode_image", "thumb_strip", "write_batch",
+__all__ = ["OutputNames", "output_names", "gif_bytes", "checkerboard", "encode_image", "thumb", "thumb_strip",
+           "write_batch", "sampler_fields",
            "error_record", "href", "page_name", "read_records", "row_files", "Totals", "write_gallery", "THUMB_PX",
            "PAGE_ROWS"]

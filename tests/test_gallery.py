@@ -1,4 +1,4 @@
-"""The gallery pages (ray_jobs/gallery.py) from results.jsonl files the tests write: pagination, totals,
+"""The gallery pages (ray_jobs.outputs.write_gallery) from results.jsonl files the tests write: pagination, totals,
 escaping, old rows, and 100,000 rows in bounded time and size. A real browser reads them in
 test_gallery_browser.py."""
 

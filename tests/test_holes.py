@@ -85,8 +85,27 @@ def test_to_model_resizes_the_window_and_the_hole_covers_every_hidden_pixel():
     # At the model size itself the window is the image, pixel for pixel.
     small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     w = Window(0, 0, 16, 16)
-    got, hole = w.to_model(small, _hole(16, 16, (4, 4, 8, 8)))
-    assert np.array_equal(got, small) and hole.sum() == 64
+    hidden = _hole(16, 16, (4, 4, 8, 8))
+    got, hole = w.to_model(small, hidden)
+    assert np.array_equal(got[~hidden], small[~hidden]) and np.array_equal(hole, hidden)
+
+
+@pytest.mark.parametrize("size, box", [((400, 300), (150, 100, 50, 40)),  # shrunk to the model
+                                       ((9, 7), (3, 2, 3, 3)),  # enlarged to the model
+                                       ((2000, 1500), (900, 700, 1, 1))])  # a speck far below a model pixel
+def test_nothing_hidden_reaches_the_model(size, box):
+    """What the model sees (pixels and hole) is the same whatever the hidden pixels hold."""
+    w, h = size
+    hidden = _hole(w, h, box)
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    window = context_window(hidden, 16)
+    x, hole = window.to_model(image, hidden)
+    assert hole.any(), "every hidden pixel is under the hole"
+    other = image.copy()
+    other[hidden] = 255 - other[hidden]
+    x2, hole2 = window.to_model(other, hidden)
+    assert np.array_equal(hole, hole2) and np.array_equal(x, x2)
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -106,12 +125,24 @@ def test_paste_changes_only_the_hole(channels, feather):
     inner[40 + 4:70 - 4, 20 + 4:50 - 4] = True
     assert (out[inner][:, :3] == 7).all(), "deep inside the hole: the sample"
     if channels == 4:
-        assert (out[hidden if feather == 0 else inner][:, 3] == 255).all(), "filled pixels are opaque"
+        assert (out[hidden][:, 3] == 255).all(), "filled pixels are opaque, feathered or not"
     if feather == 0:
         assert (out[hidden][:, :3] == 7).all()
     else:
         edge = out[40, 30, :3].astype(int)
         assert (np.abs(edge - 7) > 0).any() or (source[40, 30, :3] == 7).all(), "the edge blends in"
+
+
+def test_feathering_blends_at_every_edge_of_the_hole_inside_the_image():
+    source = np.full((60, 200, 3), 200, np.uint8)
+    hidden = np.zeros((60, 200), bool)
+    hidden[25:35, 70:130] = True  # as wide as the window: it touches the window's left and right edges
+    window = context_window(hidden, 16)
+    assert (window.left, window.side) == (70, 60)
+    out = window.paste(source, hidden, np.full((16, 16, 3), 7, np.uint8), feather=3)
+    for y, x in ((25, 100), (34, 100), (30, 70), (30, 129)):  # top, bottom, left, right edges
+        assert 7 < out[y, x, 0] < 200, (y, x, out[y, x])
+    assert out[30, 100, 0] == 7 and (out[~hidden] == 200).all()
 
 
 def test_centre_window_is_the_centre_crop():

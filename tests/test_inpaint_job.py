@@ -169,7 +169,7 @@ def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpo
                                          + "not json\n" + json.dumps({"file": "../x.png", "caption": "c"}) + "\n")
     masks.mkdir()
     m = np.zeros((32, 32), np.uint8)
-    m[0:8, 24:32] = 255  # the top-right corner: 4x4 model pixels after the resize to 16
+    m[0:8, 24:32] = 255  # the top-right 8x8 corner of the 32x32 image
     Image.fromarray(m).save(masks / "img_00000.png")
     Image.fromarray(m).save(tmp_path / "outside_mask.png")
     os.symlink(tmp_path / "outside_mask.png", masks / "img_00002.png")  # a mask from outside the mask folder
@@ -241,6 +241,13 @@ def test_bad_sampler_flags_are_usage_errors_naming_the_flag(flags, named, tmp_pa
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error: --" in line and f"{named} " in line and "must be" in line, line
     assert "final_temperature" not in line  # flags are named as typed, not as SampleConfig fields
+
+
+def test_feather_needs_the_context_fit(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        job.parse_args(["--checkpoint", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                        "--fit", "crop", "--feather", "2"])
+    assert "--feather blends a sample pasted back into its image: it needs --fit context" in capsys.readouterr().err
 
 
 def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
@@ -513,7 +520,7 @@ def test_images_of_mixed_sizes_come_back_at_their_own_size_with_only_the_hole_ch
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.suffix != ".html" and p.name != "results.jsonl"}
+            if p.is_file() and p.suffix != ".html" and p.name != "results.jsonl" and not p.name.startswith(".")}
 
 
 @pytest.mark.timeout(300)
@@ -542,9 +549,13 @@ def test_outputs_are_the_same_whatever_the_batch_size_workers_or_resume(ray_loca
     again = run(*base, "--output", tmp_path / "b64", "--batch-size", 4)
     assert again["done"] > 0 and again["skipped"] > 0
     assert _tree_bytes(tmp_path / "b64") == reference
-    # Another --seed gives other samples.
-    run(*base[:-2], "--mask", "random-box:1", "--seed", 1, "--output", tmp_path / "seed1", "--batch-size", 64)
-    other = _tree_bytes(tmp_path / "seed1")
+    # A killed run leaves no results.jsonl: outputs made with the same settings still count as done.
+    (tmp_path / "b64/results.jsonl").unlink()
+    assert run(*base, "--output", tmp_path / "b64", "--batch-size", 4)["skipped"] == 11
+    # Other settings into the same output redo every input: another --seed gives other samples.
+    again = run(*base[:-2], "--mask", "random-box:1", "--seed", 1, "--output", tmp_path / "b64", "--batch-size", 64)
+    assert again["done"] == 11 and again["skipped"] == 0
+    other = _tree_bytes(tmp_path / "b64")
     assert other.keys() == reference.keys() and other["img_00000.png"] != reference["img_00000.png"]
 
 
