@@ -30,7 +30,7 @@
    to the model, the sample pasted back, PNGs written at full size) / on model-size PNGs, --fit-preset
    (small), same sampler; and the share of the actors' time spent in the model (target >= 80%).
 
-    python bench/sample.py --fit --skip-samplers --skip-job --precision-presets ''
+    python bench/sample.py --fit --skip-samplers --skip-job --precision-presets '' --batch-size 32 --rounds 2
 """
 
 from __future__ import annotations
@@ -460,7 +460,7 @@ def main(argv=None) -> None:
     p.add_argument("--fit", action="store_true",
                    help="job images/s on photos (--fit context, pasted back) vs on model-size PNGs")
     p.add_argument("--fit-preset", default="small")
-    p.add_argument("--fit-images", type=int, default=64)
+    p.add_argument("--fit-images", type=int, default=192, help="several batches: decoding and writing overlap the model")
     p.add_argument("--fit-size", type=int, nargs=2, default=(1024, 768), metavar=("W", "H"))
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the job's peak memory for N and 4N images")
