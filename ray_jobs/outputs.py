@@ -257,8 +257,8 @@ class Totals:
 
     def line(self) -> str:
         done = self.done_now + self.done_before
-        return (f"{self.rows:,} inputs: {done:,} done ({self.done_now:,} in this run, {self.done_before:,} in "
-                f"earlier runs), {self.failed:,} failed")
+        return (f"{self.rows:,} inputs: {done:,} done ({self.done_now:,} in this run, {self.done_before:,} skipped "
+                f"as done by earlier runs), {self.failed:,} failed")
 
 
 @dataclasses.dataclass

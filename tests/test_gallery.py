@@ -91,7 +91,7 @@ def test_totals_count_all_rows_by_run_and_skip_garbage(tmp_path):
     assert len(names) == 3
     for name in names:  # every page shows the totals over all of results.jsonl, not just its own rows
         page = (tmp_path / "out" / name).read_text()
-        assert "8 inputs: 5 done (3 in this run, 2 in earlier runs), 3 failed" in page
+        assert "8 inputs: 5 done (3 in this run, 2 skipped as done by earlier runs), 3 failed" in page
         assert "2.50 images/s &lt;fast&gt;" in page
     first = (tmp_path / "out" / "index.html").read_text()
     assert first.count("(earlier run)") == 2
@@ -189,7 +189,7 @@ def test_100k_rows_in_bounded_time_and_page_size(tmp_path):
     failed = len(range(0, 100_000, 97))
     resumed = len([i for i in range(0, 100_000, 3) if i % 97])
     totals = f"100,000 inputs: {100_000 - failed:,} done ({100_000 - failed - resumed:,} in this run, " \
-             f"{resumed:,} in earlier runs), {failed:,} failed"
+             f"{resumed:,} skipped as done by earlier runs), {failed:,} failed"
     for name in (names[0], names[249], names[-1]):
         page = (tmp_path / "out" / name).read_text()
         assert totals in page
