@@ -470,10 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = (f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
                    f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; {describe(args.sample)}")
         pages = os.path.join(tmp, "gallery")
-        os.mkdir(pages)
-        for name in write_gallery(pages, results_path, summary):
-            with open(os.path.join(pages, name), "rb") as f:
-                storage.write_file_atomic(storage.join(args.output, name), f)
+        write_gallery(pages, results_path, summary)
+        storage.upload_dir(pages, args.output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if started:

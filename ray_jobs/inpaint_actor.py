@@ -16,7 +16,8 @@ import numpy as np
 from ray_jobs.inpaint_inputs import JobOptions, image_seeds
 from ray_jobs.outputs import gif_bytes
 
-PASS_THROUGH = ("input", "rel", "caption", "mask_url", "fit", "digest")
+# The model-size window and hole go on too: with --fit crop they are all the write stage needs.
+PASS_THROUGH = ("input", "rel", "caption", "mask_url", "fit", "digest", "image", "hidden")
 
 
 class InpaintActor:

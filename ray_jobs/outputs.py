@@ -71,10 +71,6 @@ class OutputNames:
                 "animation": self.animation}
 
 
-def output_names(rel: str, opts: JobOptions) -> list[str]:
-    return OutputNames.of(rel, opts).all()
-
-
 def gif_bytes(frames_FKHWC: np.ndarray) -> bytes:
     """An animated GIF of a chain [F,K,H,W,3]: the K samples side by side, one frame per recorded state."""
     from PIL import Image
@@ -148,18 +144,18 @@ def error_record(row: dict, error: str, sample, **extra) -> dict:
 def write_batch(batch: dict[str, np.ndarray], opts: dict) -> dict[str, np.ndarray]:
     """Rows from the model actors -> {"record": one results.jsonl line per input}."""
     o = JobOptions(**opts)
-    sample = o.sample_config()
+    sample, settings = o.sample_config(), o.fingerprint()
     rows = []
     with pixel_limit(o.max_pixels):
         for i in range(len(batch["input"])):
             row = {k: batch[k][i] for k in batch}
-            rows.append(json.dumps(_write_one(row, o, sample), ensure_ascii=False))
+            rows.append(json.dumps(_write_one(row, o, sample, settings), ensure_ascii=False))
     return {"record": np.array(rows, dtype=object)}
 
 
-def _write_one(row: dict, o: JobOptions, sample) -> dict:
+def _write_one(row: dict, o: JobOptions, sample, settings: str) -> dict:
     if row["error"]:
-        return error_record(row, str(row["error"]), sample, settings=o.fingerprint())
+        return error_record(row, str(row["error"]), sample, settings=settings)
     start = time.perf_counter()
     rel = str(row["rel"])
     try:
@@ -173,32 +169,31 @@ def _write_one(row: dict, o: JobOptions, sample) -> dict:
         for name, blob in list(zip(files, blobs))[1:] + [(files[0], blobs[0])]:
             untrusted.write_output(o.output, name, blob)
     except (ImageSkip, ValueError, OSError, storage.StorageError) as e:  # UnsafeInput is a ValueError
-        return error_record(row, f"cannot write outputs: {e}", sample, settings=o.fingerprint())
+        return error_record(row, f"cannot write outputs: {e}", sample, settings=settings)
     except Exception as e:  # noqa: BLE001 - one input must not fail its batch (MemoryError on a huge one...)
-        return error_record(row, f"cannot write outputs: {type(e).__name__}: {e}", sample, settings=o.fingerprint())
+        return error_record(row, f"cannot write outputs: {type(e).__name__}: {e}", sample, settings=settings)
     fit = json.loads(str(row["fit"]))
     return {"input": str(row["input"]), "rel": rel, "outputs": files, "files": names.files(),
             "caption": str(row["caption"]), **sampler_fields(sample, int(row["forward_passes"])),
             "precision": str(row["precision"]), "samples": o.samples, "seeds": image_seeds(o.seed, rel, o.samples),
-            **fit, "format": o.format, "settings": o.fingerprint(),
+            **fit, "format": o.format, "settings": settings,
             "seconds": round(float(row["actor_seconds"]), 4), "model_seconds": round(float(row["model_seconds"]), 4),
             "write_seconds": round(time.perf_counter() - start, 4), "status": "ok"}
 
 
 def _encode_outputs(row: dict, o: JobOptions, rel: str) -> list[bytes]:
     """[each sample, masked view, thumbnail strip] encoded; one full-size image held at a time."""
-    data, mask_data = read_input(row, o)
-    if input_digest(data, mask_data) != row["digest"]:
-        raise ImageSkip("the input (or its mask) changed while the job ran; run the job again")
-    prepared = prepare(data, mask_data, rel, o)
-    del data, mask_data
     if o.fit == "context":
+        data, mask_data = read_input(row, o)
+        if input_digest(data, mask_data) != row["digest"]:
+            raise ImageSkip("the input (or its mask) changed while the job ran; run the job again")
+        prepared = prepare(data, mask_data, rel, o)
+        del data, mask_data
         masked = checkerboard(prepared.rgb_HWC, prepared.hidden_HW)
         results = (prepared.window.paste(prepared.source_HWC, prepared.hidden_HW, s, o.feather)
                    for s in row["samples"])
-    else:
-        x_SSC, hidden_SS = prepared.window.to_model(prepared.rgb_HWC, prepared.hidden_HW)
-        masked = checkerboard(x_SSC, hidden_SS)
+    else:  # the outputs are the model's window itself, as the decode stage made it: nothing to read again
+        masked = checkerboard(row["image"], row["hidden"])
         results = iter(row["samples"])
     blobs, thumbs = [], [thumb(masked)]
     for result in results:
@@ -406,7 +401,7 @@ def write_gallery(folder: str, records_path: str, summary: str = "", page_rows: 
     return names
 
 
-__all__ = ["OutputNames", "output_names", "gif_bytes", "checkerboard", "encode_image", "thumb", "thumb_strip",
+__all__ = ["OutputNames", "gif_bytes", "checkerboard", "encode_image", "thumb", "thumb_strip",
            "write_batch", "sampler_fields",
            "error_record", "href", "page_name", "read_records", "row_files", "Totals", "write_gallery", "THUMB_PX",
            "PAGE_ROWS"]

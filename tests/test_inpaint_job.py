@@ -20,7 +20,7 @@ from onade.tokenizer import Tokenizer
 from ray_jobs import inpaint as job
 from data.images import has_alpha, to_rgb
 from ray_jobs.inpaint_inputs import JobOptions
-from ray_jobs.outputs import output_names
+from ray_jobs.outputs import OutputNames
 
 SIZE = 16
 CAPTIONS = ["a red disc on a blue background", "a green square", "a yellow triangle", "grey stripes"]
@@ -119,7 +119,7 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
         assert r["precision"] == onade.resolve_precision("auto", "cpu")  # --precision auto, resolved per actor
         assert r["caption"] == (case.captions[0] if case and case.captions else
                                 "" if case else Path(src / rel).with_suffix(".txt").read_text().splitlines()[0])
-        assert r["outputs"] == output_names(rel, opts)
+        assert r["outputs"] == OutputNames.of(rel, opts).all()
         sample, second, masked = (np.asarray(Image.open(out / o)) for o in r["outputs"][:3])
         original = decoded(src / rel)
         h, w = original.shape[:2]
