@@ -120,9 +120,9 @@ def local_s3_server(bucket: str = "onade") -> Iterator[LocalS3]:
     proc, url = start_server()
     try:
         with aws_env(url):
-            import boto3
+            from data import storage
 
-            boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+            storage.s3_client().create_bucket(Bucket=bucket)
             yield LocalS3(endpoint_url=url, bucket=bucket, pid=proc.pid)
     finally:
         stop_server(proc)

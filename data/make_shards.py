@@ -205,11 +205,12 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
 
 
 def _cleanup(dest: str, current: set[str]) -> list[str]:
-    """Delete temporary files an interrupted run left; report (not delete) shards this run did not write."""
+    """Delete the temporary files an interrupted run left in a local DEST (on S3 objects are written whole,
+    with no temporary key); report (not delete) shards this run did not write."""
     stale = []
     for url in storage.list_files(dest):
         name = storage.basename(url)
-        if storage.PARTIAL_SUFFIX + "-" in name:
+        if storage.PARTIAL_SUFFIX + "-" in name and not storage.is_s3(url):
             storage.delete(url)
         elif name.startswith("shard-") and name.endswith(".tar") and name not in current:
             stale.append(url)

@@ -12,16 +12,18 @@ Local and s3:// specs cannot be mixed in one list (one reader filesystem per dat
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import re
 import sys
+
+import braceexpand
 
 from data import storage, untrusted
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?$")
+MAX_EXPANDED = 1_000_000  # names one brace pattern may expand to
 
 
 def split_top_level(spec: str, sep: str = ",") -> list[str]:
@@ -46,45 +48,17 @@ def split_top_level(spec: str, sep: str = ",") -> list[str]:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """Bash-style brace expansion: `{000..010}` (zero padding kept), `{0..10..2}`, `{a,b}`, nested, several."""
-    start = pattern.find("{")
-    if start < 0:
-        if "}" in pattern:
-            raise ValueError(f"unbalanced '}}' in {pattern!r}")
-        return [pattern]
-    depth = 0
-    for end in range(start, len(pattern)):
-        if pattern[end] == "{":
-            depth += 1
-        elif pattern[end] == "}":
-            depth -= 1
-            if depth == 0:
-                break
-    else:
-        raise ValueError(f"unbalanced '{{' in {pattern!r}")
-    head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
-    m = _RANGE.match(body)
-    if m:
-        a, b = int(m.group(1)), int(m.group(2))
-        step = int(m.group(3) or 1)
-        if step == 0:
-            raise ValueError(f"brace range step must be positive in {pattern!r}")
-        width = max(len(m.group(1)), len(m.group(2))) if (m.group(1).startswith("0") and len(m.group(1)) > 1) \
-            or (m.group(2).startswith("0") and len(m.group(2)) > 1) else 0
-        rng = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
-        if len(rng) > 10_000_000:
-            raise ValueError(f"brace range in {pattern!r} expands to {len(rng)} names; that is surely a typo")
-        options = [str(i).zfill(width) for i in rng]
-    else:
-        options = split_top_level(body) if body else [""]
-        if len(options) == 1 and "{" not in body:
-            # `{x}` with no comma or range is literal in bash; keep it literal too.
-            return [head + "{" + body + "}" + t for t in expand_braces(tail)]
-    out = []
-    for opt in options:
-        for rest in expand_braces(opt + tail):
-            out.append(head + rest)
-    return out
+    """Bash-style brace expansion by `braceexpand` (webdataset's own): `{000..010}` (zero padding kept),
+    `{0..10..2}`, `{a,b}`, nested, several. Backslashes are kept as they are (escape=False): they are part
+    of a name, never escapes."""
+    try:
+        names = list(itertools.islice(braceexpand.braceexpand(pattern, escape=False), MAX_EXPANDED + 1))
+    except braceexpand.UnbalancedBracesError:
+        raise ValueError(f"unbalanced braces in {pattern!r}: a pattern looks like shard-{{000000..000099}}.tar"
+                         ) from None
+    if len(names) > MAX_EXPANDED:
+        raise ValueError(f"{pattern!r} expands to over {MAX_EXPANDED:,} names; that is surely a typo")
+    return names
 
 
 def _from_manifest(url: str, refused: list[tuple[str, str]]) -> list[str]:

@@ -2,8 +2,8 @@
 
 Tar members carry no timestamps, owners or permissions that vary between runs, so the same samples
 give byte-identical shards. A shard is spooled to memory (or disk past SPOOL_BYTES), hashed, and then
-written to a temporary name and moved into place (storage.write_file_atomic). If a shard with the
-same name and sha256 is already there (a re-run after an interruption), it is kept as is.
+written whole (storage.write_file_atomic: one S3 PUT or multipart upload, or a local rename). If a shard
+with the same name and sha256 is already there (a re-run after an interruption), it is kept as is.
 """
 
 from __future__ import annotations

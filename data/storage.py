@@ -10,11 +10,11 @@ credential.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,18 +84,49 @@ _clients: dict[tuple, Any] = {}
 # A client is reused while these are unchanged (a test or demo may point the environment elsewhere).
 _CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION",
                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE",
-               "AWS_SHARED_CREDENTIALS_FILE")
+               "AWS_SHARED_CREDENTIALS_FILE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+# Total attempts per request when the user configured none: the defaults of botocore's modes.
+_DEFAULT_ATTEMPTS = {"legacy": 5, "standard": 3, "adaptive": 3}
+
+
+def _sessions():
+    """(boto3 session, its botocore session) from the standard AWS configuration."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    return boto3.session.Session(botocore_session=core), core
+
+
+def _user_retry_mode(core) -> str | None:
+    return os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")
+
+
+def retry_settings() -> tuple[str, int]:
+    """(retry mode, total attempts per request) as botocore resolves them: AWS_RETRY_MODE / AWS_MAX_ATTEMPTS,
+    else the profile's `retry_mode` / `max_attempts` in ~/.aws/config, else "standard" and its 3 attempts.
+    botocore reads these itself; pyarrow's S3 client does not, so pyarrow_fs passes them on."""
+    _, core = _sessions()
+    mode = _user_retry_mode(core) or "standard"
+    attempts = core.get_config_variable("max_attempts")
+    return mode, int(attempts) if attempts else _DEFAULT_ATTEMPTS.get(mode, 3)
 
 
 def s3_client():
-    """A boto3 S3 client from the standard AWS configuration (cached per process and environment)."""
+    """A boto3 S3 client from the standard AWS configuration (cached per process and environment).
+
+    Retries are botocore's own, from the same configuration (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE or the
+    profile's max_attempts / retry_mode). Only the mode gets a default here, "standard" (it retries S3's
+    SlowDown, 500s and dropped connections), for botocore releases whose default is still "legacy"; a client
+    Config value overrides the user's own setting, so none is passed when they made one.
+    """
     pid = (os.getpid(), hash(tuple(os.environ.get(k) for k in _CLIENT_ENV)))
     if pid not in _clients:
-        import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session()
-        _clients[pid] = session.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+        session, core = _sessions()
+        config = Config(retries={"mode": "standard"}) if not _user_retry_mode(core) else None
+        _clients[pid] = session.client("s3", config=config)
     return _clients[pid]
 
 
@@ -275,12 +306,13 @@ def write_bytes_atomic(url: str, data: bytes, metadata: dict[str, str] | None = 
 def write_file_atomic(url: str, fileobj: IO[bytes], metadata: dict[str, str] | None = None) -> None:
     """Write a stream to `url` so that `url` only ever holds complete content.
 
-    The data goes to `<url>.partial-<id>` first and is then moved (locally an atomic rename; on S3 a
-    server-side copy then delete of the temporary key). A crash leaves at most a `.partial` object,
-    which no reader treats as a shard.
+    On S3 that is the store's own guarantee: a PUT, or a multipart upload once completed (above
+    MULTIPART_CHUNK), replaces the object whole or not at all, so the object is written directly. A local
+    file is written to `<url>.partial-<id>`, synced and renamed over `url`; a crash leaves at most a
+    `.partial-` file, which no reader takes for a shard. `metadata` is S3 user metadata (local: ignored).
     """
-    tmp = f"{url}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
     if not is_s3(url):
+        tmp = f"{url}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
         os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
         try:
             with open(tmp, "wb") as f:
@@ -295,25 +327,16 @@ def write_file_atomic(url: str, fileobj: IO[bytes], metadata: dict[str, str] | N
     from boto3.s3.transfer import TransferConfig
 
     bucket, key = split_s3(url)
-    _, tmp_key = split_s3(tmp)
-    extra = {"Metadata": dict(metadata or {})}
     cfg = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK,
                          max_concurrency=4)
-    client = s3_client()
     try:
-        client.upload_fileobj(fileobj, bucket, tmp_key, ExtraArgs=extra, Config=cfg)
-        client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key, ExtraArgs=extra, Config=cfg)
+        s3_client().upload_fileobj(fileobj, bucket, key, ExtraArgs={"Metadata": dict(metadata or {})}, Config=cfg)
     except _s3_errors() as e:
         raise _error(e, url, "write") from None
     except Exception as e:  # s3transfer wraps some failures in its own exception types
         if isinstance(e.__cause__, _s3_errors()):
             raise _error(e.__cause__, url, "write") from None
         raise
-    finally:
-        try:
-            client.delete_object(Bucket=bucket, Key=tmp_key)
-        except _s3_errors():
-            pass  # a leftover .partial key is harmless and is cleaned by the next run
 
 
 def delete(url: str) -> None:
@@ -342,7 +365,13 @@ def upload_dir(local: str | os.PathLike, url: str) -> list[str]:
 
 
 def download_dir(url: str, local: str | os.PathLike) -> list[str]:
-    """Copy every file under `url` into a local folder, keeping relative paths; returns local paths."""
+    """Copy every file under `url` into a local folder, keeping relative paths; returns the local paths.
+
+    boto3's download_fileobj fetches each object, with botocore's retries and s3transfer's own for a body
+    cut mid-way. Not pyarrow's copy_files: its ranged reads into a buffer of the object's size cannot hold
+    the XML of a 500/503 answer for an object smaller than it (a few hundred bytes), and fail unretried
+    ("Failed to flush response stream", AWS SDK for C++, as in apache/doris#66557).
+    """
     out = []
     base = str(url).rstrip("/")
     for src in list_files(url, recursive=True):
@@ -351,9 +380,20 @@ def download_dir(url: str, local: str | os.PathLike) -> list[str]:
         rel = src[len(base):].lstrip("/")
         dst = Path(local, *rel.split("/"))
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with open_read(src) as f, tempfile.NamedTemporaryFile(dir=dst.parent, delete=False) as t:
-            shutil.copyfileobj(f, t, 1 << 20)
-        os.replace(t.name, dst)
+        tmp = f"{dst}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"  # a file under its final name is complete
+        try:
+            with open(tmp, "wb") as f:
+                if is_s3(src):
+                    s3_client().download_fileobj(*split_s3(src), f)
+                else:
+                    with open(src, "rb") as r:
+                        shutil.copyfileobj(r, f, 1 << 20)
+            os.replace(tmp, dst)
+        except _s3_errors() as e:
+            raise _error(e, src, "read") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         out.append(str(dst))
     return out
 
@@ -363,19 +403,19 @@ def download_dir(url: str, local: str | os.PathLike) -> list[str]:
 def pyarrow_fs(url: str):
     """(pyarrow filesystem, path inside it) for `url`, honouring the same AWS settings as boto3.
 
-    pyarrow's S3 client ignores AWS_ENDPOINT_URL, so the endpoint, region and (static) credentials
-    are taken from the boto3 session and passed explicitly. Refreshable credentials (roles, SSO) are
-    left to pyarrow's own AWS chain so they keep refreshing in long jobs.
+    pyarrow's S3 client ignores AWS_ENDPOINT_URL and the retry settings, so the endpoint, region, (static)
+    credentials and retry mode and attempts (retry_settings) are taken from the boto3 configuration and
+    passed explicitly. Refreshable credentials (roles, SSO) are left to pyarrow's own AWS chain so they keep
+    refreshing in long jobs.
     """
     import pyarrow.fs as pafs
 
     url = str(url)
     if not is_s3(url):
         return pafs.LocalFileSystem(), os.path.abspath(url)
-    import boto3
     from botocore.credentials import RefreshableCredentials
 
-    session = boto3.session.Session()
+    session, _ = _sessions()
     kwargs: dict[str, Any] = {"region": session.region_name or "us-east-1"}
     endpoint = s3_client().meta.endpoint_url
     if not _is_aws_endpoint(endpoint):
@@ -388,8 +428,41 @@ def pyarrow_fs(url: str):
         kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
         if frozen.token:
             kwargs["session_token"] = frozen.token
+    mode, attempts = retry_settings()
     bucket, key = split_s3(url)
-    return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+    fs = _retrying_s3_class()(retry_mode=mode, max_attempts=attempts, **kwargs)
+    return fs, f"{bucket}/{key}".rstrip("/")
+
+
+@functools.cache
+def _retrying_s3_class():
+    """Defined on first use, so that importing this module does not import pyarrow."""
+    import pyarrow.fs as pafs
+
+    class RetryingS3FileSystem(pafs.S3FileSystem):
+        """pyarrow's S3FileSystem with its retry strategy from botocore's settings, kept when pickled.
+
+        S3FileSystem.__reduce__ leaves retry_strategy out (apache/arrow#47348, fix open in #47350), so a
+        filesystem sent to Ray tasks and Train workers would come back with pyarrow's default of 3 attempts.
+        Drop this subclass once pyarrow pickles the strategy.
+        """
+
+        def __init__(self, *, retry_mode: str, max_attempts: int, **kwargs):
+            if retry_mode == "legacy":  # the AWS SDK's DefaultRetryStrategy counts retries, not attempts
+                strategy = pafs.AwsDefaultS3RetryStrategy(max_attempts=max(0, max_attempts - 1))
+            else:  # pyarrow has no adaptive mode; standard is its retry logic without the client rate limit
+                strategy = pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts)
+            super().__init__(retry_strategy=strategy, **kwargs)
+            self._kwargs = dict(kwargs, retry_mode=retry_mode, max_attempts=max_attempts)
+
+        def __reduce__(self):
+            return _make_retrying_s3, (self._kwargs,)
+
+    return RetryingS3FileSystem
+
+
+def _make_retrying_s3(kwargs: dict):
+    return _retrying_s3_class()(**kwargs)
 
 
 def iter_chunks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
@@ -398,6 +471,7 @@ def iter_chunks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
 
 __all__ = [
     "StorageError", "TooLarge", "PARTIAL_SUFFIX", "is_s3", "split_s3", "join", "dirname", "basename", "s3_client",
-    "endpoint_url", "exists", "list_files", "read_bytes", "open_read", "sha256_of", "check_writable",
-    "write_bytes_atomic", "write_file_atomic", "delete", "upload_dir", "download_dir", "pyarrow_fs",
+    "retry_settings", "endpoint_url", "exists", "list_files", "read_bytes", "open_read", "sha256_of",
+    "check_writable", "write_bytes_atomic", "write_file_atomic", "delete", "upload_dir", "download_dir",
+    "pyarrow_fs",
 ]

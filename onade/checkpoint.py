@@ -2,15 +2,15 @@
 optionally `profile.json`, the model's loss profile (onade.plans.LossProfile) that budgeted ancestral
 sampling plans its passes with.
 
-Loading never unpickles anything and needs neither DeepSpeed nor Ray. An `s3://` path is fetched with
-boto3 when it is installed (it is an optional dependency of the library, so it is imported on demand).
+Loading never unpickles anything and needs neither DeepSpeed nor Ray. A local directory is read here; an
+`s3://` one is fetched by the repository's one S3 module, `data.storage` (endpoint, credentials and retries
+from the standard AWS configuration), which a job running from the repository root has on its path. The
+`onade` library alone never imports boto3: download the folder first (`aws s3 cp --recursive`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,22 +54,43 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, config: Confi
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     """Load an exported checkpoint from a local directory or `s3://bucket/prefix`; the model is in eval mode."""
-    from onade.tokenizer import Tokenizer
-
     path = str(path)
     if path.startswith("s3://"):
+        storage = _s3_storage(path)
+        # Checked first: a wrong prefix (a whole run folder, say) must fail before anything is downloaded.
+        _check_files(path, [f for f in FILES if not storage.exists(storage.join(path, f))])
         with tempfile.TemporaryDirectory(prefix="onade_ckpt_") as tmp:
-            _download_s3(path, Path(tmp))
-            return load_checkpoint(tmp, device)
-    directory = Path(path)
-    missing = [f for f in FILES if not (directory / f).is_file()]
+            storage.download_dir(path, tmp)
+            return _load_dir(Path(tmp), path, device)
+    return _load_dir(Path(path), path, device)
+
+
+def _s3_storage(url: str):
+    """`data.storage`, the one module that talks to S3; it ships with the repository, not with the library."""
+    try:
+        from data import storage
+    except ImportError:
+        raise ValueError(f"loading {url} needs the repository's data.storage (boto3, pyarrow): run from the "
+                         f"repository root with onade[jobs] installed, or download the folder first (aws s3 cp "
+                         f"--recursive {url} ckpt/) and load ckpt/") from None
+    return storage
+
+
+def _check_files(name: str, missing: list[str]) -> None:
     if missing:
-        raise ValueError(f"{path!r} is not an onade checkpoint: missing {', '.join(missing)} "
+        raise ValueError(f"{name!r} is not an onade checkpoint: missing {', '.join(missing)} "
                          f"(export one with ray_jobs.train, which writes STORAGE/RUN/export/)")
+
+
+def _load_dir(directory: Path, name: str, device: str | torch.device) -> Loaded:
+    """The checkpoint in a local `directory`; errors call it `name` (its URL when it was downloaded)."""
+    from onade.tokenizer import Tokenizer
+
+    _check_files(name, [f for f in FILES if not (directory / f).is_file()])
     try:
         config = config_from_dict(json.loads((directory / CONFIG_FILE).read_text()))
     except (json.JSONDecodeError, ConfigError) as e:
-        raise ValueError(f"{path}/{CONFIG_FILE} is not a valid onade config: {e}") from e
+        raise ValueError(f"{name}/{CONFIG_FILE} is not a valid onade config: {e}") from e
     model = build_model(config)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     tokenizer = Tokenizer.from_bytes((directory / TOKENIZER_FILE).read_bytes())
@@ -78,27 +99,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         try:
             profile = LossProfile.from_json((directory / PROFILE_FILE).read_bytes())
         except ValueError as e:
-            raise ValueError(f"{path}/{PROFILE_FILE}: {e}") from None
+            raise ValueError(f"{name}/{PROFILE_FILE}: {e}") from None
     return Loaded(model.to(device).eval(), tokenizer, config, profile)
-
-
-def _download_s3(url: str, dest: Path) -> None:
-    try:
-        boto3 = importlib.import_module("boto3")
-    except ImportError as e:
-        raise ValueError("loading a checkpoint from s3:// needs boto3: pip install 'onade[jobs]'") from e
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-    for name in FILES + OPTIONAL_FILES:
-        key = f"{prefix.rstrip('/')}/{name}" if prefix else name
-        try:
-            client.download_file(bucket, key, str(dest / name))
-        except Exception as e:  # noqa: BLE001 - botocore raises many types; all mean "cannot fetch"
-            if name in OPTIONAL_FILES and _not_found(e):
-                continue
-            raise ValueError(f"cannot fetch s3://{bucket}/{key}: {type(e).__name__}: {e}") from e
-
-
-def _not_found(e: Exception) -> bool:
-    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")

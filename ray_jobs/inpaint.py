@@ -486,19 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _progress(total: int, disabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is in onade[jobs]; without it the job still runs, silently
-        disabled = True
-    if disabled:
-        class _Null:
-            def update(self, n):
-                pass
+    from tqdm import tqdm
 
-            def close(self):
-                pass
-        return _Null()
-    return tqdm(total=total, unit="img", desc="inpainting", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc="inpainting", file=sys.stderr, dynamic_ncols=True, disable=disabled)
 
 
 def exit_code(summary: dict) -> int:

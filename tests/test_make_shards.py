@@ -322,16 +322,14 @@ def test_s3_dest_matches_local_dest_and_keeps_credentials_out(src, built, s3_pre
     assert not any(s in t for s in secrets for t in texts)
 
 
-def test_s3_rerun_replaces_bad_shards_and_cleans_partials(src, s3_prefix):
+def test_s3_rerun_replaces_bad_shards(src, s3_prefix):
     root = src[0]
     small = str(root / "nested")
     first = make_shards(small, s3_prefix, image_size=16, shard_size=1, workers=1, progress=False)
     assert first.num_samples == 1 and first.num_reused == 0
     good = storage.read_bytes(storage.join(s3_prefix, "shard-000000.tar"))
-    # What an interrupted run could leave: a temporary object, and (from a different earlier build)
-    # a shard whose content no longer matches.
-    storage.s3_client().put_object(Bucket=s3_prefix.split("/")[2], Key=s3_prefix.split("/", 3)[3]
-                                   + "/shard-000000.tar.partial-deadbeef", Body=b"half")
+    # What an interrupted run could leave (S3 objects are written whole, so no partial ones): a shard from a
+    # different earlier build, whose content no longer matches, and no manifest.
     storage.write_bytes_atomic(storage.join(s3_prefix, "shard-000000.tar"), b"stale", {"sha256": "0" * 64})
     storage.delete(storage.join(s3_prefix, "manifest.json"))
     again = make_shards(small, s3_prefix, image_size=16, shard_size=1, workers=1, progress=False)
@@ -365,4 +363,4 @@ def test_large_objects_are_uploaded_in_parts(s3_prefix, monkeypatch):
     head = storage.s3_client().head_object(Bucket=bucket, Key=key)
     assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts
     assert storage.read_bytes(url) == data and head["Metadata"] == {"sha256": "x"}
-    assert storage.list_files(s3_prefix) == [url]  # the temporary key is gone
+    assert storage.list_files(s3_prefix) == [url]  # written in place: no other key
