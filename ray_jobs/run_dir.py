@@ -24,6 +24,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class NullRunDir:
+    last_step: int | None = None  # the last step metrics.jsonl recorded before this run (dir) opened
+
     def log(self, step: int, metrics: dict, echo: bool = True) -> None: ...
     def event(self, name: str, **fields) -> None: ...
     def save_grid(self, step: int, rows: list[torch.Tensor]) -> None: ...
@@ -42,6 +44,8 @@ class RunDir(NullRunDir):
         self.local.mkdir(parents=True, exist_ok=True)
         if not self._local_fs:
             self._fetch(METRICS_FILE)  # a resumed run appends to the same file
+        if (self.local / METRICS_FILE).is_file():
+            self.last_step = _last_step(self.local / METRICS_FILE)
         self._metrics = open(self.local / METRICS_FILE, "a")
         self._dirty: set[str] = {METRICS_FILE}
         from torch.utils.tensorboard import SummaryWriter
@@ -113,6 +117,16 @@ class RunDir(NullRunDir):
             return
         with self.fs.open_input_stream(src) as f, open(self.local / rel, "wb") as out:
             shutil.copyfileobj(f, out, 1 << 20)
+
+
+def _last_step(path: Path) -> int | None:
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a killed worker, or an event without a step
+    return max(steps, default=None)
 
 
 def _say(line: str) -> None:

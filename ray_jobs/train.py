@@ -12,7 +12,7 @@ On a cluster:
 
 Running again with the same --output and --name resumes from the latest checkpoint (step, optimizer, LR
 schedule, data position); a crashed worker group restarts from it up to --max-failures times. At the end
-the latest checkpoint is exported to STORAGE/RUN/export/ (see ray_jobs.export); `--export-only
+the latest checkpoint is exported to STORAGE/RUN/export/ (see ray_jobs.checkpoints); `--export-only
 [--checkpoint-step N]` exports a kept checkpoint without training. Run files: STORAGE/RUN/metrics.jsonl,
 tb/ (TensorBoard), samples/ (PNG grids: original, masked, one-shot prediction).
 """
@@ -20,12 +20,14 @@ tb/ (TensorBoard), samples/ (PNG grids: original, masked, one-shot prediction).
 from __future__ import annotations
 
 import argparse
-import json
+import math
+from typing import NamedTuple
 
-from onade.config import Config, PRESETS, load_config
+from onade.config import Config, ConfigError, PRESETS, load_config
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
 
 DEFAULT_MAX_FAILURES = 3
+DATA_CPUS = 1.0  # what a local Ray keeps for Ray Data's read and decode tasks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,15 +40,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML file with a partial config tree")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=worker_range, default=WorkerRange(1, 1), metavar="N|MIN-MAX",
+                   help="training workers; MIN-MAX trains elastically: it starts once MIN fit, grows to MAX as "
+                        "nodes arrive and goes on with fewer when nodes leave (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0)
     p.add_argument("--accelerator-type", default=None, metavar="TYPE",
                    help="GPU type each worker needs (e.g. A100): steers the autoscaler to that node type")
-    p.add_argument("--cpus-per-worker", type=float, default=1,
-                   help="fractional values leave CPUs to Ray Data on small machines")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="default: 1 with GPUs or on a cluster; on a local Ray, its CPUs shared among the workers "
+                        "after one for the data pipeline")
     p.add_argument("--placement-strategy", default="PACK", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
     p.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES,
-                   help="worker-group restarts from the latest checkpoint before the run fails")
+                   help="worker-group restarts from the latest checkpoint before the run fails (a lost node is "
+                        "one; a node drained for preemption is not)")
+    p.add_argument("--elastic-check-s", type=float, default=60, metavar="S",
+                   help="with --workers MIN-MAX: how often the run looks for room to grow (each growth restarts "
+                        "the workers from the latest checkpoint; default 60)")
+    p.add_argument("--stop-file", metavar="PATH",
+                   help="a local or s3:// path: once it exists, the run ends at its next checkpoint (to stop a run "
+                        "cleanly, e.g. before resuming it with other settings)")
     p.add_argument("--export-only", action="store_true", help="export a checkpoint of the run, do not train")
     p.add_argument("--checkpoint-step", type=int, help="with --export-only: the step to export (default latest)")
     p.add_argument("--export-to", help="where the export goes (default STORAGE/RUN/export, local or s3://)")
@@ -56,9 +68,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.export_only and not args.data:
         p.error("--data is required (unless --export-only)")
-    if args.workers < 1:
-        p.error("--workers must be >= 1")
     return args
+
+
+class WorkerRange(NamedTuple):
+    min: int
+    max: int
+
+    def __str__(self) -> str:
+        return str(self.min) if self.min == self.max else f"{self.min}-{self.max}"
+
+
+def worker_range(text: str) -> WorkerRange:
+    lo, _, hi = text.partition("-")
+    try:
+        out = WorkerRange(int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a worker count N or a range MIN-MAX (e.g. 1-4)") from None
+    if not 1 <= out.min <= out.max:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= MAX")
+    return out
+
+
+def check_batch_plans(cfg: Config, workers: WorkerRange) -> None:
+    """The global batch must split evenly at every worker count the run may have."""
+    from ray_jobs.engine import plan_batches
+
+    bad = []
+    for n in range(workers.min, workers.max + 1):
+        try:
+            plan_batches(cfg.data.global_batch_size, n, cfg.train.micro_batch_size)
+        except ConfigError:
+            bad.append(n)
+    if bad:
+        unit = math.lcm(*range(workers.min, workers.max + 1)) * max(1, cfg.train.micro_batch_size)
+        raise ConfigError(f"data.global_batch_size={cfg.data.global_batch_size} does not split evenly over "
+                          f"{bad} worker(s) (x train.micro_batch_size={cfg.train.micro_batch_size}), and --workers "
+                          f"{workers} allows them: use a multiple of {unit} (e.g. --set data.global_batch_size="
+                          f"{unit * max(1, round(cfg.data.global_batch_size / unit))}) or another range")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -92,12 +139,10 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
     return shards
 
 
-def check_resume(cfg: Config, run: str, workers: int) -> int:
-    """The step a run with this name would resume from (0 if new). A changed model shape or worker count
-    fails here, before Ray starts, instead of in every restarted worker."""
-    from data import storage
-    from ray_jobs.export import list_checkpoints, read_checkpoint_config
-    from ray_jobs.train_loop import STATE_FILE
+def check_resume(cfg: Config, run: str, workers: WorkerRange) -> int:
+    """The step a run with this name would resume from (0 if new). A changed model shape fails here, before
+    Ray starts, instead of in every restarted worker."""
+    from ray_jobs.checkpoints import list_checkpoints, read_checkpoint_config, read_train_state
 
     checkpoints = list_checkpoints(run)
     if not checkpoints:
@@ -109,11 +154,10 @@ def check_resume(cfg: Config, run: str, workers: int) -> int:
     if changed:
         raise ValueError(f"run {run} already has a checkpoint at step {step} with a different model ({changed}): "
                          "use a new --name, or the same model settings to resume")
-    saved_workers = json.loads(storage.read_bytes(storage.join(url, STATE_FILE)))["world_size"]
-    if saved_workers != workers:
-        # ZeRO shards optimizer state by rank; DeepSpeed cannot reload it into a different world size.
-        raise ValueError(f"run {run} was checkpointed at step {step} by {saved_workers} workers: resume it with "
-                         f"--workers {saved_workers}, or start a new --name (export this one with --export-only)")
+    saved_workers = read_train_state(url).world_size
+    if workers != (saved_workers, saved_workers):
+        print(f"resuming {run} from step {step}, written by {saved_workers} worker(s): at another count, each "
+              "worker converts it to DeepSpeed's universal format (the stored checkpoint stays as it is)", flush=True)
     return step
 
 
@@ -125,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = build_config(args)  # ConfigError names a bad key before anything starts
     from data import storage, untrusted
-    from ray_jobs.export import EXPORT_DIR, export_run, run_url
+    from ray_jobs.checkpoints import EXPORT_DIR, export_run, run_url
 
     untrusted.check_run_name(args.name)  # a run folder cannot climb out of the storage root
     for flag in ("output", "export_to"):
@@ -140,9 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_shards, val_shards, tokenizer = check_inputs(args)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.validate()
-    from ray_jobs.engine import load_zero_json, plan_batches
+    from ray_jobs.engine import load_zero_json
 
-    plan_batches(cfg.data.global_batch_size, args.workers, cfg.train.micro_batch_size)
+    check_batch_plans(cfg, args.workers)
     zero = load_zero_json(cfg.train.zero_stage)
     storage.check_writable(args.output)
     resume_step = check_resume(cfg, run, args.workers)
@@ -151,7 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {"step": resume_step}
     else:
         # Ray Train's placement-group cleaner polls the State API, which a local Ray serves from its dashboard.
-        if init_ray(state_api=True) == "local":
+        # RAY_ADDRESS names a cluster, whose autoscaler may still be adding nodes: only a Ray started here (or
+        # by the caller, as tests do) is all there will be.
+        fixed = init_ray(state_api=True) != "cluster"
+        args.cpus_per_worker = cpus_per_worker(args, fixed)
+        if fixed:
             check_cpus_left_for_data(args)
         metrics = dict(fit(args, cfg, zero, tokenizer, train_shards, val_shards, run).metrics or {})
     if not args.no_export:
@@ -162,6 +210,20 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
+def cpus_per_worker(args: argparse.Namespace, fixed: bool) -> float:
+    """--cpus-per-worker, or its default: 1 with GPUs, on a cluster that may grow, or where the CPUs hold
+    the most workers the run may have and one more for data; else the CPUs shared among those workers
+    after one for data (the inpaint job shares them out the same way)."""
+    if args.cpus_per_worker is not None:
+        return args.cpus_per_worker
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if args.gpus_per_worker > 0 or not fixed or total >= args.workers.max + DATA_CPUS:
+        return 1.0
+    return max(0.1, math.floor((total - DATA_CPUS) / args.workers.max * 100) / 100)
+
+
 def check_cpus_left_for_data(args: argparse.Namespace) -> None:
     """Ray Data's read and decode tasks need a free CPU somewhere; training workers holding every CPU of a
     local Ray would leave the input pipeline waiting forever. (Not checked on a cluster: an autoscaler may
@@ -169,10 +231,10 @@ def check_cpus_left_for_data(args: argparse.Namespace) -> None:
     import ray
 
     total = ray.cluster_resources().get("CPU", 0)
-    held = args.workers * args.cpus_per_worker
+    held = args.workers.max * args.cpus_per_worker
     # Ray Data's decode tasks each take a whole CPU (two sharing a core measured 2-3x slower).
-    if total - held < 1:
-        raise ValueError(f"{args.workers} workers x {args.cpus_per_worker} CPUs hold all {total:g} CPUs of the Ray "
+    if total - held < DATA_CPUS:
+        raise ValueError(f"{args.workers.max} workers x {args.cpus_per_worker} CPUs hold all {total:g} CPUs of the Ray "
                          "cluster, leaving none for the data pipeline: lower --cpus-per-worker (e.g. 0.5) or "
                          "--workers, or add nodes")
 
@@ -183,6 +245,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     from ray.train.torch import TorchTrainer
 
     from data import storage
+    from ray_jobs.checkpoints import RunSpec
     from ray_jobs.data import build_dataset
     from ray_jobs.train_loop import train_loop_per_worker
 
@@ -199,6 +262,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     use_gpu = args.gpus_per_worker > 0
     resources = {"CPU": args.cpus_per_worker, **({"GPU": args.gpus_per_worker} if use_gpu else {})}
     env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
+    workers = args.workers.min if args.workers.min == args.workers.max else tuple(args.workers)
 
     def train_worker(config: dict):
         # LoggingConfig (below) alone lets Ray's "Reporting training result ..." line per report through.
@@ -207,25 +271,26 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
 
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            "config": cfg.to_dict(), "zero": zero, "tokenizer": tokenizer.to_bytes(), "has_val": bool(val_shards),
-            "storage_fs": fs, "run_path": f"{storage_path.rstrip('/')}/{args.name}",
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=args.workers, use_gpu=use_gpu,
+        train_loop_config={"run": RunSpec(config=cfg.to_dict(), zero=zero, tokenizer=tokenizer.to_bytes(),
+                                          has_val=bool(val_shards), storage_fs=fs,
+                                          run_path=f"{storage_path.rstrip('/')}/{args.name}",
+                                          stop_file=args.stop_file)},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=args.placement_strategy,
                                                accelerator_type=args.accelerator_type),
         run_config=ray.train.RunConfig(
             name=args.name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            # A drained node (spot preemption) stops the group at its deadline; those restarts are not failures.
+            failure_config=ray.train.FailureConfig(max_failures=args.max_failures, max_preemption_failures=-1),
             worker_runtime_env={"env_vars": env},
             # Ray Train's per-report INFO lines would drown the loop's own progress lines.
             logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),
         datasets=datasets,
     )
-    print(f"training {run}: preset {args.preset}, {args.workers} worker(s), global batch "
+    print(f"training {run}: preset {args.preset}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, global batch "
           f"{cfg.data.global_batch_size}, {cfg.train.steps} steps, ZeRO-{cfg.train.zero_stage}", flush=True)
     return trainer.fit()
 

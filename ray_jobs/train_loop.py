@@ -12,35 +12,30 @@ Validation costs little: every `val_every` steps the cheap metrics (orderless bi
 with true and shuffled captions) on the same fixed batches and masks; at the end, once, on
 `val_exact_images` fixed images the exact chain-rule NLL, and on `profile_images` the loss profile over
 the centre hole (onade.metrics.loss_profile, PROFILE_POINTS forward passes per image), which the last
-checkpoint keeps as PROFILE_FILE for the export. With `train.ema_decay` > 0 validation scores the EMA weights, which
-checkpoints keep beside the raw ones (EMA_FILE) and the export ships by default.
+checkpoint keeps for the export. With `train.ema_decay` > 0 validation scores the EMA weights, which
+checkpoints keep beside the raw ones and the export ships by default.
 
 Side effects (metrics files, TensorBoard, PNG grids, console) go through `ray_jobs.run_dir`, which is a
 no-op off rank 0. Launch with `python -m ray_jobs.train`.
 
-Resume and data position: a checkpoint holds the DeepSpeed state of every rank (weights, optimizer, LR
-schedule) and `train_state.json` (step, epoch, micro-batches consumed in that epoch). A resumed worker
-restarts its shard iterator at a fresh epoch and skips the consumed micro-batches, so it sees as many new
-samples as an uninterrupted run. Whether they are the *same* samples depends on Ray Data: the streaming
+Resume and data position: checkpoints (ray_jobs.checkpoints) hold the DeepSpeed state of every rank
+(weights, optimizer, LR schedule) and a TrainState (step, epoch, samples consumed in that epoch), and load
+at any worker count. A resumed worker restarts its shard iterator at a fresh epoch and skips its share of
+the consumed samples, so the workers see as many new samples as an uninterrupted run. Whether they are the *same* samples depends on Ray Data: the streaming
 split hands blocks to workers as they become ready, so the exact order is not reproducible across restarts.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
 from onade.caption import drop_captions
-from onade.checkpoint import PROFILE_FILE
 from onade.config import MASK_KINDS, MaskConfig, config_from_dict
 from onade.ema import EMA
 from onade.loss import nade_loss, per_example_bits
@@ -50,11 +45,6 @@ from onade.model import build_model, num_parameters
 from onade.plans import LossProfile
 from onade.precision import autocast, resolve_precision
 
-DS_TAG = "deepspeed"
-STATE_FILE = "train_state.json"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.model"
-EMA_FILE = "ema.safetensors"
 GRID_IMAGES = 8
 PROFILE_POINTS = 64  # values of t the end-of-run loss profile measures (one forward pass per point per image)
 # Offsets the caption-dropout generator's seed from the masks' one (both seeded from the worker's seed and
@@ -221,58 +211,17 @@ def optimizer_step_count(engine) -> int | None:
     return None
 
 
-def _save_checkpoint(engine, step: int, state: dict, metrics: dict, config: dict, rank: int,
-                     ema: EMA | None, profile: LossProfile | None = None) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory(prefix="onade_ckpt_") as d:
-        engine.save_checkpoint(d, tag=DS_TAG)
-        if rank == 0:
-            # The inference export needs the config and tokenizer, not only the weights: keep them with
-            # every checkpoint so any checkpoint can be exported later on its own.
-            Path(d, STATE_FILE).write_text(json.dumps(state))
-            Path(d, CONFIG_FILE).write_text(json.dumps(config["config"]))
-            Path(d, TOKENIZER_FILE).write_bytes(config["tokenizer"])
-            if ema is not None:  # every rank holds the same average (ZeRO <= 2 keeps whole weights)
-                save_file(ema.state_dict(), str(Path(d, EMA_FILE)))
-            if profile is not None:  # the validated model's (the EMA's when there is one): the export ships it
-                Path(d, PROFILE_FILE).write_text(profile.to_json())
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                         checkpoint_dir_name=f"checkpoint_{step:08d}")
-
-
-def _restore(engine, world_size: int, ema: EMA | None) -> dict | None:
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        state = json.loads(Path(d, STATE_FILE).read_text())
-        if state["world_size"] != world_size:
-            raise ValueError(f"checkpoint at step {state['step']} was written by {state['world_size']} workers but "
-                             f"this run has {world_size}: resume with --workers {state['world_size']}, or start a "
-                             "new run (--name) from an exported checkpoint")
-        # Our own checkpoint in the run's storage (DeepSpeed's format is torch.save); this is trusted data,
-        # unlike the inference export, which never unpickles.
-        engine.load_checkpoint(d, tag=DS_TAG)
-        if ema is not None:
-            if Path(d, EMA_FILE).is_file():
-                ema.load_state_dict(load_file(str(Path(d, EMA_FILE))), state.get("ema_updates", state["step"]))
-            else:  # a checkpoint from a run without EMA: start the average from the restored weights
-                ema.load_state_dict({k: v.float() for k, v in engine.module.state_dict().items()}, 0)
-    return state
-
-
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
+    from ray_jobs import checkpoints
     from ray_jobs.engine import build_engine, deepspeed_config, plan_batches
     from ray_jobs.run_dir import open_run_dir
 
     # DeepSpeed's ZeRO calls torch's deprecated all_gather_into_tensor alias on every step.
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
-    cfg = config_from_dict(config["config"])
+    spec: checkpoints.RunSpec = config["run"]
+    cfg = config_from_dict(spec.config)
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -286,28 +235,35 @@ def train_loop_per_worker(config: dict) -> None:
     # at start-up through views that need the default layout (deepspeed/runtime/engine.py _broadcast_model).
     model = build_model(cfg)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
-    engine = build_engine(model, cfg, deepspeed_config(config["zero"], plan, t.grad_clip))
-    ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
-    state = _restore(engine, world_size, ema) or {"step": 0, "epoch": 0, "index": 0, "world_size": world_size}
-    start_step = state["step"]
+    with checkpoints.restoring(ray.train.get_checkpoint(), world_size) as restore:
+        ds_config = {**deepspeed_config(spec.zero, plan, t.grad_clip), **checkpoints.universal_section(restore)}
+        engine = build_engine(model, cfg, ds_config)
+        ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
+        state = restore.into(engine, ema)
+    start_step = state.step
     # A resumed run must not replay the masks (or dropped captions) of the steps it already took.
     generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step)
     caption_generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step + CAPTION_SEED_OFFSET)
 
-    run = open_run_dir(config["storage_fs"], config["run_path"], rank == 0)
+    run = open_run_dir(spec.storage_fs, spec.run_path, rank == 0)
     nodes = [None] * world_size
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    run.event("resume" if start_step else "start", step=start_step, world_size=world_size,
-              num_nodes=len(set(nodes)), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
+    resumed = {"resumed_from_world_size": restore.converted_from} if restore.universal else {}
+    if start_step and run.last_step is not None:  # logged before the restart, at log_every resolution
+        resumed["steps_lost"] = max(0, run.last_step - start_step)
+    run.event("resume" if start_step else "start", step=start_step, world_size=world_size, **resumed,
+              num_nodes=len(set(nodes)), node_ids=nodes, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
               precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
               torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine))
 
-    train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state["epoch"], state["index"])
+    samples_per_batch = plan.micro_batch * world_size  # one micro-batch on every worker
+    train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state.epoch,
+                        state.epoch_samples // samples_per_batch)
     val = None
-    if config.get("has_val"):
+    if spec.has_val:
         val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
 
-    step, window, profile = start_step, _Window(), None
+    step, window, profile, preempted = start_step, _Window(), None, False
     timing = {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
     while step < t.steps:
         tic = time.perf_counter()
@@ -318,10 +274,13 @@ def train_loop_per_worker(config: dict) -> None:
         timing["train_s"] += time.perf_counter() - tic
         step += 1
 
+        # A collective (rank 0 broadcasts what Ray's preemption watcher marked): every rank asks at every step
+        # until the first notice.
+        notice = None if preempted else ray.train.get_preemption_info()
         last = step == t.steps
-        do_log = step % t.log_every == 0 or last
+        do_log = step % t.log_every == 0 or last or notice is not None
         do_val = val is not None and (step % t.val_every == 0 or last)
-        do_ckpt = step % t.checkpoint_every == 0 or last
+        do_ckpt = step % t.checkpoint_every == 0 or last or notice is not None
         if not (do_log or do_val or do_ckpt):
             continue
         metrics: dict = {"step": step, "epoch": train.epoch}
@@ -344,18 +303,48 @@ def train_loop_per_worker(config: dict) -> None:
         run.log(step, {k: v for k, v in metrics.items() if k != "step"})
         if do_ckpt:
             tic = time.perf_counter()
-            state = {"step": step, "epoch": train.epoch, "index": train.index, "world_size": world_size,
-                     "ema_updates": ema.num_updates if ema else 0}
-            _save_checkpoint(engine, step, state, metrics, config, rank, ema, profile)
+            state = checkpoints.TrainState(step=step, epoch=train.epoch, epoch_samples=train.index * samples_per_batch,
+                                           world_size=world_size, ema_updates=ema.num_updates if ema else 0)
+            checkpoints.save(engine, spec, state, metrics, rank, ema, profile)
             timing["checkpoint_s"] += time.perf_counter() - tic
             run.event("checkpoint", step=step)
+            if not last and _stop_requested(spec.stop_file, rank, engine.device):
+                run.event("stopped", step=step, stop_file=spec.stop_file)
+                break
         elif do_val:
             ray.train.report(metrics)
         # Log-only steps stop at metrics.jsonl and the console: with a report to Ray Train and a sync of the
         # run files at every log line, each log cost ~0.26 s beyond its steps (15 s of a 600-step debug run).
         if do_val or do_ckpt:
             run.sync()
+        if notice is not None and not last:
+            preempted = True
+            run.event("preemption_notice", step=step, deadline_ms=notice.deadline_ms,
+                      preempted_ranks=sorted(notice.preempted_ranks), checkpointed=True)
+            run.sync()
+            _await_teardown(notice.deadline_ms, spec.preemption_grace_s)
     run.close()
+
+
+def _stop_requested(stop_file: str | None, rank: int, device) -> bool:
+    """Rank 0 looks for the stop file; every rank learns the answer (all must leave the loop together)."""
+    if not stop_file:
+        return False
+    from data import storage
+
+    (found,) = _all_reduce([float(rank == 0 and storage.exists(stop_file))], device, dist.ReduceOp.MAX)
+    return found > 0
+
+
+def _await_teardown(deadline_ms: int | None, grace_s: float) -> None:
+    """After the checkpoint a preemption notice asked for, wait for Ray Train to stop this worker group (at
+    the deadline, plus its grace) and restart on the nodes left: steps taken meanwhile would be lost. Returning
+    would end the run as finished, and raising would count against --max-failures. If the group outlives the
+    deadline by a minute (a drain that was cancelled), training goes on."""
+    now = time.time()
+    until = (deadline_ms / 1000 if deadline_ms else now + 120) + grace_s + 60
+    while time.time() < until:
+        time.sleep(0.5)
 
 
 class _Window:
@@ -445,4 +434,4 @@ def _profile(model, val: list[dict], num_images: int, seed: int, precision: str)
 
 
 __all__ = ["train_loop_per_worker", "train_step", "training_inputs", "evaluate", "one_shot_fill", "ShardCursor",
-           "StepStats", "DS_TAG", "STATE_FILE", "EMA_FILE", "PROFILE_POINTS", "optimizer_step_count"]
+           "StepStats", "PROFILE_POINTS", "optimizer_step_count"]

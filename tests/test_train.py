@@ -60,7 +60,7 @@ def trained(s3_server, ray_local, shards):
 
 @pytest.mark.timeout(300)
 def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained):
-    from ray_jobs.export import list_checkpoints
+    from ray_jobs.checkpoints import list_checkpoints
 
     run, metrics, _ = trained
     assert metrics["step"] == STEPS
@@ -163,7 +163,7 @@ def test_same_name_resumes_step_optimizer_and_schedule(trained, s3_server, shard
     resume = [r for r in rows if r.get("event") == "resume"]
     assert len(resume) == 1 and resume[0]["step"] == STEPS
     assert resume[0]["adam_step"] == STEPS  # Adam's moments came back with the weights
-    from ray_jobs.export import list_checkpoints
+    from ray_jobs.checkpoints import list_checkpoints
 
     (_, last), = list_checkpoints(run)
     assert json.loads(storage.read_bytes(storage.join(last, "train_state.json")))["ema_updates"] == 110
@@ -202,7 +202,7 @@ def _train_workers() -> list[psutil.Process]:
 
 @pytest.mark.timeout(240)
 def test_killed_worker_restarts_from_latest_checkpoint_and_completes(ray_local, local_shards, tmp_path):
-    from ray_jobs.export import list_checkpoints
+    from ray_jobs.checkpoints import list_checkpoints
     from ray_jobs.train import main
 
     out = tmp_path / "runs"
@@ -223,10 +223,19 @@ def test_killed_worker_restarts_from_latest_checkpoint_and_completes(ray_local, 
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    # Kill only once Ray Train registered a checkpoint (its controller polls the workers every 2 s): a
-    # checkpoint reported by a worker that dies before that poll is lost, and the restart starts over.
+    # Kill only once Ray Train registered a checkpoint (its controller polls the workers): a checkpoint
+    # uploaded by a worker that dies before that poll is complete (list_checkpoints shows it) but unknown to
+    # Ray, whose restart would start over. Ray lists what it registered in its snapshot file.
+    snapshot = out / "fault" / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:
+        try:
+            return bool(json.loads(snapshot.read_text())["checkpoint_results"]) and bool(list_checkpoints(str(out / "fault")))
+        except (OSError, ValueError, KeyError):
+            return False
+
     deadline = time.monotonic() + 150
-    while not list_checkpoints(str(out / "fault")) and time.monotonic() < deadline:
+    while not registered() and time.monotonic() < deadline:
         assert thread.is_alive(), result
         time.sleep(0.2)
     victims = _train_workers()

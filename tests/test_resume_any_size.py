@@ -1,0 +1,75 @@
+"""Resume at another worker count through `ray_jobs.train.main`: real Ray, real DeepSpeed ZeRO-2 and ZeRO-3 on
+CPU. Two workers train and checkpoint; copies of the run resume on one and on three workers (DeepSpeed's
+universal checkpoint, converted on resume), and the loss, step, LR schedule and Adam's step carry on."""
+
+import json
+import shutil
+import statistics
+
+import pytest
+
+from ray_jobs.engine import lr_factor
+
+BASE_STEPS, MORE_STEPS = 20, 26
+# 12 splits over 1, 2 and 3 workers; logging every step shows the step-to-step noise of the loss.
+TINY = ["--preset", "debug", "--set", "model.image_size=16", "--set", "data.global_batch_size=12",
+        "--set", "train.log_every=1", "--set", "train.warmup_steps=5", "--set", "train.checkpoint_every=10",
+        "--set", "train.ema_decay=0", "--no-export"]
+
+
+def rows(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def two_worker_run(request, ray_local, local_shards, tmp_path_factory):
+    """A run trained by 2 workers to BASE_STEPS, checkpointed at 10 and 20: (output folder, run name, stage)."""
+    from ray_jobs.train import main
+
+    out = tmp_path_factory.mktemp(f"zero{request.param}")
+    metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", "base", "--workers", "2",
+                    "--set", f"train.zero_stage={request.param}", "--steps", str(BASE_STEPS)])
+    assert metrics["step"] == BASE_STEPS
+    return out, request.param
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run, workers, local_shards):
+    from onade.config import load_config
+    from ray_jobs.checkpoints import list_checkpoints, read_train_state
+    from ray_jobs.train import main
+
+    out, stage = two_worker_run
+    name = f"on{workers}"
+    shutil.copytree(out / "base", out / name)  # the run as two workers left it
+    stored = sorted(p.name for p in (out / name / "checkpoint_00000020" / "deepspeed").iterdir())
+    metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", name,
+                    "--workers", str(workers), "--set", f"train.zero_stage={stage}", "--steps", str(MORE_STEPS)])
+    assert metrics["step"] == MORE_STEPS
+
+    log = rows(out / name)
+    resume = next(r for r in log if r.get("event") == "resume")
+    assert (resume["step"], resume["world_size"], resume["resumed_from_world_size"]) == (BASE_STEPS, workers, 2)
+    assert resume["adam_step"] == BASE_STEPS  # Adam's moments came back, not a fresh optimizer
+    losses = {r["step"]: r["loss"] for r in log if "loss" in r}
+    before = [losses[s] for s in range(BASE_STEPS - 9, BASE_STEPS + 1)]
+    noise = statistics.stdev(b - a for a, b in zip(before, before[1:]))
+    jump = losses[BASE_STEPS + 1] - losses[BASE_STEPS]
+    # A fresh model starts near 8 bits; a lost optimizer state jumps too. Within 4 sigma of the step noise:
+    assert abs(jump) <= 4 * noise, (jump, noise, before)
+    assert losses[1] - losses[BASE_STEPS] > 4 * noise  # so a restart from scratch would fail the line above
+
+    # The LR continues the schedule of a MORE_STEPS run from step 21 on: no second warm-up.
+    t = load_config("debug", None, []).train
+    after = [r for r in log if "lr" in r and r["time"] > resume["time"]]
+    assert [r["step"] for r in after] == list(range(BASE_STEPS + 1, MORE_STEPS + 1))
+    for r in after:
+        assert r["lr"] == pytest.approx(t.lr * lr_factor(r["step"], 5, MORE_STEPS, t.min_lr_ratio), rel=1e-6)
+
+    # The stored checkpoint is as two workers wrote it; the new one is written by `workers` ranks.
+    assert sorted(p.name for p in (out / name / "checkpoint_00000020" / "deepspeed").iterdir()) == stored
+    (last_step, last), = [c for c in list_checkpoints(str(out / name)) if c[0] == MORE_STEPS]
+    assert read_train_state(last).world_size == workers
+    optim = sorted(p.name for p in (out / name / "checkpoint_00000026" / "deepspeed").glob("*optim_states.pt"))
+    assert len(optim) == workers
