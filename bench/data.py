@@ -14,6 +14,12 @@ readers pay for HTTP. Measured, side by side in one run:
   4. peak RSS of make_shards (main process and its workers) on 1/10 and all of --mem-images small images,
      in the image phase (must be flat: the build streams) and including tokenizer training.
 The machine's other load is printed first: on a shared box, compare only numbers from one run.
+
+    python bench/data.py --tolerant --num 8000   # only: the shard reader of build_dataset vs Ray's
+
+`--tolerant` measures only the read stage (tar stream -> rows of raw bytes, no decode): rows/s of
+`ray_jobs.data.read_shards` (TarShards, which survives damaged shards) against `ray.data.read_webdataset`
+on the same intact shards, on S3 and in a local folder, the two readers alternating in one Ray session.
 """
 
 from __future__ import annotations
@@ -160,6 +166,61 @@ def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, 
         ray.shutdown()
 
 
+def compare_readers(urls: list[str], cpus: int, rounds: int = 5) -> dict:
+    """Rows/s of the read stage alone (no decode) for build_dataset's tolerant reader and Ray's WebDataset
+    reader over the same shards, alternating so that load from other jobs falls on both; best of `rounds`."""
+    import ray
+    import ray.data
+
+    from ray_jobs.data import read_shards
+
+    os.environ["RAY_worker_niceness"] = "0"
+    ray.init(num_cpus=cpus or None, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"), ignore_reinit_error=True)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        fs, _ = storage.pyarrow_fs(urls[0])
+        paths = [u[len("s3://"):] if storage.is_s3(u) else u for u in urls]
+        readers = {"tolerant": lambda: read_shards(urls),
+                   "ray": lambda: ray.data.read_webdataset(paths, filesystem=fs, decoder=None, num_cpus=0.25)}
+        best = {k: 0.0 for k in readers}
+        n = {}
+        for _ in range(rounds + 1):  # the first round warms Ray's workers up and is not counted
+            for name, make in readers.items():
+                t, rows = time.perf_counter(), 0
+                for batch in make().iter_batches(batch_size=256, batch_format="numpy"):
+                    rows += len(batch["__key__"])
+                rate = rows / (time.perf_counter() - t)
+                if name in n:
+                    best[name] = max(best[name], rate)
+                n[name] = rows
+        assert n["tolerant"] == n["ray"], n
+        return {**best, "rows": n["ray"], "ratio": best["tolerant"] / best["ray"]}
+    finally:
+        ray.shutdown()
+
+
+def tolerant_only(work: Path, args) -> int:
+    with local_s3_server("onade-bench") as s3:
+        images = str(work / "images")
+        write_synthetic(images, args.num, image_size=args.image_size, seed=0)
+        prefix, local = s3.url("shards"), str(work / "local_shards")
+        for dest in (prefix, local):  # the same bytes: make_shards is deterministic
+            make_shards(images, dest, image_size=args.image_size, shard_size=1000, workers=args.cpus or 1,
+                        progress=False)
+        from ray_jobs.data import resolve_shards
+
+        on_s3 = compare_readers(resolve_shards(prefix), args.cpus)
+        on_disk = compare_readers(resolve_shards(local), args.cpus)
+    for where, r in (("S3", on_s3), ("local folder", on_disk)):
+        print(f"read stage, {where}, {r['rows']} samples of {args.image_size}px: tolerant reader {r['tolerant']:.0f} "
+              f"rows/s, Ray read_webdataset {r['ray']:.0f} rows/s", flush=True)
+    print(json.dumps({"s3": on_s3, "local": on_disk}))
+    print(f"RESULT tolerant reader / Ray read_webdataset, read stage ({args.cpus} CPUs): S3 x{on_s3['ratio']:.2f}, "
+          f"local folder x{on_disk['ratio']:.2f}")
+    return 0
+
+
 def peak_rss(images: str, dest: str, workers: int) -> dict[str, float]:
     """Peak RSS (MiB) of a make_shards run into a local folder, polled every 20 ms, by phase.
 
@@ -212,11 +273,15 @@ def run(work: Path, argv: list[str] | None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--cpus", type=int, default=2, help="CPUs for the parallel runs (0: all Ray finds)")
     ap.add_argument("--mem-images", type=int, default=10_000, help="images for the memory run")
+    ap.add_argument("--tolerant", action="store_true",
+                    help="only compare build_dataset's shard reader with Ray's read_webdataset (read stage)")
     args = ap.parse_args(argv)
+    print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    if args.tolerant:
+        return tolerant_only(work, args)
     cpus = args.cpus or os.cpu_count()
     results: dict = {"num": args.num, "image_size": args.image_size, "cpus": cpus,
                      "load_average_before": os.getloadavg()}
-    print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     with local_s3_server("onade-bench") as s3:
         images = str(work / "images")
         t = time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sys
 
 import braceexpand
@@ -24,6 +25,7 @@ from data import storage, untrusted
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 MAX_EXPANDED = 1_000_000  # names one brace pattern may expand to
+_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}")
 
 
 def split_top_level(spec: str, sep: str = ",") -> list[str]:
@@ -51,6 +53,11 @@ def expand_braces(pattern: str) -> list[str]:
     """Bash-style brace expansion by `braceexpand` (webdataset's own): `{000..010}` (zero padding kept),
     `{0..10..2}`, `{a,b}`, nested, several. Backslashes are kept as they are (escape=False): they are part
     of a name, never escapes."""
+    ranges = 1  # numeric ranges alone can name billions: refuse those before generating anything
+    for lo, hi, step in _RANGE.findall(pattern):
+        ranges *= abs(int(hi) - int(lo)) // max(1, abs(int(step or 1))) + 1
+    if ranges > MAX_EXPANDED:
+        raise ValueError(f"{pattern!r} expands to over {MAX_EXPANDED:,} names; that is surely a typo")
     try:
         names = list(itertools.islice(braceexpand.braceexpand(pattern, escape=False), MAX_EXPANDED + 1))
     except braceexpand.UnbalancedBracesError:

@@ -8,7 +8,8 @@
         batch["tokens"]  # int64 [B, T], padded with tokenizer.pad_id
         batch["length"]  # int64 [B]
 
-Run as a check of a shard set (reads everything, prints counts, corrupt samples and samples/s):
+Run as a check of a shard set (reads everything, prints counts, corrupt samples, unreadable shards and
+samples/s; exits 1 if a shard is unreadable):
     python -m ray_jobs.data s3://bucket/run1 --image-size 32
     ray job submit --working-dir . -- python -m ray_jobs.data "s3://bucket/run1/shard-{000000..000099}.tar"
 
@@ -19,6 +20,12 @@ Training takes a random crop (when shards are larger than `image_size`), a rando
 and a random caption among a sample's captions; validation takes the centre, no flip and the first
 caption, so the same sample always gives the same row. Samples that cannot be decoded or have no
 caption are logged, counted (see `make_skip_counter`) and dropped; they never stop the pipeline.
+
+Shards are read by `TarShards`, not Ray's `read_webdataset`: a shard that cannot be read to its end
+(truncated, garbage bytes, a damaged header mid-file, deleted or unreadable once the job runs) gives
+the samples before the damage and is recorded (URL, reason, samples read) in the same counter; the
+rest of the data flows. A shard missing when the job starts is still an error (resolve_shards): that
+is a wrong spec, not damage. Transient S3 errors (DataContext.retried_io_errors) are retried first.
 """
 
 from __future__ import annotations
@@ -29,25 +36,42 @@ import functools
 import logging
 import os
 import sys
+import tarfile
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from data import images, shard_spec, storage
 from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
-from data.untrusted import MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES, UnsafeInput, check_captions
-from onade.tokenizer import Tokenizer
+from data.sources import _BoundedTarInfo
+from data.untrusted import (DEFAULT_MAX_IMAGE_PIXELS, MAX_MANIFEST_BYTES, MAX_TEXT_MEMBER_BYTES, MAX_TOKENIZER_BYTES,
+                            UnsafeInput, check_captions, max_image_bytes, printable)
+
+if TYPE_CHECKING:
+    # onade imports torch (~2 s): only the functions that need a tokenizer import it, so that the read tasks'
+    # workers, which load this module to run the shard reader, start without it.
+    from onade.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("png", "jpg", "jpeg", "webp")
 MAX_EXAMPLES = 20
+MAX_BAD_SHARDS = 1000  # listed one by one in a summary; beyond that only counted
+COUNTER_NAMESPACE = "onade"
+READ_ATTEMPTS = 3  # per shard, for errors in DataContext.retried_io_errors (S3 throttling, dropped connections)
+RETRY_DELAY_S = 1.0  # before the second attempt; doubled before each next one
+ROWS_PER_BLOCK = 512  # as Ray's WebDataset reader
 
 
 def tokenizer_for(spec: str | list[str]) -> Tokenizer:
     """The `tokenizer.model` that make_shards wrote beside the shards of `spec`."""
+    from onade.tokenizer import Tokenizer
+
     url = storage.join(shard_spec.shards_home(spec), shard_spec.TOKENIZER)
     if not storage.exists(url):
         raise ValueError(f"no {shard_spec.TOKENIZER} at {url}: build the shards with `python -m data.make_shards`, "
@@ -57,11 +81,13 @@ def tokenizer_for(spec: str | list[str]) -> Tokenizer:
 
 @ray.remote(num_cpus=0)
 class SkipCounter:
-    """Collects the samples the pipeline dropped, from every Ray Data task."""
+    """Collects what the pipeline dropped, from every Ray Data task: samples that cannot be used, and shards
+    that could not be read to their end."""
 
     def __init__(self):
         self.by_reason: collections.Counter = collections.Counter()
         self.examples: list[dict[str, str]] = []
+        self.bad: dict[str, dict] = {}  # shard URL -> its first record (training re-reads it every epoch)
 
     def add(self, skips: list[tuple[str, str]]) -> None:
         for where, reason in skips:
@@ -69,18 +95,207 @@ class SkipCounter:
             if len(self.examples) < MAX_EXAMPLES:
                 self.examples.append({"sample": where, "reason": reason})
 
+    def add_bad_shard(self, shard: str, reason: str, samples_read: int) -> None:
+        self.bad.setdefault(shard, {"shard": shard, "reason": reason, "samples_read": samples_read})
+
     def summary(self) -> dict[str, Any]:
         return {"total": sum(self.by_reason.values()), "by_reason": dict(self.by_reason),
-                "examples": list(self.examples)}
+                "examples": list(self.examples), "num_bad_shards": len(self.bad),
+                "bad_shards": list(self.bad.values())[:MAX_BAD_SHARDS]}
 
 
-def make_skip_counter():
-    """An actor handle to pass as `build_dataset(..., skip_counter=)`; read it with `skip_summary`."""
-    return SkipCounter.remote()
+def _counter_name(run_name: str) -> str:
+    return f"skips:{run_name}"
+
+
+def make_skip_counter(run_name: str | None = None):
+    """An actor handle to pass as `build_dataset(..., skip_counter=)`; read it with `skip_summary`.
+
+    With `run_name`, the actor is also named, so code that holds no handle (Ray Train workers) reads it with
+    `skip_summary_named(run_name)`; a second call with the same name returns the same actor. It lives as long
+    as the driver that made it."""
+    if run_name is None:
+        return SkipCounter.remote()
+    return SkipCounter.options(name=_counter_name(run_name), namespace=COUNTER_NAMESPACE,
+                               get_if_exists=True).remote()
 
 
 def skip_summary(counter) -> dict[str, Any]:
+    """{"total": samples dropped, "by_reason": {reason: count}, "examples": [{"sample", "reason"}],
+    "num_bad_shards": n, "bad_shards": [{"shard": URL, "reason", "samples_read"}]}. Training counts a bad
+    sample each epoch it is read again; a bad shard once."""
     return ray.get(counter.summary.remote())
+
+
+def skip_summary_named(run_name: str) -> dict[str, Any] | None:
+    """skip_summary of the counter `make_skip_counter(run_name)` made, from any process of the Ray cluster;
+    None if there is none (the driver made no named counter, or has exited)."""
+    try:
+        counter = ray.get_actor(_counter_name(run_name), namespace=COUNTER_NAMESPACE)
+    except ValueError:
+        return None
+    return skip_summary(counter)
+
+
+# ---- reading tar shards, tolerating damage --------------------------------------------------------------
+
+class ShardDamaged(Exception):
+    """A tar shard that cannot be read on from this point."""
+
+
+class _StrictTarInfo(_BoundedTarInfo):
+    """tarfile stops iterating, silently, at a header it cannot parse anywhere but at the start of the file, or
+    at the end of the data without an end-of-archive marker: the samples after a damaged header, or of a shard
+    cut at a member boundary, would be lost unreported. This raises instead. (An all-zero block is the marker.)"""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EmptyHeaderError:
+            raise ShardDamaged(f"data ends at byte {tar.offset} without the end-of-archive marker "
+                               "(truncated?)") from None
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            raise ShardDamaged(f"{e} at byte {tar.offset}") from None
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    """WebDataset's sample key (the path up to the first dot of the base name) and extension, lower case."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return None
+    stem, ext = base.split(".", 1)
+    return name[:len(name) - len(base)] + stem, ext.lower()
+
+
+def iter_tar_rows(f, url: str, columns: tuple[str, ...] = (*IMAGE_COLUMNS, "txt")) -> Iterator[dict[str, Any]]:
+    """The samples of one tar stream, as WebDataset rows {"__key__", "__url__", ext: bytes} with the members
+    whose extension is in `columns` (others are never read). A member over its limit (an image's bytes at
+    DEFAULT_MAX_IMAGE_PIXELS, MAX_TEXT_MEMBER_BYTES for text) is not read; its row gets "__skip__": reason.
+    Raises (tarfile.TarError, ShardDamaged, OSError, ...) where the shard is damaged; the sample being read
+    then is not yielded, as it may be incomplete."""
+    max_image = max_image_bytes(DEFAULT_MAX_IMAGE_PIXELS)
+    row: dict[str, Any] | None = None
+    seen: set[str] = set()
+    with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+        while (m := tar.next()) is not None:
+            tar.members.clear()  # a stream's TarFile keeps every header it has seen otherwise
+            split = _split_name(printable(m.name)) if m.isreg() else None  # a non-UTF-8 name still fits a row
+            if split is None:
+                continue
+            key, ext = split
+            if row is None or key != row["__key__"]:
+                if row is not None:
+                    yield row
+                    seen.add(row["__key__"])
+                if key in seen:
+                    raise ShardDamaged(f"the members of sample {printable(key)!r} are not contiguous "
+                                       "(WebDataset needs them adjacent: build shards with data.make_shards)")
+                row = {"__key__": key, "__url__": url}
+            if ext in row:
+                raise ShardDamaged(f"member {printable(m.name)!r} appears twice")
+            if ext not in columns or "__skip__" in row:
+                continue
+            limit = max_image if ext in IMAGE_COLUMNS else MAX_TEXT_MEMBER_BYTES
+            if m.size > limit:
+                row["__skip__"] = f"member .{ext} of {m.size} bytes, over the limit of {limit}"
+                continue
+            row[ext] = tar.extractfile(m).read()
+        if row is not None:
+            yield row  # complete: the end-of-archive marker follows it
+        # Only zeros (the record's padding) may follow the marker. Data there means a zeroed block mid-file, or
+        # tars concatenated: tarfile would silently stop at it.
+        for chunk in iter(lambda: tar.fileobj.read(1 << 20), b""):
+            if chunk.count(0) != len(chunk):
+                raise ShardDamaged(f"data after an end-of-archive marker at byte {tar.offset}")
+
+
+def _transient(e: Exception) -> bool:
+    from ray.data import DataContext
+
+    return isinstance(e, OSError) and any(p in str(e) for p in DataContext.get_current().retried_io_errors)
+
+
+def read_shard(fs, path: str, url: str, skip_counter=None) -> Iterator[dict[str, Any]]:
+    """iter_tar_rows of one shard in `fs` (pyarrow), never raising for the shard's own faults: a shard that
+    cannot be opened or read to its end yields what it could, then is logged and recorded in `skip_counter`
+    as (url, reason, samples read). Transient storage errors first restart the read, skipping the samples
+    already yielded, up to READ_ATTEMPTS times."""
+    from ray.data import DataContext
+
+    done = 0
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            with fs.open_input_stream(path, buffer_size=DataContext.get_current().streaming_read_buffer_size) as f:
+                for i, row in enumerate(iter_tar_rows(f, url)):
+                    if i >= done:
+                        done += 1
+                        yield row
+            return
+        except Exception as e:  # noqa: BLE001 - whatever the damage, the other shards must flow
+            if attempt < READ_ATTEMPTS and _transient(e):
+                log.warning("retrying shard %s after %d samples: %s", url, done, e)
+                time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+                continue
+            reason = f"{type(e).__name__}: {str(e)[:300]}"
+            log.warning("unreadable shard %s (after %d samples): %s", url, done, reason)
+            if skip_counter is not None:
+                ray.get(skip_counter.add_bad_shard.remote(url, reason, done))
+            return
+
+
+def _read_shards(shards: list[tuple[str, str]], fs, skip_counter) -> Iterator[Any]:
+    import pandas as pd
+
+    rows = []
+    for path, url in shards:
+        for row in read_shard(fs, path, url, skip_counter):
+            rows.append(row)
+            if len(rows) >= ROWS_PER_BLOCK:
+                yield pd.DataFrame.from_records(rows)
+                rows = []
+    if rows:
+        yield pd.DataFrame.from_records(rows)
+
+
+class TarShards(Datasource):
+    """WebDataset tar shards as rows of raw bytes (iter_tar_rows), read tolerantly (read_shard). With
+    `shuffle_seed`, the shard order is shuffled, differently each execution (epoch) and reproducibly, as Ray's
+    FileShuffleConfig(seed) does; without it, shards are read in the order given."""
+
+    def __init__(self, urls: list[str], filesystem, shuffle_seed: int | None = None, skip_counter=None):
+        super().__init__()
+        self._shards = [(u[len("s3://"):] if storage.is_s3(u) else os.path.abspath(u), u) for u in urls]
+        self._fs, self._seed, self._counter = filesystem, shuffle_seed, skip_counter
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None  # unknown without a request per shard (read_shards asks for one read task per shard)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        shards = list(self._shards)
+        if self._seed is not None:
+            # Ray's own file shuffle reads the same private counter of executions (file_based_datasource.py).
+            execution = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
+            np.random.default_rng([self._seed, execution]).shuffle(shards)
+        tasks = []
+        for group in np.array_split(np.arange(len(shards)), max(1, min(parallelism, len(shards)))):
+            part = [shards[i] for i in group]
+            if part:
+                meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=[p for p, _ in part], exec_stats=None)
+                tasks.append(ReadTask(functools.partial(_read_shards, part, self._fs, self._counter), meta,
+                                      per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def read_shards(urls: list[str], *, shuffle_seed: int | None = None, skip_counter=None,
+                num_cpus: float = 0.25) -> "ray.data.Dataset":
+    """A Ray Dataset of the raw WebDataset rows of `urls` (resolved shard URLs, all local or all S3)."""
+    fs, _ = storage.pyarrow_fs(urls[0])
+    # One read task per shard, each streaming blocks of ROWS_PER_BLOCK rows. Left to choose (no size estimate),
+    # Ray asks for 200 blocks and cuts the tasks' output into that many: 4-7x slower on 4 shards (bench/data.py).
+    return ray.data.read_datasource(TarShards(urls, fs, shuffle_seed, skip_counter), num_cpus=num_cpus,
+                                    override_num_blocks=len(urls))
 
 
 def _column(batch: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
@@ -115,12 +330,16 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
     n = len(keys) if keys is not None else len(next(iter(batch.values())))
     urls = _column(batch, "__url__", n)
     txts = _column(batch, "txt", n)
+    marked = _column(batch, "__skip__", n)
     img_cols = [batch[c] for c in IMAGE_COLUMNS if c in batch]
     # Training draws fresh randomness every batch so each epoch sees different crops, flips and captions.
     rng = np.random.default_rng() if train else np.random.default_rng(0)
     out_images, captions, skips = [], [], []
     for i in range(n):
         where = f"{storage.basename(str(urls[i]))}#{keys[i] if keys is not None else i}"
+        if isinstance(marked[i], str):
+            skips.append((where, marked[i]))
+            continue
         data = next((b for b in (_as_bytes(c[i]) for c in img_cols) if b), None)
         if data is None:
             skips.append((where, "no image"))
@@ -165,23 +384,20 @@ def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, token
     """A Ray Dataset of fixed-shape rows `image` uint8 [H,W,3], `tokens` int64 [T], `length` int64.
 
     `seed` fixes the training file order (reshuffled each epoch, reproducibly); validation keeps the
-    shard order. `num_cpus` is per decode task: decoding is CPU-bound, and packing several decode
-    tasks onto one core measured 2-3x slower (bench/data.py). Reading a tar stream is mostly waiting
-    on storage, hence the small `read_num_cpus`. Data tasks need CPUs the training workers leave free
-    (e.g. `--cpus-per-worker 0.5`); lower `num_cpus` if only a fraction of a CPU is left.
+    shard order. `skip_counter` (make_skip_counter) receives the samples dropped and the shards that could
+    not be read to their end (module docstring). `num_cpus` is per decode task: decoding is CPU-bound, and
+    packing several decode tasks onto one core measured 2-3x slower (bench/data.py). Reading a tar stream
+    is mostly waiting on storage, hence the small `read_num_cpus`. Data tasks need CPUs the training workers
+    leave free (e.g. `--cpus-per-worker 0.5`); lower `num_cpus` if only a fraction of a CPU is left.
     """
     if image_size < 1 or max_tokens < 1:
         raise ValueError(f"image_size and max_tokens must be >= 1, got {image_size} and {max_tokens}")
+    from onade.tokenizer import Tokenizer
+
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be an onade Tokenizer (see tokenizer_for), got {type(tokenizer).__name__}")
-    urls = resolve_shards(spec)
-    fs, _ = storage.pyarrow_fs(urls[0])  # resolve_shards guarantees one kind: all local or all S3
-    paths = [u[len("s3://"):] if storage.is_s3(u) else os.path.abspath(u) for u in urls]
-    from ray.data.datasource import FileShuffleConfig
-
-    ds = ray.data.read_webdataset(
-        paths, filesystem=fs, decoder=None, num_cpus=read_num_cpus,
-        shuffle=FileShuffleConfig(seed=seed) if train else None)
+    urls = resolve_shards(spec)  # one kind: all local or all S3
+    ds = read_shards(urls, shuffle_seed=seed if train else None, skip_counter=skip_counter, num_cpus=read_num_cpus)
     fn = functools.partial(preprocess_batch, image_size=image_size, max_tokens=max_tokens, tokenizer=tokenizer,
                            train=train, random_flip=random_flip, skip_counter=skip_counter)
     ds = ds.map_batches(fn, batch_format="numpy", batch_size=batch_size, num_cpus=num_cpus)
@@ -218,7 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} samples ({size}x{size}), {skipped['total']} corrupt skipped {skipped['by_reason']}, "
           f"caption tokens mean {lens.mean() if n else 0:.1f} max {int(lens.max()) if n else 0} "
           f"(truncated to {args.max_tokens}), {n / dt:.0f} samples/s (one pass, including Ray worker start-up)")
-    return 0
+    print_bad_shards(skipped)
+    return 1 if skipped["num_bad_shards"] else 0
+
+
+def print_bad_shards(summary: dict[str, Any], file=None) -> None:
+    """One line per shard a skip_summary lists as unreadable (to `file`, default stdout)."""
+    file = file or sys.stdout
+    if summary["num_bad_shards"]:
+        print(f"{summary['num_bad_shards']} unreadable shard(s), read up to the damage:", file=file)
+    for b in summary["bad_shards"]:
+        print(f"  {b['shard']}: {b['reason']} ({b['samples_read']} samples read)", file=file)
 
 
 def _manifest_size(spec: str) -> int:

@@ -25,7 +25,10 @@ The JSON holds, averaged over images: `bits_per_dim` (orderless estimate over ra
 caption vs. another image's), `num_images`; and `exact_bits_per_dim` (chain rule over the centre hole in
 one random ordering: one forward pass per hole subpixel per image, so it runs on the first
 `--exact-images` images only, default 64) with `exact_num_images`. Masks are seeded by each batch's
-content, so the numbers do not depend on how many actors ran.
+content, so the numbers do not depend on how many actors ran. Damaged data does not stop the job:
+`skipped_samples` (with `skipped_by_reason`) counts the samples that could not be used, and `bad_shards`
+lists each shard that could not be read to its end as {shard, reason, samples_read} (its samples before
+the damage are scored); both are printed as well. They cover what the first pass read.
 
 Over the same first `--exact-images` images and the hole of `--hole` (center, the default, or box:X,Y,W,H
 in model pixels or as fractions of the side):
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray.data
 
     from onade.plans import LossProfile
-    from ray_jobs.data import build_dataset, resolve_shards
+    from ray_jobs.data import build_dataset, make_skip_counter, print_bad_shards, resolve_shards, skip_summary
     from ray_jobs.ray_env import init_ray
 
     loaded = onade.load_checkpoint(args.checkpoint)  # fails fast on a path that is not a checkpoint
@@ -297,15 +300,24 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--data {args.data!r} holds no shards: build them with python -m data.make_shards")
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
+    counter = make_skip_counter()
     ds = build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, loaded.tokenizer, train=False,
-                       seed=args.seed, read_num_cpus=DATA_CPUS[0], num_cpus=DATA_CPUS[1],
+                       seed=args.seed, read_num_cpus=DATA_CPUS[0], num_cpus=DATA_CPUS[1], skip_counter=counter,
                        batch_size=args.batch_size)  # blocks of one scoring batch: every actor gets work
     if args.num_images:
         ds = ds.limit(args.num_images)
     rows = _score(ds, args, args.num_images, "cheap metrics")
+    # Read now: the exact pass reads its images again and would count their skips twice.
+    dropped = skip_summary(counter)
+    print_bad_shards(dropped)
+    if dropped["total"]:
+        print(f"skipped {dropped['total']} unusable sample(s): {dropped['by_reason']}", flush=True)
     if not rows or sum(int(r["num_images"]) for r in rows) == 0:
-        raise ValueError(f"--data {args.data!r} gave no images to evaluate")
+        raise ValueError(f"--data {args.data!r} gave no images to evaluate ({dropped['total']} samples skipped, "
+                         f"{dropped['num_bad_shards']} unreadable shard(s), listed above)")
     result = _mean(rows, METRICS)
+    result.update(skipped_samples=dropped["total"], skipped_by_reason=dropped["by_reason"],
+                  num_bad_shards=dropped["num_bad_shards"], bad_shards=dropped["bad_shards"])
     result["precision"] = str(rows[0]["precision"])
     exact_images = min(args.exact_images, result["num_images"])
     if exact_images:

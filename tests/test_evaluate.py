@@ -125,3 +125,43 @@ def test_bad_hole_budgets_without_a_profile_and_bad_budgets_fail_before_scoring(
     with pytest.raises(SystemExit):  # refused before any scoring, not after it
         main([*data, "--profile", str(tmp_path / "missing" / "p.json")])
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.timeout(150)
+def test_evaluate_finishes_on_damaged_shards_and_names_them(ray_local, export, local_shards, tmp_path, capsys):
+    import io
+    import os
+    import tarfile
+
+    from data import storage
+    from ray_jobs.evaluate import main
+    from tests.helpers import tar_bytes
+
+    (val,) = storage.list_files(local_shards["val"], suffix=".tar")  # 32 samples
+    with open(val, "rb") as f:
+        data = f.read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    pngs = [name for name, _ in members if name.endswith(".png")]
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    (folder / "shard-000000.tar").write_bytes(data)
+    (folder / "shard-000001.tar").write_bytes(tar_bytes(members, cut_inside=pngs[5]))  # 5 whole samples, then cut
+    (folder / "shard-000002.tar").write_bytes(os.urandom(4096))
+    # One usable sample and one whose image does not decode.
+    (folder / "shard-000003.tar").write_bytes(tar_bytes(members[:3] + [("bad.png", b"not a png"),
+                                                                      ("bad.txt", b"a caption")]))
+    out = tmp_path / "metrics.json"
+    result = main(["--checkpoint", export, "--data", str(folder), "--batch-size", "8", "--exact-images", "4",
+                   "--precision", "fp32", "--actors", "1", "--output", str(out)])
+    assert result["num_images"] == 32 + 5 + 1 and result["exact_num_images"] == 4
+    assert result["skipped_samples"] == 1 and result["skipped_by_reason"] == {
+        "undecodable image (UnidentifiedImageError)": 1}
+    bad = {os.path.basename(b["shard"]): b for b in result["bad_shards"]}
+    assert result["num_bad_shards"] == 2 and set(bad) == {"shard-000001.tar", "shard-000002.tar"}
+    cut, garbage = bad["shard-000001.tar"], bad["shard-000002.tar"]
+    assert cut["samples_read"] == 5 and "unexpected end of data" in cut["reason"]
+    assert garbage["samples_read"] == 0 and garbage["shard"] == str(folder / "shard-000002.tar")
+    assert json.loads(out.read_text()) == result
+    printed = capsys.readouterr().out
+    assert "2 unreadable shard(s)" in printed and f"{folder}/shard-000001.tar: ReadError" in printed

@@ -78,8 +78,11 @@ def test_brace_expansion():
     assert expand_braces("{a,{b,c}}") == ["a", "b", "c"]
     assert expand_braces("plain.tar") == ["plain.tar"]
     assert split_top_level("a-{1,2}.tar, b.tar") == ["a-{1,2}.tar", "b.tar"]
+    assert expand_braces("x-{7}.tar") == ["x-{7}.tar"]  # as bash: no comma or range, no expansion
     with pytest.raises(ValueError, match="unbalanced"):
         expand_braces("s-{000..003.tar")
+    with pytest.raises(ValueError, match="typo"):
+        expand_braces("s-{0..99999999}.tar")
 
 
 def test_resolve_shards_every_spec_form(shards, s3_server):
@@ -198,3 +201,31 @@ def test_brace_pattern_and_local_folder_read_the_same_samples(shards, ray_env):
     from_s3 = sorted(_digest(i) for i, _, _ in collect(build_dataset(pattern, SIZE, T, tok, train=False)))
     from_local = sorted(_digest(i) for i, _, _ in collect(build_dataset(shards["local"], SIZE, T, tok, train=False)))
     assert from_s3 == from_local == sorted(d for d, *_ in shards["expected"])
+
+
+@pytest.mark.timeout(120)
+def test_training_shard_order_is_shuffled_per_epoch_reproducibly_and_validation_keeps_it(ray_env, tmp_path):
+    import ray.data
+
+    from ray_jobs.data import read_shards
+
+    urls = []
+    for i in range(8):
+        urls.append(str(tmp_path / f"s{i}.tar"))
+        (tmp_path / f"s{i}.tar").write_bytes(tar_bytes([("a.png", b"x"), ("a.txt", b"y")]))
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        def epochs(ds, n):
+            return [[storage.basename(u) for b in ds.iter_batches(batch_format="numpy") for u in b["__url__"]]
+                    for _ in range(n)]
+
+        names = [f"s{i}.tar" for i in range(8)]
+        first = epochs(read_shards(urls, shuffle_seed=3), 3)
+        assert all(sorted(e) == names for e in first) and len({tuple(e) for e in first}) == 3
+        assert first != [names] * 3
+        assert epochs(read_shards(urls, shuffle_seed=3), 3) == first  # the same seed, the same epochs
+        assert epochs(read_shards(urls, shuffle_seed=4), 1)[0] != first[0]
+        assert epochs(read_shards(urls), 2) == [names, names]
+    finally:
+        ctx.execution_options.preserve_order = before
