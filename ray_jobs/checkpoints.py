@@ -66,6 +66,7 @@ def _optim_file(rank: int) -> str:
 @dataclass(frozen=True)
 class RunSpec:
     """What every training worker is given besides its data (the train loop's config)."""
+    skip_counter: str  # the name of the data pipeline's skip counter (ray_jobs.data.make_skip_counter)
     config: dict  # onade Config.to_dict()
     zero: dict  # the ZeRO section (ray_jobs.engine.load_zero_json)
     tokenizer: bytes
@@ -217,7 +218,8 @@ def to_universal(checkpoint_dir: Path, out_dir: Path) -> None:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             ds_to_universal(args)
     except Exception as e:
-        raise RuntimeError(f"converting {checkpoint_dir} to a universal checkpoint failed: {e}\n{log.getvalue()}") from e
+        raise RuntimeError(f"converting {checkpoint_dir} to a universal checkpoint failed: {e}\n"
+                           f"{log.getvalue()}") from e
     (out_dir / "latest_universal").write_text(DS_TAG)
 
 

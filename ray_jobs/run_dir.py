@@ -24,7 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class NullRunDir:
-    last_step: int | None = None  # the last step metrics.jsonl recorded before this run (dir) opened
+    last_step: int | None = None  # the furthest step recorded since the last (re)start, before this one
 
     def log(self, step: int, metrics: dict, echo: bool = True) -> None: ...
     def event(self, name: str, **fields) -> None: ...
@@ -120,13 +120,16 @@ class RunDir(NullRunDir):
 
 
 def _last_step(path: Path) -> int | None:
-    steps = []
+    """The furthest step the latest (re)start of the run reached (steps an earlier restart lost are not its)."""
+    last = None
     for line in path.read_text().splitlines():
         try:
-            steps.append(json.loads(line)["step"])
+            row = json.loads(line)
+            step = int(row["step"])
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a killed worker, or an event without a step
-    return max(steps, default=None)
+        last = step if row.get("event") in ("start", "resume") or last is None else max(last, step)
+    return last
 
 
 def _say(line: str) -> None:

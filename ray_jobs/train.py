@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import uuid
 from typing import NamedTuple
 
 from onade.config import Config, ConfigError, PRESETS, load_config
@@ -231,10 +232,10 @@ def check_cpus_left_for_data(args: argparse.Namespace) -> None:
     import ray
 
     total = ray.cluster_resources().get("CPU", 0)
-    held = args.workers.max * args.cpus_per_worker
+    held = args.workers.min * args.cpus_per_worker  # an elastic run starts with what fits, and waits for more
     # Ray Data's decode tasks each take a whole CPU (two sharing a core measured 2-3x slower).
     if total - held < DATA_CPUS:
-        raise ValueError(f"{args.workers.max} workers x {args.cpus_per_worker} CPUs hold all {total:g} CPUs of the Ray "
+        raise ValueError(f"{args.workers.min} workers x {args.cpus_per_worker} CPUs hold all {total:g} CPUs of the Ray "
                          "cluster, leaving none for the data pipeline: lower --cpus-per-worker (e.g. 0.5) or "
                          "--workers, or add nodes")
 
@@ -246,12 +247,17 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
 
     from data import storage
     from ray_jobs.checkpoints import RunSpec
-    from ray_jobs.data import build_dataset
+    from ray_jobs.data import build_dataset, make_skip_counter, print_bad_shards, skip_summary
     from ray_jobs.train_loop import train_loop_per_worker
+
+    # Unreadable shards and samples are dropped and counted here; rank 0 logs them (train_loop). A name of its
+    # own per fit: a counter of an earlier fit in this process may still be on its way out.
+    counter_name = f"{args.name}-{uuid.uuid4().hex[:8]}"
+    skips = make_skip_counter(counter_name)
 
     def dataset(shards, train: bool):
         return build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, tokenizer, train=train,
-                             seed=cfg.train.seed, random_flip=cfg.data.random_flip)
+                             seed=cfg.train.seed, random_flip=cfg.data.random_flip, skip_counter=skips)
 
     # Progress bars redraw per block: unreadable in `ray job logs`; the loop prints its own progress.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -271,7 +277,8 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
 
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"run": RunSpec(config=cfg.to_dict(), zero=zero, tokenizer=tokenizer.to_bytes(),
+        train_loop_config={"run": RunSpec(skip_counter=counter_name, config=cfg.to_dict(), zero=zero,
+                                          tokenizer=tokenizer.to_bytes(),
                                           has_val=bool(val_shards), storage_fs=fs,
                                           run_path=f"{storage_path.rstrip('/')}/{args.name}",
                                           stop_file=args.stop_file)},
@@ -290,9 +297,13 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
         ),
         datasets=datasets,
     )
-    print(f"training {run}: preset {args.preset}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, global batch "
-          f"{cfg.data.global_batch_size}, {cfg.train.steps} steps, ZeRO-{cfg.train.zero_stage}", flush=True)
-    return trainer.fit()
+    print(f"training {run}: preset {args.preset}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, "
+          f"global batch {cfg.data.global_batch_size}, {cfg.train.steps} steps, ZeRO-{cfg.train.zero_stage}",
+          flush=True)
+    result = trainer.fit()
+    skipped = skip_summary(skips)
+    print_bad_shards(skipped)
+    return result
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ no-op off rank 0. Launch with `python -m ray_jobs.train`.
 Resume and data position: checkpoints (ray_jobs.checkpoints) hold the DeepSpeed state of every rank
 (weights, optimizer, LR schedule) and a TrainState (step, epoch, samples consumed in that epoch), and load
 at any worker count. A resumed worker restarts its shard iterator at a fresh epoch and skips its share of
-the consumed samples, so the workers see as many new samples as an uninterrupted run. Whether they are the *same* samples depends on Ray Data: the streaming
-split hands blocks to workers as they become ready, so the exact order is not reproducible across restarts.
+the consumed samples, so the workers see as many new samples as an uninterrupted run. Whether they are the
+*same* samples depends on Ray Data: the streaming split hands blocks to workers as they become ready, so the
+exact order is not reproducible across restarts.
 """
 
 from __future__ import annotations
@@ -264,6 +265,7 @@ def train_loop_per_worker(config: dict) -> None:
         val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
 
     step, window, profile, preempted = start_step, _Window(), None, False
+    reported_shards: set[str] = set()
     timing = {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
     while step < t.steps:
         tic = time.perf_counter()
@@ -287,6 +289,8 @@ def train_loop_per_worker(config: dict) -> None:
         if do_log:
             metrics.update(window.metrics(engine, world_size, plan.global_batch))
             window = _Window()
+            if rank == 0:
+                metrics.update(_skipped(spec.skip_counter, run, step, reported_shards))
         if do_val:
             tic = time.perf_counter()
             validated = ema.model if ema else engine.module
@@ -324,6 +328,21 @@ def train_loop_per_worker(config: dict) -> None:
             run.sync()
             _await_teardown(notice.deadline_ms, spec.preemption_grace_s)
     run.close()
+
+
+def _skipped(counter_name: str, run, step: int, reported: set[str]) -> dict:
+    """What the data pipeline dropped so far (this run since it last started): `skipped_samples` and
+    `bad_shards` for the metrics row, and a `bad_shard` event naming each unreadable shard once."""
+    from ray_jobs.data import skip_summary_named
+
+    summary = skip_summary_named(counter_name)
+    if summary is None:
+        return {}
+    for bad in summary["bad_shards"]:
+        if bad["shard"] not in reported:
+            reported.add(bad["shard"])
+            run.event("bad_shard", step=step, **bad)
+    return {"skipped_samples": summary["total"], "bad_shards": summary["num_bad_shards"]}
 
 
 def _stop_requested(stop_file: str | None, rank: int, device) -> bool:
