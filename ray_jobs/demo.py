@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> str:
         # Validation, checkpoints and run-file uploads cost seconds each on 2 CPUs: do them once, at the end.
         metrics = train.main(["--data", shards["train"], "--val-data", shards["val"], "--output", runs,
                               "--name", "demo", "--preset", "debug", "--workers", str(args.workers),
-                              "--cpus-per-worker", "0.5", "--steps", str(args.steps),
+                              "--steps", str(args.steps),
                               "--set", "train.log_every=50", "--set", f"train.val_every={args.steps}",
                               "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_batches=1"])
         checkpoint = metrics.get("export") or storage.join(runs, "demo", "export")
