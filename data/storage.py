@@ -10,11 +10,15 @@ credential.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import os
+import random
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,6 +469,80 @@ def _make_retrying_s3(kwargs: dict):
     return _retrying_s3_class()(**kwargs)
 
 
+# The AWS SDK for C++ (pyarrow's S3 client) reads a ranged GET into a buffer of the range's size and writes an
+# error's body there too: the XML of a 500 or 503 does not fit the read of a file smaller than it (a few hundred
+# bytes: DeepSpeed's `latest`, train_state.json), and the SDK reports the overflow as an INTERNAL_FAILURE it marks
+# non-retryable, so no retry strategy sees it (apache/doris#66557 traces the mechanism). Such a read is retried
+# here, as the SDK retries a 503; a read never changes the store, so that is always safe. Drop this once pyarrow
+# retries it (tests/test_flaky_train.py then fails where it shows pyarrow giving up).
+_UNRETRIED_PYARROW_ERROR = "Failed to flush response stream"
+_FS_READ_CHUNK = 64 * 1024 * 1024  # as Ray Train's own checkpoint download (copy_files)
+
+
+def _read_at(f, nbytes: int, offset: int, attempts: int, what: str) -> bytes:
+    attempt = 1
+    while True:
+        try:
+            return f.read_at(nbytes, offset)
+        except OSError as e:
+            if _UNRETRIED_PYARROW_ERROR not in str(e) or attempt >= attempts:
+                raise OSError(f"cannot read {what} after {attempt} attempt(s): {e}") from e
+        time.sleep(random.random() * min(20.0, 2.0 ** (attempt - 1)))  # botocore's standard-mode backoff
+        attempt += 1
+
+
+def download_from_fs(filesystem, path: str, local: str | os.PathLike) -> list[str]:
+    """Copy a file, or every file under a folder, of a pyarrow filesystem (pyarrow_fs) to the local `local`
+    (the file itself, or the folder that receives the folder's contents); returns the local paths.
+
+    For reads whose settings travel with a pickled filesystem (Ray Train workers) rather than with the
+    process's AWS environment. Unlike pyarrow.fs.copy_files (which Ray's Checkpoint.as_directory uses), a read
+    answered 500/503 is retried even when the file is smaller than the error (see _UNRETRIED_PYARROW_ERROR).
+    A file under its final local name is complete.
+    """
+    import pyarrow.fs as pafs
+
+    path = path.rstrip("/")
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{path!r} does not exist in {filesystem.type_name} storage")
+    if info.type == pafs.FileType.File:
+        files = [(info, Path(local))]
+    else:
+        files = [(i, Path(local, *i.path[len(path) + 1:].split("/")))
+                 for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                 if i.type == pafs.FileType.File]
+    attempts = getattr(filesystem, "_kwargs", {}).get("max_attempts") or retry_settings()[1]
+    out = []
+    for info, dst in sorted(files, key=lambda f: f[0].path):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dst}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
+        try:
+            with filesystem.open_input_file(info.path) as f, open(tmp, "wb") as w:
+                for offset in range(0, info.size, _FS_READ_CHUNK):
+                    w.write(_read_at(f, min(_FS_READ_CHUNK, info.size - offset), offset, attempts, info.path))
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        out.append(str(dst))
+    return out
+
+
+@contextlib.contextmanager
+def local_dir(filesystem, path: str) -> Iterator[Path]:
+    """A folder of a pyarrow filesystem as a local folder: the folder itself on a LocalFileSystem, else a
+    temporary copy (download_from_fs), removed on exit."""
+    import pyarrow.fs as pafs
+
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="onade_fs_") as tmp:
+        download_from_fs(filesystem, path, tmp)
+        yield Path(tmp)
+
+
 def iter_chunks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     return iter(lambda: f.read(size), b"")
 
@@ -473,5 +551,5 @@ __all__ = [
     "StorageError", "TooLarge", "PARTIAL_SUFFIX", "is_s3", "split_s3", "join", "dirname", "basename", "s3_client",
     "retry_settings", "endpoint_url", "exists", "list_files", "read_bytes", "open_read", "sha256_of",
     "check_writable", "write_bytes_atomic", "write_file_atomic", "delete", "upload_dir", "download_dir",
-    "pyarrow_fs",
+    "pyarrow_fs", "download_from_fs", "local_dir",
 ]

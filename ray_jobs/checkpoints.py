@@ -118,8 +118,8 @@ def list_checkpoints(run: str) -> list[tuple[int, str]]:
         state_path = f"{info.path}/{STATE_FILE}"
         if fs.get_file_info(state_path).type != pafs.FileType.File:
             continue
-        with fs.open_input_stream(state_path) as f:
-            world_size = TrainState.from_json(f.read()).world_size
+        # Read by boto3: pyarrow does not retry a 500/503 to a file this small (storage.download_from_fs).
+        world_size = read_train_state(storage.join(run, info.base_name)).world_size
         have = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{info.path}/{DS_TAG}", allow_not_found=True))}
         if all(_optim_file(r) in have for r in range(world_size)):
             out.append((int(m.group(1)), storage.join(run, info.base_name)))
@@ -189,8 +189,9 @@ def restoring(checkpoint, world_size: int):
     if checkpoint is None:
         yield Restore(None, TrainState(world_size=world_size))
         return
-    with checkpoint.as_directory() as d:
-        d = Path(d)
+    # Not checkpoint.as_directory(): its pyarrow copy_files fails, unretried, on a 500/503 to a small file
+    # (DeepSpeed's `latest`, the state file); storage.download_from_fs retries it.
+    with storage.local_dir(checkpoint.filesystem, checkpoint.path) as d:
         state = TrainState.from_json(Path(d, STATE_FILE).read_text())
         if state.world_size == world_size:
             yield Restore(d, state)
