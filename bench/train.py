@@ -3,6 +3,7 @@
     python -m bench.train                       # CPU: debug model, 32 px, global batch 16
     python -m bench.train --precision-presets debug,small --skip-ray     # only bf16 vs fp32
     python -m bench.train --gpus-per-worker 1 --preset small --global-batch 64   # on a GPU node
+    python -m bench.train --recovery            # time to training again after a kill and a drain (bench.recovery)
 
 Measurements in one run, on the same synthetic shards, model, masks, loss and optimizer (AdamW with
 the same parameter groups, warmup + cosine LR, clipping):
@@ -175,7 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--skip-ray", action="store_true", help="only the bf16 vs fp32 comparison")
     p.add_argument("--set", action="append", default=[])
-    args = p.parse_args(argv)
+    p.add_argument("--recovery", action="store_true",
+                   help="instead: seconds and steps lost after a killed worker and a drained node (bench/recovery.py)")
+    args, rest = p.parse_known_args(argv)
+    if args.recovery:
+        from bench.recovery import main as recovery
+
+        return recovery(rest)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
 
     import ray
 
