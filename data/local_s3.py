@@ -99,12 +99,20 @@ def stop_server(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def aws_env(endpoint_url: str) -> Iterator[None]:
     """Point the standard AWS variables at `endpoint_url` for the duration; restore them after."""
-    saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL", *_CLEARED)}
+    with patched_environ({**{k: None for k in _CLEARED}, **ENV, "AWS_ENDPOINT_URL": endpoint_url}):
+        yield
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
+    """os.environ with `values` set (None: removed) for the duration, restored after."""
+    saved = {k: os.environ.get(k) for k in values}
     try:
-        for k in _CLEARED:
-            os.environ.pop(k, None)
-        os.environ.update(ENV)
-        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         yield
     finally:
         for k, v in saved.items():
@@ -128,4 +136,5 @@ def local_s3_server(bucket: str = "onade") -> Iterator[LocalS3]:
         stop_server(proc)
 
 
-__all__ = ["LocalS3", "local_s3_server", "start_server", "stop_server", "aws_env", "free_port", "ENV"]
+__all__ = ["LocalS3", "local_s3_server", "start_server", "stop_server", "aws_env", "patched_environ", "free_port",
+           "ENV"]

@@ -4,7 +4,6 @@ export written by onade.save_checkpoint; its numbers must match onade.metrics co
 import json
 
 import pytest
-import torch
 
 METRIC_KEYS = {"bits_per_dim", "exact_bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption",
                "num_images", "exact_num_images"}
@@ -12,17 +11,9 @@ METRIC_KEYS = {"bits_per_dim", "exact_bits_per_dim", "center_bits_true_caption",
 
 @pytest.fixture(scope="module")
 def export(local_shards, tmp_path_factory):
-    from onade import build_model, load_config, save_checkpoint
-    from ray_jobs.data import tokenizer_for
+    from tests.fixtures.train_data import caption_sensitive_export
 
-    tok = tokenizer_for(local_shards["val"])
-    cfg = load_config("debug", sets=["model.image_size=16", f"model.vocab_size={tok.vocab_size}"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    # A fresh merger adds nothing; randomise it so the caption changes the prediction.
-    for merger in model.mergers.values():
-        torch.nn.init.normal_(merger.value.weight, std=0.5)
-    return str(save_checkpoint(tmp_path_factory.mktemp("export"), model, cfg, tok))
+    return caption_sensitive_export(local_shards, tmp_path_factory.mktemp("export"))
 
 
 @pytest.mark.timeout(150)

@@ -8,7 +8,6 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-import torch
 
 from data import storage
 from data.make_shards import make_shards
@@ -148,16 +147,9 @@ def test_make_shards_on_a_flaky_store_writes_what_a_clean_run_writes(flaky_s3_en
 def on_s3(flaky_s3_endpoint, local_shards, tmp_path_factory):
     """The validation shards and an export made for them (as tests/test_evaluate.py does), copied to S3
     through the clean proxy."""
-    from onade import build_model, load_config, save_checkpoint
-    from ray_jobs.data import tokenizer_for
+    from tests.fixtures.train_data import caption_sensitive_export
 
-    tok = tokenizer_for(local_shards["val"])
-    cfg = load_config("debug", sets=["model.image_size=16", f"model.vocab_size={tok.vocab_size}"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for merger in model.mergers.values():
-        torch.nn.init.normal_(merger.value.weight, std=0.5)
-    export = save_checkpoint(tmp_path_factory.mktemp("export"), model, cfg, tok)
+    export = caption_sensitive_export(local_shards, tmp_path_factory.mktemp("export"))
     root = flaky_s3_endpoint.url("flaky-jobs")
     storage.upload_dir(local_shards["val"], storage.join(root, "val"))
     storage.upload_dir(export, storage.join(root, "export"))
