@@ -81,9 +81,9 @@ class WorkerRange(NamedTuple):
 
 
 def worker_range(text: str) -> WorkerRange:
-    lo, _, hi = text.partition("-")
+    lo, dash, hi = text.partition("-")
     try:
-        out = WorkerRange(int(lo), int(hi or lo))
+        out = WorkerRange(int(lo), int(hi if dash else lo))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a worker count N or a range MIN-MAX (e.g. 1-4)") from None
     if not 1 <= out.min <= out.max:

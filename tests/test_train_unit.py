@@ -158,3 +158,26 @@ def test_channels_last_model_builds_a_deepspeed_engine(gloo_group):
     x = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
     logits = engine(x, torch.rand(4, 8, 8, 3) < 0.5, torch.randint(4, 32, (4, 5)), torch.full((4,), 5))
     assert logits.shape == (4, 8, 8, 3, 256)
+
+
+def test_workers_take_a_count_or_an_elastic_range():
+    import argparse
+
+    from ray_jobs.train import WorkerRange, worker_range
+
+    assert worker_range("3") == WorkerRange(3, 3) and str(worker_range("3")) == "3"
+    assert worker_range("1-4") == WorkerRange(1, 4) and str(worker_range("1-4")) == "1-4"
+    for bad in ("0", "4-2", "x", "1-", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            worker_range(bad)
+
+
+def test_an_elastic_range_needs_a_global_batch_that_splits_at_every_count():
+    from onade.config import ConfigError, load_config
+    from ray_jobs.train import WorkerRange, check_batch_plans
+
+    cfg = load_config("debug", None, ["data.global_batch_size=8"])
+    check_batch_plans(cfg, WorkerRange(1, 2))
+    check_batch_plans(cfg, WorkerRange(4, 4))
+    with pytest.raises(ConfigError, match=r"\[3\] worker.*multiple of 6.*global_batch_size=6"):
+        check_batch_plans(cfg, WorkerRange(1, 3))
