@@ -73,7 +73,7 @@ class RunSpec:
     has_val: bool
     storage_fs: object  # pyarrow FileSystem of the run
     run_path: str  # the run folder inside it
-    preemption_grace_s: float = 0.0  # FailureConfig's: Ray Train waits this long past a drain's deadline
+    preemption_grace_s: float  # FailureConfig's: Ray Train waits this long past a drain's deadline
     stop_file: str | None = None  # once it exists, the run ends at its next checkpoint
 
 
@@ -158,12 +158,16 @@ def save(engine, spec: RunSpec, state: TrainState, metrics: dict, rank: int, ema
 
 @dataclass
 class Restore:
-    """A checkpoint opened for this worker: `universal` says the engine must be built to load DeepSpeed's
-    universal format (the checkpoint's world size differs from this run's)."""
+    """A checkpoint opened for this worker. `converted_from` is the world size that wrote it when that differs
+    from this run's: it was converted, and the engine must be built to load DeepSpeed's universal format."""
     directory: Path | None
     state: TrainState
-    universal: bool = False
-    converted_from: int = 0  # the world size that wrote it, when converted
+    converted_from: int | None = None
+
+    @property
+    def deepspeed_section(self) -> dict:
+        """The DeepSpeed config entry the worker's engine needs to load this checkpoint."""
+        return {} if self.converted_from is None else {"checkpoint": {"load_universal": True}}
 
     def into(self, engine, ema=None) -> TrainState:
         """Load weights, optimizer, LR schedule (and the EMA) into a built engine; the state to continue from."""
@@ -201,7 +205,7 @@ def restoring(checkpoint, world_size: int):
             for name in (EMA_FILE, STATE_FILE):
                 if (d / name).is_file():
                     shutil.copy2(d / name, Path(tmp, name))
-            yield Restore(Path(tmp), state, universal=True, converted_from=state.world_size)
+            yield Restore(Path(tmp), state, converted_from=state.world_size)
 
 
 def to_universal(checkpoint_dir: Path, out_dir: Path) -> None:
@@ -222,11 +226,6 @@ def to_universal(checkpoint_dir: Path, out_dir: Path) -> None:
         raise RuntimeError(f"converting {checkpoint_dir} to a universal checkpoint failed: {e}\n"
                            f"{log.getvalue()}") from e
     (out_dir / "latest_universal").write_text(DS_TAG)
-
-
-def universal_section(restore: Restore) -> dict:
-    """The DeepSpeed config entry a worker's engine needs to load `restore`."""
-    return {"checkpoint": {"load_universal": True}} if restore.universal else {}
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def export_run(storage_url: str, name: str, step: int | None = None, out_url: st
     return export_checkpoint(chosen, out_url or storage.join(run, EXPORT_DIR), weights)
 
 
-__all__ = ["RunSpec", "TrainState", "Restore", "restoring", "to_universal", "universal_section", "save",
+__all__ = ["RunSpec", "TrainState", "Restore", "restoring", "to_universal", "save",
            "list_checkpoints", "read_checkpoint_config", "read_train_state", "export_checkpoint", "export_run",
            "run_url", "checkpoint_name", "DS_TAG", "STATE_FILE", "CONFIG_FILE", "TOKENIZER_FILE", "EMA_FILE",
            "EXPORT_DIR", "EXPORT_WEIGHTS"]

@@ -28,6 +28,7 @@ from onade.config import Config, ConfigError, PRESETS, load_config
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
 
 DEFAULT_MAX_FAILURES = 3
+PREEMPTION_GRACE_S = 0.0  # Ray Train stops a drained node's workers at the deadline plus this
 DATA_CPUS = 1.0  # what a local Ray keeps for Ray Data's read and decode tasks
 
 
@@ -281,7 +282,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
                                           tokenizer=tokenizer.to_bytes(),
                                           has_val=bool(val_shards), storage_fs=fs,
                                           run_path=f"{storage_path.rstrip('/')}/{args.name}",
-                                          stop_file=args.stop_file)},
+                                          preemption_grace_s=PREEMPTION_GRACE_S, stop_file=args.stop_file)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=args.placement_strategy,
@@ -290,7 +291,8 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
             name=args.name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # A drained node (spot preemption) stops the group at its deadline; those restarts are not failures.
-            failure_config=ray.train.FailureConfig(max_failures=args.max_failures, max_preemption_failures=-1),
+            failure_config=ray.train.FailureConfig(max_failures=args.max_failures, max_preemption_failures=-1,
+                                                   preemption_grace_s=PREEMPTION_GRACE_S),
             worker_runtime_env={"env_vars": env},
             # Ray Train's per-report INFO lines would drown the loop's own progress lines.
             logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),

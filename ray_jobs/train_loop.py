@@ -237,7 +237,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
     with checkpoints.restoring(ray.train.get_checkpoint(), world_size) as restore:
-        ds_config = {**deepspeed_config(spec.zero, plan, t.grad_clip), **checkpoints.universal_section(restore)}
+        ds_config = {**deepspeed_config(spec.zero, plan, t.grad_clip), **restore.deepspeed_section}
         engine = build_engine(model, cfg, ds_config)
         ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
         state = restore.into(engine, ema)
@@ -249,7 +249,7 @@ def train_loop_per_worker(config: dict) -> None:
     run = open_run_dir(spec.storage_fs, spec.run_path, rank == 0)
     nodes = [None] * world_size
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    resumed = {"resumed_from_world_size": restore.converted_from} if restore.universal else {}
+    resumed = {} if restore.converted_from is None else {"resumed_from_world_size": restore.converted_from}
     if start_step and run.last_step is not None:  # logged before the restart, at log_every resolution
         resumed["steps_lost"] = max(0, run.last_step - start_step)
     run.event("resume" if start_step else "start", step=start_step, world_size=world_size, **resumed,
