@@ -342,6 +342,16 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tar)
 
 
+def split_name(name: str) -> tuple[str, str] | None:
+    """WebDataset's sample key (the path up to the first dot of the base name) and extension, lower case;
+    None for a name without an extension."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return None
+    stem, ext = base.split(".", 1)
+    return name[:len(name) - len(base)] + stem, ext.lower()
+
+
 def iter_tar(url: str, max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Item]:
     """Samples of one tar shard, grouped WebDataset-style (key = member name before the first dot). Only the
     members a sample uses (images, txt, json) are read, each within its limit and the sample within the sum
@@ -357,11 +367,11 @@ def iter_tar(url: str, max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> 
                 if not m.isreg():
                     continue
                 member = untrusted.printable(m.name)  # a name that is not UTF-8 must still fit in skipped.jsonl
-                base = member.rsplit("/", 1)[-1]
-                if "." not in base:
+                split = split_name(member)
+                if split is None:
                     continue
-                dirpart = member[: len(member) - len(base)]
-                k, ext = dirpart + base.split(".", 1)[0], base.split(".", 1)[1].lower()
+                k, ext = split
+                base = member.rsplit("/", 1)[-1]
                 if k != key:
                     if key is not None:
                         n += 1

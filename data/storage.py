@@ -303,6 +303,23 @@ def check_writable(url: str) -> None:
         raise _error(e, url, "write to") from None
 
 
+@contextlib.contextmanager
+def _local_atomic(path: str | os.PathLike, fsync: bool = False) -> Iterator[IO[bytes]]:
+    """A file open for writing at `<path>.partial-<id>`, renamed over `path` once the block ends without an
+    error (and, with `fsync`, synced first); removed otherwise. A file under its final name is complete."""
+    tmp = f"{path}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_bytes_atomic(url: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
     write_file_atomic(url, io.BytesIO(data), metadata)
 
@@ -316,17 +333,9 @@ def write_file_atomic(url: str, fileobj: IO[bytes], metadata: dict[str, str] | N
     `.partial-` file, which no reader takes for a shard. `metadata` is S3 user metadata (local: ignored).
     """
     if not is_s3(url):
-        tmp = f"{url}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
         os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(fileobj, f, 1 << 20)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, url)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with _local_atomic(url, fsync=True) as f:
+            shutil.copyfileobj(fileobj, f, 1 << 20)
         return
     from boto3.s3.transfer import TransferConfig
 
@@ -384,20 +393,15 @@ def download_dir(url: str, local: str | os.PathLike) -> list[str]:
         rel = src[len(base):].lstrip("/")
         dst = Path(local, *rel.split("/"))
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{dst}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"  # a file under its final name is complete
         try:
-            with open(tmp, "wb") as f:
+            with _local_atomic(dst) as f:
                 if is_s3(src):
                     s3_client().download_fileobj(*split_s3(src), f)
                 else:
                     with open(src, "rb") as r:
                         shutil.copyfileobj(r, f, 1 << 20)
-            os.replace(tmp, dst)
         except _s3_errors() as e:
             raise _error(e, src, "read") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         out.append(str(dst))
     return out
 
@@ -516,15 +520,9 @@ def download_from_fs(filesystem, path: str, local: str | os.PathLike) -> list[st
     out = []
     for info, dst in sorted(files, key=lambda f: f[0].path):
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{dst}{PARTIAL_SUFFIX}-{uuid.uuid4().hex[:8]}"
-        try:
-            with filesystem.open_input_file(info.path) as f, open(tmp, "wb") as w:
-                for offset in range(0, info.size, _FS_READ_CHUNK):
-                    w.write(_read_at(f, min(_FS_READ_CHUNK, info.size - offset), offset, attempts, info.path))
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with filesystem.open_input_file(info.path) as f, _local_atomic(dst) as w:
+            for offset in range(0, info.size, _FS_READ_CHUNK):
+                w.write(_read_at(f, min(_FS_READ_CHUNK, info.size - offset), offset, attempts, info.path))
         out.append(str(dst))
     return out
 

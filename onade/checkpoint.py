@@ -58,7 +58,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if path.startswith("s3://"):
         storage = _s3_storage(path)
         # Checked first: a wrong prefix (a whole run folder, say) must fail before anything is downloaded.
-        _check_files(path, [f for f in FILES if not storage.exists(storage.join(path, f))])
+        present = {storage.basename(u) for u in storage.list_files(path)}
+        _check_files(path, [f for f in FILES if f not in present])
         with tempfile.TemporaryDirectory(prefix="onade_ckpt_") as tmp:
             storage.download_dir(path, tmp)
             return _load_dir(Path(tmp), path, device)

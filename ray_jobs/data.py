@@ -48,7 +48,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from data import images, shard_spec, storage
 from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
-from data.sources import _BoundedTarInfo
+from data.sources import _BoundedTarInfo, split_name
 from data.untrusted import (DEFAULT_MAX_IMAGE_PIXELS, MAX_MANIFEST_BYTES, MAX_TEXT_MEMBER_BYTES, MAX_TOKENIZER_BYTES,
                             UnsafeInput, check_captions, max_image_bytes, printable)
 
@@ -159,15 +159,6 @@ class _StrictTarInfo(_BoundedTarInfo):
             raise ShardDamaged(f"{e} at byte {tar.offset}") from None
 
 
-def _split_name(name: str) -> tuple[str, str] | None:
-    """WebDataset's sample key (the path up to the first dot of the base name) and extension, lower case."""
-    base = name.rsplit("/", 1)[-1]
-    if "." not in base:
-        return None
-    stem, ext = base.split(".", 1)
-    return name[:len(name) - len(base)] + stem, ext.lower()
-
-
 def iter_tar_rows(f, url: str, columns: tuple[str, ...] = (*IMAGE_COLUMNS, "txt")) -> Iterator[dict[str, Any]]:
     """The samples of one tar stream, as WebDataset rows {"__key__", "__url__", ext: bytes} with the members
     whose extension is in `columns` (others are never read). A member over its limit (an image's bytes at
@@ -180,7 +171,7 @@ def iter_tar_rows(f, url: str, columns: tuple[str, ...] = (*IMAGE_COLUMNS, "txt"
     with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
         while (m := tar.next()) is not None:
             tar.members.clear()  # a stream's TarFile keeps every header it has seen otherwise
-            split = _split_name(printable(m.name)) if m.isreg() else None  # a non-UTF-8 name still fits a row
+            split = split_name(printable(m.name)) if m.isreg() else None  # a non-UTF-8 name still fits a row
             if split is None:
                 continue
             key, ext = split
