@@ -57,6 +57,7 @@ set_max_pixels(DEFAULT_MAX_IMAGE_PIXELS)  # explicit, whatever PIL's own default
 
 
 BAND_PIXELS = 1 << 22  # to_rgb converts a large image this many pixels at a time
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")  # PIL modes with an alpha channel
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -86,7 +87,7 @@ def _to_rgb(img: Image.Image, float_scale: float) -> Image.Image:
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ALPHA_MODES:
         rgba = img if mode == "RGBA" else img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(bg, rgba).convert("RGB")
@@ -169,7 +170,7 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
 
 
 def has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    return img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
 
 
 def encode(img: Image.Image, fmt: str = "png") -> bytes:

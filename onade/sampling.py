@@ -290,11 +290,13 @@ class _Sampler:
         """Tables [N, B] of each example's temperature at its step n, annealed over its own N_b steps (host), and
         of their reciprocals (device, once: building it per pass would make the loop wait on the device)."""
         o = self.cfg
+        self.temperature_NB = self.inv_temperature_NB = None
+        if not (o.final_temperature > 0 and o.temperature > 0):
+            return  # not annealed: every entry would be o.temperature, which draw_settings uses directly
         self.temperature_NB = np.array([[temperature_schedule(n, N, o.temperature, o.final_temperature)
                                          for N in num_steps_B] for n in range(max(num_steps_B, default=0))])
-        annealed = o.final_temperature > 0 and o.temperature > 0  # else every entry is o.temperature
-        self.inv_temperature_NB = (torch.as_tensor(1.0 / self.temperature_NB).float().to(self.device)
-                                   if annealed and self.temperature_NB.size else None)
+        if self.temperature_NB.size:
+            self.inv_temperature_NB = torch.as_tensor(1.0 / self.temperature_NB).float().to(self.device)
 
     def draw_settings(self, n: int | None, counts: Sequence[int], width: int) -> dict:
         """_draw's temperature for a [B, width] pass at step n (None: the initial fill): one float when every

@@ -131,8 +131,9 @@ def mask_from_png(data: bytes, image_size: tuple[int, int]) -> np.ndarray:
         img = Image.open(io.BytesIO(data))
         if img.size not in (image_size, image_size[::-1]):
             raise wrong(*img.size)
-        if upright_size_of(img) != image_size:
-            raise wrong(*upright_size_of(img))
+        upright = upright_size_of(img)
+        if upright != image_size:
+            raise wrong(*upright)
         img.load()
         img = ImageOps.exif_transpose(img).convert("L")
     except ImageSkip:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import storage, untrusted
-from data.images import BACKGROUND, ImageSkip, encode, pixel_limit
+from data.images import ImageSkip, encode, pixel_limit, to_rgb
 from ray_jobs.inpaint_inputs import JobOptions, image_seeds, input_digest, prepare, read_input
 
 GIF_FRAME_MS = 80
@@ -99,10 +99,7 @@ def encode_image(image_HWC: np.ndarray, fmt: str) -> bytes:
     from PIL import Image
 
     img = Image.fromarray(image_HWC)
-    if fmt == "jpg" and img.mode == "RGBA":
-        bg = Image.new("RGBA", img.size, BACKGROUND + (255,))
-        img = Image.alpha_composite(bg, img).convert("RGB")
-    return encode(img, fmt)
+    return encode(to_rgb(img) if fmt == "jpg" else img, fmt)
 
 
 def thumb(image_HWC: np.ndarray):
