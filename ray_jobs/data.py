@@ -113,11 +113,15 @@ def make_skip_counter(run_name: str | None = None):
 
     With `run_name`, the actor is also named, so code that holds no handle (Ray Train workers) reads it with
     `skip_summary_named(run_name)`; a second call with the same name returns the same actor. It lives as long
-    as the driver that made it."""
+    as the driver that made it, on the driver's node: placed on another node, it would die with that node
+    (a spot node reclaimed mid-run) and take every later read task and training restart with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     if run_name is None:
-        return SkipCounter.remote()
-    return SkipCounter.options(name=_counter_name(run_name), namespace=COUNTER_NAMESPACE,
-                               get_if_exists=True).remote()
+        return SkipCounter.options(scheduling_strategy=here).remote()
+    return SkipCounter.options(name=_counter_name(run_name), namespace=COUNTER_NAMESPACE, get_if_exists=True,
+                               scheduling_strategy=here).remote()
 
 
 def skip_summary(counter) -> dict[str, Any]:
