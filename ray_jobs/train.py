@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.export_only and not args.data:
         p.error("--data is required (unless --export-only)")
+    if args.elastic_check_s <= 0:
+        p.error(f"--elastic-check-s must be > 0, got {args.elastic_check_s:g}")
     return args
 
 
@@ -241,6 +243,20 @@ def check_cpus_left_for_data(args: argparse.Namespace) -> None:
                          "--workers, or add nodes")
 
 
+def scaling_config(args: argparse.Namespace):
+    """Ray Train's ScalingConfig for --workers (a count, or MIN-MAX: elastic, looking for room to grow every
+    --elastic-check-s), --cpus-per-worker (resolved), --gpus-per-worker and placement."""
+    import ray.train
+
+    use_gpu = args.gpus_per_worker > 0
+    resources = {"CPU": args.cpus_per_worker, **({"GPU": args.gpus_per_worker} if use_gpu else {})}
+    elastic = args.workers.min != args.workers.max
+    return ray.train.ScalingConfig(num_workers=tuple(args.workers) if elastic else args.workers.min, use_gpu=use_gpu,
+                                   resources_per_worker=resources, placement_strategy=args.placement_strategy,
+                                   accelerator_type=args.accelerator_type,
+                                   elastic_resize_monitor_interval_s=args.elastic_check_s)
+
+
 def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run: str):
     import ray.data
     import ray.train
@@ -267,9 +283,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
         datasets["val"] = dataset(val_shards, False)
     fs, storage_path = storage.pyarrow_fs(args.output)
     use_gpu = args.gpus_per_worker > 0
-    resources = {"CPU": args.cpus_per_worker, **({"GPU": args.gpus_per_worker} if use_gpu else {})}
     env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
-    workers = args.workers.min if args.workers.min == args.workers.max else tuple(args.workers)
 
     def train_worker(config: dict):
         # LoggingConfig (below) alone lets Ray's "Reporting training result ..." line per report through.
@@ -283,10 +297,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
                                           has_val=bool(val_shards), storage_fs=fs,
                                           run_path=f"{storage_path.rstrip('/')}/{args.name}",
                                           preemption_grace_s=PREEMPTION_GRACE_S, stop_file=args.stop_file)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources,
-                                               placement_strategy=args.placement_strategy,
-                                               accelerator_type=args.accelerator_type),
+        scaling_config=scaling_config(args),
         run_config=ray.train.RunConfig(
             name=args.name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),

@@ -181,3 +181,17 @@ def test_an_elastic_range_needs_a_global_batch_that_splits_at_every_count():
     check_batch_plans(cfg, WorkerRange(4, 4))
     with pytest.raises(ConfigError, match=r"\[3\] worker.*multiple of 6.*global_batch_size=6"):
         check_batch_plans(cfg, WorkerRange(1, 3))
+
+
+def test_worker_flags_reach_ray_trains_scaling_config():
+    from ray_jobs.train import parse_args, scaling_config
+
+    run = ["--data", "d", "--output", "o", "--name", "n"]
+    args = parse_args([*run, "--workers", "1-4", "--elastic-check-s", "5", "--cpus-per-worker", "2"])
+    sc = scaling_config(args)
+    assert (sc.min_workers, sc.max_workers, sc.elastic_resize_monitor_interval_s) == (1, 4, 5)
+    assert sc.resources_per_worker == {"CPU": 2} and not sc.use_gpu
+    args = parse_args([*run, "--workers", "3", "--cpus-per-worker", "1", "--gpus-per-worker", "1"])
+    sc = scaling_config(args)
+    assert (sc.min_workers, sc.max_workers) == (3, 3) and sc.use_gpu
+    assert sc.resources_per_worker == {"CPU": 1, "GPU": 1}
