@@ -1,12 +1,25 @@
-"""onade: a caption-conditioned orderless-NADE ConvNet for image inpainting (pure PyTorch)."""
+"""onade: a caption-conditioned orderless-NADE ConvNet for image inpainting (pure PyTorch).
 
-from onade.config import Config, ConfigError, SampleConfig, get_preset, load_config
-from onade.model import ONADE, build_model
-from onade.checkpoint import Loaded, load_checkpoint, save_checkpoint
-from onade.plans import LossProfile
-from onade.sampling import inpaint
-from onade.precision import resolve_precision
+The names below load on first use, so that `onade.tokenizer` (which Ray Data's decode tasks and the shard
+builder unpickle or import) does not pull in torch: about 1.3 s of every fresh data worker's start."""
 
-__all__ = ["Config", "ConfigError", "SampleConfig", "LossProfile",
-           "get_preset", "load_config", "ONADE", "build_model", "Loaded",
-           "load_checkpoint", "save_checkpoint", "inpaint", "resolve_precision"]
+import importlib
+
+_HOME = {"Config": "config", "ConfigError": "config", "SampleConfig": "config", "get_preset": "config",
+         "load_config": "config", "ONADE": "model", "build_model": "model", "Loaded": "checkpoint",
+         "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "LossProfile": "plans",
+         "inpaint": "sampling", "resolve_precision": "precision"}
+
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'onade' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"onade.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])

@@ -57,3 +57,12 @@ def test_loading_a_local_checkpoint_imports_no_s3_client_and_s3_needs_the_reposi
     first, s3 = run(LOAD).strip().splitlines()
     assert first == "ok []"
     assert "aws s3 cp --recursive s3://bucket/runs/x/export" in s3 and "repository root" in s3
+
+
+def test_the_tokenizer_loads_without_torch():
+    """Ray Data's decode tasks unpickle a Tokenizer: a fresh data worker must not pay for importing torch."""
+    code = ("import pickle, sys\nfrom onade.tokenizer import Tokenizer\n"
+            "tok = Tokenizer.train(['a red disc', 'a blue square'] * 8, None, vocab_size=32)\n"
+            "pickle.loads(pickle.dumps(tok)).encode_batch_numpy(['a red disc'], 8)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'torch'))")
+    assert run(code).strip() == "[]"
