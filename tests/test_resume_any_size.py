@@ -1,6 +1,8 @@
-"""Resume at another worker count through `ray_jobs.train.main`: real Ray, real DeepSpeed ZeRO-2 and ZeRO-3 on
-CPU. Two workers train and checkpoint; copies of the run resume on one and on three workers (DeepSpeed's
-universal checkpoint, converted on resume), and the loss, step, LR schedule and Adam's step carry on."""
+"""Resume at another worker count through `ray_jobs.train.main`: real Ray, real DeepSpeed ZeRO-3 on CPU. Two
+workers train and checkpoint; copies of the run resume on one and on three workers (DeepSpeed's universal
+checkpoint, converted on resume), and the loss, step, LR schedule and Adam's step carry on, and every rank
+saves its partition afterwards (DeepSpeed#7546). ZeRO-1 and ZeRO-2 are tested 2 -> 1 and 2 -> 3 ranks without
+Ray in test_universal.py (to float rounding), and the elastic run resumes ZeRO-2 through the job."""
 
 import json
 import shutil
@@ -21,21 +23,20 @@ def rows(path) -> list[dict]:
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def stage_sets(stage: int) -> list[str]:
-    # The EMA goes with ZeRO-2 (ZeRO-3 partitions the weights it would average: Config.validate refuses it).
-    return ["--set", f"train.zero_stage={stage}", "--set", f"train.ema_decay={0.99 if stage < 3 else 0}"]
+# ZeRO-3 partitions the weights an EMA would average: Config.validate refuses the two together.
+ZERO3 = ["--set", "train.zero_stage=3", "--set", "train.ema_decay=0"]
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
-def two_worker_run(request, ray_local, local_shards, tmp_path_factory):
-    """A run trained by 2 workers to BASE_STEPS, checkpointed at 10 and 20: (output folder, stage)."""
+@pytest.fixture(scope="module")
+def two_worker_run(ray_local, local_shards, tmp_path_factory):
+    """A run trained by 2 workers to BASE_STEPS under ZeRO-3, checkpointed at 10 and 20: its output folder."""
     from ray_jobs.train import main
 
-    out = tmp_path_factory.mktemp(f"zero{request.param}")
+    out = tmp_path_factory.mktemp("zero3")
     metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", "base", "--workers", "2",
-                    *stage_sets(request.param), "--steps", str(BASE_STEPS)])
+                    *ZERO3, "--steps", str(BASE_STEPS)])
     assert metrics["step"] == BASE_STEPS
-    return out, request.param
+    return out
 
 
 @pytest.mark.timeout(240)
@@ -45,12 +46,12 @@ def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run,
     from ray_jobs.checkpoints import list_checkpoints, read_train_state
     from ray_jobs.train import main
 
-    out, stage = two_worker_run
+    out = two_worker_run
     name = f"on{workers}"
     shutil.copytree(out / "base", out / name)  # the run as two workers left it
     stored = sorted(p.name for p in (out / name / "checkpoint_00000020" / "deepspeed").iterdir())
     metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", name,
-                    "--workers", str(workers), *stage_sets(stage), "--steps", str(MORE_STEPS)])
+                    "--workers", str(workers), *ZERO3, "--steps", str(MORE_STEPS)])
     assert metrics["step"] == MORE_STEPS
 
     log = rows(out / name)
@@ -77,6 +78,5 @@ def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run,
     (last_step, last), = [c for c in list_checkpoints(str(out / name)) if c[0] == MORE_STEPS]
     state = read_train_state(last)
     assert state.world_size == workers
-    assert state.ema_updates == (MORE_STEPS if stage == 2 else 0)  # the EMA came back and went on
     optim = sorted(p.name for p in (out / name / "checkpoint_00000026" / "deepspeed").glob("*optim_states.pt"))
     assert len(optim) == workers

@@ -1,7 +1,8 @@
-"""ray_jobs.checkpoints.to_universal without Ray: DeepSpeed ZeRO-1 engines on real gloo process groups
-(torch.multiprocessing), saved by 2 ranks, converted, loaded by 1. The continued run takes the same steps
-as the uninterrupted one, to float rounding (same global batch, same masks). ZeRO-2 and 3 go through the
-whole job in test_resume_any_size.py."""
+"""ray_jobs.checkpoints.to_universal without Ray: DeepSpeed ZeRO-1 and ZeRO-2 engines on real gloo process
+groups (torch.multiprocessing), saved by 2 ranks, converted, loaded by 1 or 3. The continued run takes the
+same steps as the uninterrupted one, to float rounding (same global batch, same masks). ZeRO-3 goes through
+the whole job in test_resume_any_size.py, and the elastic run (tests/test_elastic.py) resumes ZeRO-2
+checkpoints 2 -> 1 -> 2 -> 1 workers through the job."""
 
 import os
 import socket
@@ -75,15 +76,32 @@ def _run(world: int, stage: int, folder: Path, load: bool) -> dict:
     return out.get()
 
 
-@pytest.mark.timeout(240)
-def test_zero1_two_ranks_resume_on_one_rank_exactly_where_they_stopped(tmp_path):
+@pytest.fixture(scope="module")
+def saved_by_two_ranks(tmp_path_factory):
+    """stage -> (folder, losses): 2 ranks take 5 steps, save (converted to universal) and take 3 more steps.
+    Made once per stage."""
     from ray_jobs.checkpoints import to_universal
 
-    uninterrupted = _run(2, 1, tmp_path, load=False)  # 5 steps, a checkpoint, 3 more steps
-    stored = sorted(p.name for p in (tmp_path / "saved" / "deepspeed").iterdir())
-    to_universal(tmp_path / "saved", tmp_path / "universal")
-    assert sorted(p.name for p in (tmp_path / "saved" / "deepspeed").iterdir()) == stored  # left as it was
-    resumed = _run(1, 1, tmp_path, load=True)
+    made: dict[int, tuple[Path, dict]] = {}
+
+    def get(stage: int) -> tuple[Path, dict]:
+        if stage not in made:
+            folder = tmp_path_factory.mktemp(f"zero{stage}")
+            uninterrupted = _run(2, stage, folder, load=False)
+            stored = sorted(p.name for p in (folder / "saved" / "deepspeed").iterdir())
+            to_universal(folder / "saved", folder / "universal")
+            assert sorted(p.name for p in (folder / "saved" / "deepspeed").iterdir()) == stored  # left as it was
+            made[stage] = folder, uninterrupted
+        return made[stage]
+
+    return get
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("stage, ranks", [(1, 1), (2, 1), (2, 3)], ids=["zero1-2to1", "zero2-2to1", "zero2-2to3"])
+def test_two_ranks_resume_on_another_rank_count_exactly_where_they_stopped(saved_by_two_ranks, stage, ranks):
+    folder, uninterrupted = saved_by_two_ranks(stage)
+    resumed = _run(ranks, stage, folder, load=True)
     assert resumed["start"] == 5
     # Weights and Adam's moments came back: a fresh optimizer or model would take other steps.
     assert resumed["losses"] == pytest.approx(uninterrupted["losses"], abs=1e-4)
