@@ -14,9 +14,15 @@ __all__ = list(_HOME)
 
 
 def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'onade' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"onade.{_HOME[name]}"), name)
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"onade.{_HOME[name]}"), name)
+    else:  # a submodule used as `onade.precision` after a bare `import onade`
+        try:
+            value = importlib.import_module(f"onade.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"onade.{name}":
+                raise
+            raise AttributeError(f"module 'onade' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onade.precision import PRECISIONS
+PRECISIONS = ("auto", "bf16", "fp32")  # onade.precision resolves "auto"; kept here, free of torch
+
 
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
 STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "maskgit", "greedy", "antigreedy")

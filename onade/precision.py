@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp32")
+from onade.config import PRECISIONS
 
 
 def cpu_has_fast_bf16() -> bool:

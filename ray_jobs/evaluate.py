@@ -54,7 +54,7 @@ import zlib
 import numpy as np
 import torch
 
-from onade.precision import PRECISIONS
+from onade.config import PRECISIONS
 from ray_jobs.train_loop import PROFILE_POINTS
 
 METRICS = ("bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption")

@@ -60,7 +60,7 @@ import time
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import STRATEGIES, ConfigError, SampleConfig, config_from_dict
-from onade.precision import PRECISIONS
+from onade.config import PRECISIONS
 from ray_jobs.inpaint_inputs import FITS
 from ray_jobs.ray_env import init_ray
 
