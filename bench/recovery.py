@@ -105,7 +105,7 @@ def measure_drain(cluster, shards: str, out: Path, args) -> dict:
     t0 = time.time()
     reclaim = spot_preemption(cluster, node, args.deadline_s, "bench")
     result = _after(metrics, t0)
-    reclaim.join(timeout=60)
+    reclaim.wait(timeout=60)
     result["seconds_past_deadline"] = round(result["seconds"] - args.deadline_s, 1)
     _stop(thread, out, "drain")
     return result

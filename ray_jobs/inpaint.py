@@ -59,8 +59,7 @@ import time
 
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
-from onade.config import STRATEGIES, ConfigError, SampleConfig, config_from_dict
-from onade.config import PRECISIONS
+from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig, config_from_dict
 from ray_jobs.inpaint_inputs import FITS
 from ray_jobs.ray_env import init_ray
 

@@ -1,9 +1,10 @@
 """Elastic training on a real multi-node Ray (`ray.cluster_utils.Cluster`, one raylet per node) through
 `ray_jobs.train.main --workers 1-2`: the run starts on two nodes, checkpoints at a preemption notice when
-one is drained with a deadline (and taken away at the deadline, as a cloud does) and goes on without it, grows onto a node that arrives, then loses that
-node outright and goes on from its last checkpoint. `--max-failures 1` holds only the
-node loss: growing and the preemption do not count. Each node holds one training worker
-(2 CPUs of its 3) and leaves a CPU to Ray Data."""
+one is drained with a deadline (and taken away at the deadline, as a cloud does) and goes on without it,
+grows onto a node that arrives, then loses that node outright and goes on from its last checkpoint.
+`--max-failures 1` holds only the node loss: growing and the preemption do not count. Each node holds one
+training worker (2 CPUs of its 3) and leaves a CPU to Ray Data. Where Ray places the run's skip counter is
+up to Ray (2 of 3 nodes are taken away), so the test asserts it is on the driver's node."""
 
 import json
 import threading
@@ -97,7 +98,7 @@ def test_elastic_run_is_drained_grows_loses_a_node_and_finishes(elastic_cluster,
                                 lambda: events("resume", notice["time"]), thread, result, 180)[0]
         assert after_drain["world_size"] == 1 and after_drain["step"] == notice["step"]
         assert after_drain["steps_lost"] == 0  # checkpointed at the notice: nothing since it is lost
-        reclaim.join(timeout=30)
+        reclaim.wait(timeout=30)
 
         # A node arrives once the run has checkpointed on 1 worker: it grows onto it from that checkpoint.
         _wait_for("a checkpoint on 1 worker", lambda: events("checkpoint", after_drain["time"]), thread, result, 120)

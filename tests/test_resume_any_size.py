@@ -1,8 +1,8 @@
 """Resume at another worker count through `ray_jobs.train.main`: real Ray, real DeepSpeed ZeRO-3 on CPU. Two
 workers train and checkpoint; copies of the run resume on one and on three workers (DeepSpeed's universal
 checkpoint, converted on resume), and the loss, step, LR schedule and Adam's step carry on, and every rank
-saves its partition afterwards (DeepSpeed#7546). ZeRO-1 and ZeRO-2 are tested 2 -> 1 and 2 -> 3 ranks without
-Ray in test_universal.py (to float rounding), and the elastic run resumes ZeRO-2 through the job."""
+saves its partition afterwards (DeepSpeed#7546). ZeRO-1 2 -> 1 and ZeRO-2 2 -> 1 and 2 -> 3 ranks are tested
+without Ray in test_universal.py (to float rounding), and the elastic run resumes ZeRO-2 through the job."""
 
 import json
 import shutil
