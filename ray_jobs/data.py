@@ -117,11 +117,11 @@ def make_skip_counter(run_name: str | None = None):
     (a spot node reclaimed mid-run) and take every later read task and training restart with it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    if run_name is None:
-        return SkipCounter.options(scheduling_strategy=here).remote()
-    return SkipCounter.options(name=_counter_name(run_name), namespace=COUNTER_NAMESPACE, get_if_exists=True,
-                               scheduling_strategy=here).remote()
+    options: dict[str, Any] = {
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+    if run_name is not None:
+        options.update(name=_counter_name(run_name), namespace=COUNTER_NAMESPACE, get_if_exists=True)
+    return SkipCounter.options(**options).remote()
 
 
 def skip_summary(counter) -> dict[str, Any]:

@@ -282,8 +282,8 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     if val_shards:
         datasets["val"] = dataset(val_shards, False)
     fs, storage_path = storage.pyarrow_fs(args.output)
-    use_gpu = args.gpus_per_worker > 0
-    env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
+    scaling = scaling_config(args)
+    env = {} if scaling.use_gpu else {"DS_ACCELERATOR": "cpu"}
 
     def train_worker(config: dict):
         # LoggingConfig (below) alone lets Ray's "Reporting training result ..." line per report through.
@@ -297,7 +297,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
                                           has_val=bool(val_shards), storage_fs=fs,
                                           run_path=f"{storage_path.rstrip('/')}/{args.name}",
                                           preemption_grace_s=PREEMPTION_GRACE_S, stop_file=args.stop_file)},
-        scaling_config=scaling_config(args),
+        scaling_config=scaling,
         run_config=ray.train.RunConfig(
             name=args.name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
