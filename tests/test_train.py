@@ -1,13 +1,22 @@
-"""End-to-end training through `ray_jobs.train.main`: real Ray (one local instance for the module), real
+"""End-to-end training as a user starts it locally: `python -m ray_jobs.train`, which starts its own Ray
+(`ray_jobs.ray_env.init_ray`; its CPUs and temp dir pinned through Ray's own environment variables), real
 DeepSpeed on CPU with 2 gloo workers, shards and checkpoints in a real S3 server (moto on 127.0.0.1).
 
-One run trains the debug model for 100 steps (ZeRO-2) with one truncated shard among its shards. Resume is
-tested in test_resume_any_size.py (other worker counts, with the EMA) and test_flaky_train.py (the same count,
-from S3 under faults); lost and drained nodes in test_elastic.py.
+One run trains the debug model for 100 steps (ZeRO-2) with one truncated shard among its shards; its console
+is checked too (issue #9, "a quiet console"). The test process holds a second Ray meanwhile (the `ray_local`
+fixture): with two Ray instances on a host, Ray's State API client cannot guess which one it belongs to.
+Resume is tested in test_resume_any_size.py (other worker counts, with the EMA) and test_flaky_train.py (the
+same count, from S3 under faults); lost and drained nodes in test_elastic.py.
 """
 
 import json
-import time
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -43,18 +52,42 @@ def truncated_shard(shards, s3_server) -> str:
     return url
 
 
+def run_entrypoint(argv: list[str], timeout: float) -> str:
+    """`python -m ray_jobs.train ARGV` with no RAY_ADDRESS, so it starts a local Ray of 2 CPUs in a short temp
+    dir of its own (Ray's unix socket paths must stay under 107 characters): its console, stdout and stderr."""
+    ray_tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({
+        "DS_ACCELERATOR": "cpu",
+        "RAY_TMPDIR": ray_tmp,
+        "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 2}),
+        "RAY_DEDUP_LOGS": "0",  # count every line, not one per 5 s window
+    })
+    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.train", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        console, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this test started: the driver and the Ray it launched
+        console, _ = proc.communicate()
+        pytest.fail(f"training did not finish in {timeout} s:\n" + console[-3000:])
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, console[-3000:]
+    return console
+
+
 @pytest.fixture(scope="module")
 def trained(s3_server, ray_local, shards, truncated_shard):
-    """A 100-step ZeRO-2 run with everything in S3, one training shard truncated: (run url, returned
-    metrics, wall seconds)."""
-    from ray_jobs.train import main
-
-    tic = time.monotonic()
-    metrics = main([*TINY, "--data", f"{shards['train']},{truncated_shard}", "--val-data", shards["val"],
-                    "--output", s3_server.url("runs"),
-                    "--name", "e2e", "--steps", str(STEPS), "--set", "train.checkpoint_every=50",
-                    "--set", "train.val_every=50", "--set", "train.keep_checkpoints=1"])
-    return s3_server.url("runs", "e2e"), metrics, time.monotonic() - tic
+    """A 100-step ZeRO-2 run with everything in S3, one training shard truncated: (run url, the metrics of
+    its last console line, its console)."""
+    console = run_entrypoint([*TINY, "--data", f"{shards['train']},{truncated_shard}", "--val-data", shards["val"],
+                              "--output", s3_server.url("runs"), "--name", "e2e", "--steps", str(STEPS),
+                              "--set", "train.checkpoint_every=50", "--set", "train.val_every=50",
+                              "--set", "train.keep_checkpoints=1"], timeout=280)
+    (final,) = [line for line in console.splitlines() if line.startswith("final ")]
+    metrics = dict(item.split("=", 1) for item in final.split()[1:])
+    return s3_server.url("runs", "e2e"), metrics, console
 
 
 @pytest.mark.timeout(300)
@@ -62,7 +95,7 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, trunca
     from ray_jobs.checkpoints import list_checkpoints
 
     run, metrics, _ = trained
-    assert metrics["step"] == STEPS
+    assert metrics["step"] == str(STEPS)
     rows = read_jsonl(storage.join(run, "metrics.jsonl"))
     start = next(r for r in rows if r.get("event") == "start")
     from onade import resolve_precision
@@ -79,7 +112,7 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, trunca
     # The truncated shard is named once, with the samples read before the cut; training went on.
     (bad,) = [r for r in rows if r.get("event") == "bad_shard"]
     assert bad["shard"] == truncated_shard and 0 < bad["samples_read"] < 64, bad
-    assert metrics["bad_shards"] == 1
+    assert metrics["bad_shards"] == "1"
     assert val[-1]["val_bits_per_dim"] < val[0]["val_bits_per_dim"]
     assert all(r["val_num_images"] == 8 for r in val)  # 1 batch of 4 on each of 2 workers
     # The costly exact NLL runs once, at the end, on val_exact_images (16: capped at the 4 + 4 held).
@@ -93,6 +126,27 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, trunca
     # Retention keeps the last of the checkpoints at 50 and 100, and deletes the other from S3.
     assert [s for s, _ in list_checkpoints(run)] == [100]
     assert not storage.list_files(storage.join(run, "checkpoint_00000050"), recursive=True)
+
+
+FLOODS = {
+    # Ray Train's placement-group cleaner, once a second when the local Ray serves no State API.
+    "cleaner": "Failed to query Ray Train Controller actor state",
+    # Ray Train's per-rank, per-report INFO line that LoggingConfig(log_level="WARNING") misses.
+    "report": "Reporting training result",
+    # The same cleaner's thread dying when its State API client picks no cluster (a second Ray on the host).
+    "traceback": "Traceback (most recent call last)",
+}
+
+
+@pytest.mark.timeout(300)
+def test_the_console_shows_progress_and_the_bad_shard_not_ray_train_floods(trained, truncated_shard):
+    _, _, console = trained
+    lines = console.splitlines()
+    flooded = {name: sum(text in line for line in lines) for name, text in FLOODS.items()}
+    assert flooded == {name: 0 for name in FLOODS}, console[-3000:]
+    progress = [line for line in lines if re.search(r"\bstep \d+ .*\bloss \d", line)]
+    assert [int(re.search(r"\bstep (\d+)", line).group(1)) for line in progress] == list(range(10, STEPS + 1, 10))
+    assert any(truncated_shard in line for line in lines), console[-3000:]  # a real warning is shown
 
 
 @pytest.mark.timeout(120)
