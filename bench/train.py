@@ -4,6 +4,7 @@
     python -m bench.train --precision-presets debug,small --skip-ray     # only bf16 vs fp32
     python -m bench.train --gpus-per-worker 1 --preset small --global-batch 64   # on a GPU node
     python -m bench.train --recovery            # time to training again after a kill and a drain (bench.recovery)
+    python -m bench.train --optimizer           # AdamW step: the fused kernel the engine uses vs torch's loop
 
 Measurements in one run, on the same synthetic shards, model, masks, loss and optimizer (AdamW with
 the same parameter groups, warmup + cosine LR, clipping):
@@ -14,6 +15,9 @@ the same parameter groups, warmup + cosine LR, clipping):
   ray1   `ray_jobs.train` with 1 worker (Ray Data streaming the shards, DeepSpeed ZeRO-2)
   ray2   the same with 2 workers and the same global batch, validating at half way and at the end with
          the preset's validation settings (the exact NLL at the end): its validation share of wall time
+  optimizer  (--optimizer, instead of the above) one AdamW step over one flat fp32 tensor of half a preset's
+             parameters, as ZeRO hands a rank its partition on 2 workers, one torch thread: torch's default
+             (for-loop) step against the fused kernel ray_jobs.engine.make_optimizer picks; rounds alternate
 Reported: overhead = bare / ray1 samples/s (target <= 1.10), scaling = ray2 / ray1 (target >= 1.7 with
 one core per worker), and validation share = time validating / whole run (target <= 0.10). A loop's rate
 is the median of its logged windows after the first (which holds start-up); the bare loop runs before
@@ -74,13 +78,13 @@ def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str,
     from onade.masks import sample_masks
     from onade.model import build_model
     from onade.precision import autocast, resolve_precision
-    from ray_jobs.engine import lr_factor, param_groups
+    from ray_jobs.engine import lr_factor, make_optimizer
 
     precision = resolve_precision(precision or cfg.train.precision, device)
     t = cfg.train
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    opt = make_optimizer(model, t, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio))
     gen = torch.Generator().manual_seed(t.seed)
     rates, window, tic = [], 0, time.perf_counter()
@@ -160,6 +164,37 @@ def precision_ratios(args, shards: str, device: str) -> dict:
     return out
 
 
+def optimizer_ratios(presets: list[str], rounds: int, steps: int = 3) -> dict:
+    """Seconds per AdamW step over half of each preset's parameters, torch's default loop vs fused."""
+    from onade.config import load_config
+    from onade.model import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for preset in presets:
+            n = sum(p.numel() for p in build_model(load_config(preset).model).parameters()) // 2
+            best = {}
+            for _ in range(rounds):
+                for fused in (None, True):
+                    param = torch.nn.Parameter(torch.randn(n))
+                    param.grad = torch.randn(n)
+                    opt = torch.optim.AdamW([param], lr=1e-4, fused=fused)
+                    opt.step()  # the first step allocates the moments
+                    tic = time.perf_counter()
+                    for _ in range(steps):
+                        opt.step()
+                    key = "fused" if fused else "default"
+                    best[key] = min(best.get(key, float("inf")), (time.perf_counter() - tic) / steps)
+                    del param, opt
+            out[preset] = {"elements": n, "default_s": round(best["default"], 4), "fused_s": round(best["fused"], 4),
+                           "speedup": round(best["default"] / best["fused"], 2)}
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="debug")
@@ -176,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--skip-ray", action="store_true", help="only the bf16 vs fp32 comparison")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--optimizer", action="store_true",
+                   help="instead: AdamW step time, fused vs torch's default loop, for --optimizer-presets")
+    p.add_argument("--optimizer-presets", default="debug,small,large")
     p.add_argument("--recovery", action="store_true",
                    help="instead: seconds and steps lost after a killed worker and a drained node (bench/recovery.py)")
     args, rest = p.parse_known_args(argv)
@@ -185,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
         return recovery(rest)
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.optimizer:
+        result = {"optimizer": optimizer_ratios(args.optimizer_presets.split(","), args.rounds)}
+        print(json.dumps(result, indent=2))
+        return result
 
     import ray
 

