@@ -52,17 +52,31 @@ def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> Ba
     return BatchPlan(global_batch, micro, global_batch // (micro * world_size), world_size)
 
 
-def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR) -> dict:
+def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR, path: str | Path | None = None) -> dict:
+    """The ZeRO settings for `stage`: `path` (a user's JSON, e.g. other bucket sizes for their GPUs) or the
+    shipped cluster/deepspeed/zero{stage}.json."""
     if stage not in (1, 2, 3):
         raise ConfigError(f"train.zero_stage must be 1, 2 or 3 (cluster/deepspeed/zero{{1,2,3}}.json), got {stage}")
-    path = Path(directory) / f"zero{stage}.json"
-    if not path.is_file():
-        raise ValueError(f"DeepSpeed config {path} is missing: it ships in the repository's cluster/deepspeed/")
-    ds = json.loads(path.read_text())
+    if path is None:
+        path = Path(directory) / f"zero{stage}.json"
+        if not path.is_file():
+            raise ValueError(f"DeepSpeed config {path} is missing: it ships in the repository's cluster/deepspeed/")
+    elif not Path(path).is_file():
+        raise ValueError(f"--zero-config {path}: no such file")
+    try:
+        ds = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"DeepSpeed config {path} is not JSON: {e}") from None
+    if not isinstance(ds, dict):
+        raise ValueError(f"DeepSpeed config {path} must hold a JSON object, not {type(ds).__name__}")
     bad = [k for k in DERIVED_KEYS if k in ds]
     if bad:
         raise ValueError(f"{path} sets {bad}: these are derived from the onade config (global batch size, "
                          "world size, train.precision, train.grad_clip); remove them from the JSON")
+    found = (ds.get("zero_optimization") or {}).get("stage")
+    if found != stage:
+        raise ConfigError(f"{path} has zero_optimization.stage {found}, but train.zero_stage is {stage}: "
+                          "set one to the other")
     return ds
 
 

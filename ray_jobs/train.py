@@ -42,6 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML file with a partial config tree")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    p.add_argument("--zero-config", metavar="JSON",
+                   help="DeepSpeed JSON with the ZeRO settings, instead of cluster/deepspeed/zero{train.zero_stage}"
+                        ".json (its stage must be train.zero_stage; batch sizes, precision, clipping and the "
+                        "optimizer are derived from the onade config and refused)")
     p.add_argument("--workers", type=worker_range, default=WorkerRange(1, 1), metavar="N|MIN-MAX",
                    help="training workers; MIN-MAX trains elastically: it starts once MIN fit, grows to MAX as "
                         "nodes arrive and goes on with fewer when nodes leave (default 1)")
@@ -185,13 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"exported {out}")
         return {"export": out}
 
+    from ray_jobs.engine import load_zero_json
+
+    zero = load_zero_json(cfg.train.zero_stage, path=args.zero_config)
     train_shards, val_shards, tokenizer = check_inputs(args)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.validate()
-    from ray_jobs.engine import load_zero_json
-
     check_batch_plans(cfg, args.workers)
-    zero = load_zero_json(cfg.train.zero_stage)
     storage.check_writable(args.output)
     resume_step = check_resume(cfg, run, args.workers)
     if resume_step >= cfg.train.steps:

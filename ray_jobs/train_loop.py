@@ -68,6 +68,16 @@ def training_inputs(batch: dict, device, caption_dropout: float = 0.0,
     return x_BHWC, tokens_BT, drop_captions(lengths_B, caption_dropout, generator)
 
 
+def zero3_partitioned(module: torch.nn.Module) -> dict:
+    """Under ZeRO-3: the share of parameter elements DeepSpeed partitions across the ranks. The rest persist
+    whole on every rank (parameters up to stage3_param_persistence_threshold elements)."""
+    params = [p for p in module.parameters() if hasattr(p, "ds_persist")]
+    if not params:
+        return {}
+    total = sum(p.ds_numel for p in params)
+    return {"zero3_partitioned_share": round(sum(p.ds_numel for p in params if not p.ds_persist) / total, 4)}
+
+
 def train_step(engine, micro_batches: list[dict], mask_cfg: MaskConfig, loss_kind: str,
                generator: torch.Generator | None = None, precision: str = "fp32",
                ema: EMA | None = None, caption_dropout: float = 0.0,
@@ -255,7 +265,8 @@ def train_loop_per_worker(config: dict) -> None:
     run.event("resume" if start_step else "start", step=start_step, world_size=world_size, **resumed,
               num_nodes=len(set(nodes)), node_ids=nodes, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
               precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
-              torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine))
+              torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine),
+              **zero3_partitioned(engine.module))
 
     samples_per_batch = plan.micro_batch * world_size  # one micro-batch on every worker
     train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state.epoch,

@@ -1,4 +1,5 @@
-"""Resume at another worker count through `ray_jobs.train.main`: real Ray, real DeepSpeed ZeRO-3 on CPU. Two
+"""Resume at another worker count through `ray_jobs.train.main`: real Ray, real DeepSpeed ZeRO-3 on CPU, every
+parameter partitioned (`--zero-config`: the debug model's are all under the shipped persistence threshold). Two
 workers train and checkpoint; copies of the run resume on one and on three workers (DeepSpeed's universal
 checkpoint, converted on resume), and the loss, step, LR schedule and Adam's step carry on, and every rank
 saves its partition afterwards (DeepSpeed#7546). ZeRO-1 2 -> 1 and ZeRO-2 2 -> 1 and 2 -> 3 ranks are tested
@@ -28,20 +29,36 @@ ZERO3 = ["--set", "train.zero_stage=3", "--set", "train.ema_decay=0"]
 
 
 @pytest.fixture(scope="module")
-def two_worker_run(ray_local, local_shards, tmp_path_factory):
+def zero3_json(tmp_path_factory) -> str:
+    """The shipped ZeRO-3 settings, but partitioning every parameter: at debug size all of them are under the
+    shipped stage3_param_persistence_threshold, and would stay whole on every rank."""
+    from ray_jobs.engine import load_zero_json
+
+    ds = load_zero_json(3)
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = tmp_path_factory.mktemp("zero") / "zero3_partition_all.json"
+    path.write_text(json.dumps(ds))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_local, local_shards, zero3_json, tmp_path_factory):
     """A run trained by 2 workers to BASE_STEPS under ZeRO-3, checkpointed at 10 and 20: its output folder."""
     from ray_jobs.train import main
 
     out = tmp_path_factory.mktemp("zero3")
     metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", "base", "--workers", "2",
-                    *ZERO3, "--steps", str(BASE_STEPS)])
+                    *ZERO3, "--zero-config", zero3_json, "--steps", str(BASE_STEPS)])
     assert metrics["step"] == BASE_STEPS
+    start = next(r for r in rows(out / "base") if r.get("event") == "start")
+    assert start["zero3_partitioned_share"] == 1.0
     return out
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("workers", [1, 3])
-def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run, workers, local_shards):
+def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run, workers, local_shards,
+                                                                 zero3_json):
     from onade.config import load_config
     from ray_jobs.checkpoints import list_checkpoints, read_train_state
     from ray_jobs.train import main
@@ -51,13 +68,14 @@ def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run,
     shutil.copytree(out / "base", out / name)  # the run as two workers left it
     stored = sorted(p.name for p in (out / name / "checkpoint_00000020" / "deepspeed").iterdir())
     metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", name,
-                    "--workers", str(workers), *ZERO3, "--steps", str(MORE_STEPS)])
+                    "--workers", str(workers), *ZERO3, "--zero-config", zero3_json, "--steps", str(MORE_STEPS)])
     assert metrics["step"] == MORE_STEPS
 
     log = rows(out / name)
     resume = next(r for r in log if r.get("event") == "resume")
     assert (resume["step"], resume["world_size"], resume["resumed_from_world_size"]) == (BASE_STEPS, workers, 2)
     assert resume["adam_step"] == BASE_STEPS  # Adam's moments came back, not a fresh optimizer
+    assert resume["zero3_partitioned_share"] == 1.0  # every parameter was split over the ranks, and is again
     losses = {r["step"]: r["loss"] for r in log if "loss" in r}
     before = [losses[s] for s in range(BASE_STEPS - 9, BASE_STEPS + 1)]
     noise = statistics.stdev(b - a for a, b in zip(before, before[1:]))

@@ -60,6 +60,26 @@ def test_malformed_config_key_fails_before_ray_starts(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_users_zero_config_is_read_and_a_bad_one_fails_before_ray_starts(tmp_path):
+    import ray
+
+    shipped = eng.load_zero_json(3)
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({**shipped, "zero_optimization": {**shipped["zero_optimization"],
+                                                                 "stage3_param_persistence_threshold": 0}}))
+    assert eng.load_zero_json(3, path=mine)["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    base = ["--data", str(tmp_path), "--output", str(tmp_path / "runs"), "--name", "x", "--zero-config"]
+    with pytest.raises(ConfigError, match="zero_optimization.stage 3, but train.zero_stage is 2"):
+        train_main([*base, str(mine)])  # the debug preset trains with ZeRO-2
+    (tmp_path / "text.json").write_text("stage: 3")
+    with pytest.raises(ValueError, match="text.json is not JSON"):
+        train_main([*base, str(tmp_path / "text.json"), "--set", "train.zero_stage=3", "--set", "train.ema_decay=0"])
+    with pytest.raises(ValueError, match="--zero-config .*missing.json: no such file"):
+        train_main([*base, str(tmp_path / "missing.json")])
+    assert not ray.is_initialized()
+
+
+@pytest.mark.timeout(60)
 def test_missing_data_path_fails_fast_naming_it(tmp_path):
     import ray
 
