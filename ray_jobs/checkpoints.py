@@ -177,6 +177,7 @@ class Restore:
         # inference export, which never unpickles.
         load_path, _ = engine.load_checkpoint(str(self.directory), tag=DS_TAG)
         assert load_path is not None, f"DeepSpeed found no checkpoint in {self.directory}"
+        repair_loaded_optimizer(getattr(engine.optimizer, "optimizer", engine.optimizer))
         if ema is not None:
             ema_file = self.directory / EMA_FILE
             if ema_file.is_file():
@@ -184,6 +185,28 @@ class Restore:
             else:  # a checkpoint from a run without EMA: start the average from the restored weights
                 ema.load_state_dict({k: v.float() for k, v in engine.module.state_dict().items()}, 0)
         return self.state
+
+
+def repair_loaded_optimizer(optimizer) -> None:
+    """Undo two things DeepSpeed 0.19's checkpoint loaders do to the torch optimizer inside its ZeRO wrapper.
+    - The ZeRO-3 universal loader gives every parameter sub-group the same `step` tensor
+      (deepspeed/runtime/zero/stage3.py, load_hp_checkpoint_state_from_checkpoint_dir_stage3), which each
+      group's Adam then increments in place: Adam counted two steps per step after a resume on another worker
+      count, skewing its bias correction. Each state gets its own copy.
+    - Every loader copies the saved param-group options over the live ones, `fused` among them: the kernel is
+      this engine's choice (ray_jobs.engine.make_optimizer), not the one of the run that saved the checkpoint."""
+    import torch
+
+    seen = set()
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            if id(step) in seen:
+                state["step"] = step.clone()
+            seen.add(id(step))
+    for group in optimizer.param_groups:
+        if "fused" in group:
+            group["fused"] = optimizer.defaults.get("fused")
 
 
 @contextlib.contextmanager

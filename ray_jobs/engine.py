@@ -2,7 +2,7 @@
 
 The ZeRO settings come from `cluster/deepspeed/zero{1,2,3}.json`; everything that follows from the run
 (batch sizes, precision, clipping) is derived here and never written in the JSON, so one global batch size
-means the same thing on 2 CPUs and on 64 GPUs. The optimizer is a torch AdamW (fused on CPU and CUDA) handed to
+means the same thing on 2 CPUs and on 64 GPUs. The optimizer is a torch AdamW (fused on CPU) handed to
 `deepspeed.initialize` (a DeepSpeed "optimizer" section would JIT-build a C++ op), and the LR schedule is a
 torch LambdaLR: linear warmup, then cosine decay to `min_lr_ratio * lr`. DeepSpeed steps both at each
 gradient-accumulation boundary and saves both in its checkpoints.
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from onade.config import Config, ConfigError
+from onade.config import Config, ConfigError, TrainConfig
 
 DEEPSPEED_DIR = Path(__file__).resolve().parent.parent / "cluster" / "deepspeed"
 # Keys this module derives; a JSON that sets them would silently disagree with the global batch size.
 DERIVED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16")
+                "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR, path: str 
         if not path.is_file():
             raise ValueError(f"DeepSpeed config {path} is missing: it ships in the repository's cluster/deepspeed/")
     elif not Path(path).is_file():
-        raise ValueError(f"--zero-config {path}: no such file")
+        raise ValueError(f"--zero-config {path}: not a file")
     try:
         ds = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -72,11 +72,12 @@ def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR, path: str 
     bad = [k for k in DERIVED_KEYS if k in ds]
     if bad:
         raise ValueError(f"{path} sets {bad}: these are derived from the onade config (global batch size, "
-                         "world size, train.precision, train.grad_clip); remove them from the JSON")
-    found = (ds.get("zero_optimization") or {}).get("stage")
+                         "world size, train.precision, train.grad_clip, the resume); remove them from the JSON")
+    zero = ds.get("zero_optimization")
+    found = zero.get("stage") if isinstance(zero, dict) else None
     if found != stage:
-        raise ConfigError(f"{path} has zero_optimization.stage {found}, but train.zero_stage is {stage}: "
-                          "set one to the other")
+        raise ConfigError(f"{path} has zero_optimization.stage {found!r}, but train.zero_stage is {stage}: "
+                          "set one to the other (zero_optimization must be an object with a stage)")
     return ds
 
 
@@ -107,15 +108,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# Where torch has a fused AdamW kernel that DeepSpeed's partitions can use; elsewhere torch's default loop.
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+# Where the fused AdamW kernel is used: tested here on CPU. On CUDA torch's default (foreach) is kept until a
+# resume through DeepSpeed's universal loader, which leaves Adam's step on the CPU, is tested on a GPU.
+FUSED_ADAMW_DEVICES = ("cpu",)
 
 
-def make_optimizer(model: torch.nn.Module, t, device: str) -> torch.optim.AdamW:
-    """AdamW over `param_groups`. On CPU the fused kernel is one vectorised pass over each (flat, with ZeRO)
-    parameter instead of a pass per elementwise op: 12x faster per step on a 58M-element partition here
-    (`python -m bench.train --optimizer`), which is most of a `large` preset step's optimizer time."""
-    fused = device in FUSED_ADAMW_DEVICES or None
+def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: str) -> torch.optim.AdamW:
+    """AdamW over `param_groups`. On CPU the fused kernel takes one vectorised pass over each (flat, with ZeRO)
+    parameter instead of a pass per elementwise op: about 9x faster per step on a ZeRO partition here
+    (README Benchmarks, `python -m bench.train --optimizer`)."""
+    fused = True if device in FUSED_ADAMW_DEVICES else None
     return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), fused=fused)
 
 

@@ -20,6 +20,7 @@ tb/ (TensorBoard), samples/ (PNG grids: original, masked, one-shot prediction).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import uuid
 from typing import NamedTuple
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics["export"] = export_run(args.output, args.name, out_url=args.export_to or storage.join(run, EXPORT_DIR),
                                        weights=args.export_weights)
         print(f"exported {metrics['export']}")
-    print("final " + " ".join(f"{k}={v}" for k, v in metrics.items()))
+    print("final " + json.dumps(metrics, default=str))
     return metrics
 
 

@@ -266,7 +266,7 @@ def train_loop_per_worker(config: dict) -> None:
               num_nodes=len(set(nodes)), node_ids=nodes, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
               precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
               torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine),
-              **zero3_partitioned(engine.module))
+              zero_optimization=spec.zero.get("zero_optimization"), **zero3_partitioned(engine.module))
 
     samples_per_batch = plan.micro_batch * world_size  # one micro-batch on every worker
     train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state.epoch,

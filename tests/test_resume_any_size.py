@@ -96,5 +96,19 @@ def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run,
     (last_step, last), = [c for c in list_checkpoints(str(out / name)) if c[0] == MORE_STEPS]
     state = read_train_state(last)
     assert state.world_size == workers
-    optim = sorted(p.name for p in (out / name / "checkpoint_00000026" / "deepspeed").glob("*optim_states.pt"))
+    optim = sorted((out / name / "checkpoint_00000026" / "deepspeed").glob("*optim_states.pt"))
     assert len(optim) == workers
+    # Adam counted one step per step after the resume, in every parameter group (its bias correction uses it).
+    assert adam_steps(optim) == {MORE_STEPS}
+
+
+def adam_steps(files) -> set[int]:
+    """Adam's step counters in DeepSpeed ZeRO optimizer-state files, over every rank and parameter group."""
+    import torch
+
+    steps = set()
+    for f in files:
+        states = torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        states = states.get("optimizer_state_dict", states)  # ZeRO-3 nests the torch optimizer's state dict
+        steps |= {int(s["step"]) for s in states["state"].values()}
+    return steps

@@ -74,7 +74,7 @@ def test_a_users_zero_config_is_read_and_a_bad_one_fails_before_ray_starts(tmp_p
     (tmp_path / "text.json").write_text("stage: 3")
     with pytest.raises(ValueError, match="text.json is not JSON"):
         train_main([*base, str(tmp_path / "text.json"), "--set", "train.zero_stage=3", "--set", "train.ema_decay=0"])
-    with pytest.raises(ValueError, match="--zero-config .*missing.json: no such file"):
+    with pytest.raises(ValueError, match="--zero-config .*missing.json: not a file"):
         train_main([*base, str(tmp_path / "missing.json")])
     assert not ray.is_initialized()
 
@@ -166,6 +166,7 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
 
 
 
+@pytest.mark.timeout(60)
 def test_the_engines_fused_adamw_takes_torchs_default_steps():
     from onade.model import build_model
 
@@ -186,7 +187,7 @@ def test_the_engines_fused_adamw_takes_torchs_default_steps():
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not eng.make_optimizer(models[0], cfg.train, "npu").defaults["fused"]  # no fused kernel there
+    assert not eng.make_optimizer(models[0], cfg.train, "cuda").defaults["fused"]  # tested on CPU only
 
 
 @pytest.mark.timeout(60)
