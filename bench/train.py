@@ -167,14 +167,15 @@ def precision_ratios(args, shards: str, device: str) -> dict:
 def optimizer_ratios(presets: list[str], rounds: int, steps: int = 3) -> dict:
     """Seconds per AdamW step over half of each preset's parameters, torch's default loop vs fused."""
     from onade.config import load_config
-    from onade.model import build_model
+    from onade.model import build_model, num_parameters
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
     try:
         for preset in presets:
-            n = sum(p.numel() for p in build_model(load_config(preset).model).parameters()) // 2
+            with torch.device("meta"):  # counted without allocating or initialising the weights
+                n = num_parameters(build_model(load_config(preset).model)) // 2
             best = {}
             for _ in range(rounds):
                 for fused in (None, True):

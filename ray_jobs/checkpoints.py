@@ -177,7 +177,9 @@ class Restore:
         # inference export, which never unpickles.
         load_path, _ = engine.load_checkpoint(str(self.directory), tag=DS_TAG)
         assert load_path is not None, f"DeepSpeed found no checkpoint in {self.directory}"
-        repair_loaded_optimizer(getattr(engine.optimizer, "optimizer", engine.optimizer))
+        from ray_jobs.engine import torch_optimizer
+
+        repair_loaded_optimizer(torch_optimizer(engine))
         if ema is not None:
             ema_file = self.directory / EMA_FILE
             if ema_file.is_file():

@@ -121,6 +121,11 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: str) -> torch
     return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), fused=fused)
 
 
+def torch_optimizer(engine) -> torch.optim.Optimizer:
+    """The torch optimizer `make_optimizer` built, inside the engine's ZeRO wrapper (if it has one)."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer)
+
+
 def skip_shm_comm_build() -> None:
     """DeepSpeed's TorchBackend JIT-compiles a shared-memory all-reduce for CPU (~30 s) that only its
     tensor-parallel inference path uses; training collectives go through torch.distributed (gloo here).
@@ -148,4 +153,4 @@ def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict):
 
 
 __all__ = ["BatchPlan", "plan_batches", "load_zero_json", "deepspeed_config", "lr_factor",
-           "build_engine", "make_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]
+           "build_engine", "make_optimizer", "torch_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]

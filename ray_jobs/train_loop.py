@@ -215,8 +215,9 @@ def _val_batches(val_shard, batch_size: int, num_batches: int, device) -> list[d
 
 def optimizer_step_count(engine) -> int | None:
     """Adam's step counter as stored in the optimizer state (restored on resume, so a test can tell)."""
-    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for state in opt.state.values():
+    from ray_jobs.engine import torch_optimizer
+
+    for state in torch_optimizer(engine).state.values():
         if "step" in state:
             return int(state["step"])
     return None
