@@ -301,7 +301,8 @@ def bench_fit(args) -> dict:
 
 def trained_checkpoint(args, root: Path) -> str:
     """--checkpoint, or a `debug` model trained here on the synthetic centre variant (the caption alone tells
-    the shape's colour) with the preset's caption dropout, through ray_jobs.train on 2 CPU workers."""
+    the shape's colour) with caption dropout 0.1 (as every other preset; debug's 0 leaves guidance untrained),
+    through ray_jobs.train on 2 CPU workers."""
     if args.checkpoint:
         return args.checkpoint
     from bench.quality import shards
@@ -314,7 +315,7 @@ def trained_checkpoint(args, root: Path) -> str:
     data = {k: shards(root / k, root / f"shards_{k}", 32) for k in ("train", "val")}
     metrics = train.main(["--data", data["train"], "--val-data", data["val"], "--output", str(root / "runs"),
                           "--name", "run", "--preset", "debug", "--steps", str(args.train_steps), "--workers", "2",
-                          "--cpus-per-worker", "0.5"])
+                          "--cpus-per-worker", "0.5", "--set", "train.caption_dropout=0.1"])
     print(f"  trained debug for {args.train_steps} steps in {metrics.get('train_s', 0):.0f} s; reuse it with "
           f"--checkpoint {metrics['export']}", flush=True)
     return metrics["export"]

@@ -138,7 +138,8 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     cfg = load_config("debug", sets=["model.image_size=8", "model.width=16", "model.num_blocks=3",
                                      "model.dilations=[1,2,4]", "model.text_dim=16", "model.vocab_size=32",
                                      "train.lr=0.01", "train.warmup_steps=2", "train.steps=20",
-                                     "data.global_batch_size=8", "train.micro_batch_size=4"])
+                                     "data.global_batch_size=8", "train.micro_batch_size=4",
+                                     "train.caption_dropout=0.1"])
     torch.manual_seed(0)
     plan = eng.plan_batches(cfg.data.global_batch_size, 1, cfg.train.micro_batch_size)
     engine = eng.build_engine(build_model(cfg), cfg,
