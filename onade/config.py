@@ -242,8 +242,8 @@ def _preset_debug() -> Config:
         model=ModelConfig(image_size=32, width=32, num_blocks=6, dilations=(1, 2, 4, 8, 16), embed_dim=8,
                           text_dim=32, merge_every=1),
         data=DataConfig(global_batch_size=16),
-        # A short run: an EMA half-life of ~70 steps; 4 exact-NLL images (~7 s on 2 CPU workers, twice the
-        # end-of-run loss profile's cost), so validation stays within 10% of a 600-step run.
+        # A short run: an EMA half-life of ~70 steps; 4 exact-NLL images (~7 s on 2 CPU workers, beside ~5 s for
+        # the end-of-run loss profile), so validation stays within 10% of a 600-step run.
         train=TrainConfig(steps=200, lr=3e-3, warmup_steps=10, val_every=100, checkpoint_every=100, ema_decay=0.99,
                           val_exact_images=4, caption_dropout=0.0),
     )
