@@ -101,11 +101,10 @@ class AttentionMerger(nn.Module):
         return f_BCHW + out_BNC.transpose(1, 2).reshape(B, C, H, W)
 
 
-def drop_captions(lengths_B: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Caption dropout for classifier-free guidance: each caption becomes the empty one (length 0, which
-    the mergers read as "no caption": they add nothing) with probability p. Returns the new lengths; the
-    draw is on the CPU generator, so it does not depend on the device."""
+def caption_drops(batch_size: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Caption dropout for classifier-free guidance: which captions of a batch become the empty one (bool [B],
+    on the CPU; None when p is 0, drawing nothing). An empty caption is length 0, which the mergers read as
+    "no caption": they add nothing. Drawn on the CPU generator, so it does not depend on the device."""
     if p <= 0:
-        return lengths_B
-    drop_B = torch.rand(lengths_B.shape, generator=generator) < p
-    return lengths_B.masked_fill(drop_B.to(lengths_B.device), 0)
+        return None
+    return torch.rand(batch_size, generator=generator) < p

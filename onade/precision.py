@@ -50,4 +50,26 @@ def autocast(precision: str, device: str | torch.device = "cpu"):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-__all__ = ["PRECISIONS", "cpu_has_fast_bf16", "resolve_precision", "autocast"]
+class ComputeDtype:
+    """The dtype the model's first convolution computed in, in the last forward pass since attached (a forward
+    hook): what the forward really ran in, whichever autocast was asked for and whoever opened it.
+
+        probe = ComputeDtype(model); ...forward...; probe.close() -> "bfloat16" (None: no forward ran)
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        if conv is None:
+            raise ValueError("ComputeDtype needs a model with a Conv2d")
+        self.seen: str | None = None
+        self._handle = conv.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.seen = str(output.dtype).removeprefix("torch.")
+
+    def close(self) -> str | None:
+        self._handle.remove()
+        return self.seen
+
+
+__all__ = ["PRECISIONS", "cpu_has_fast_bf16", "resolve_precision", "autocast", "ComputeDtype"]

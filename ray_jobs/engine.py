@@ -7,14 +7,19 @@ means the same thing on 2 CPUs and on 64 GPUs. The optimizer is a torch AdamW (f
 torch LambdaLR: linear warmup, then cosine decay to `min_lr_ratio * lr`. DeepSpeed steps both at each
 gradient-accumulation boundary and saves both in its checkpoints.
 
-Precision: DeepSpeed always holds fp32 weights; bf16 is torch autocast around the forward pass
-(onade.precision, applied by train_loop.train_step). It keeps the optimizer, EMA and exports in fp32
-without DeepSpeed's bf16 optimizer wrapper, it is the same code on CPU and GPU, and on a CPU it ran as
-fast as bf16 weights (measured: `small` forward+backward, AVX512-BF16 without AMX; README Benchmarks).
+Precision: DeepSpeed always holds fp32 weights; bf16 is torch autocast around the forward pass, set by the
+`torch_autocast` section this module derives from `train.precision`, so DeepSpeed's engine opens the
+autocast itself (deepspeed/runtime/torch_autocast.py autocast_if_enabled, entered by runtime/engine.py
+forward) on its accelerator's device type, CPU or CUDA. An autocast opened *around* `engine(...)` does not
+work: on CUDA the engine sees it enabled with its own section absent and runs the module under
+`autocast(enabled=False)`, i.e. fp32. It keeps the optimizer, EMA and exports in fp32 without DeepSpeed's
+bf16 optimizer wrapper, and on a CPU it ran as fast as bf16 weights (measured: `small` forward+backward,
+AVX512-BF16 without AMX; README Benchmarks).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -28,7 +33,7 @@ from onade.config import Config, ConfigError, TrainConfig
 DEEPSPEED_DIR = Path(__file__).resolve().parent.parent / "cluster" / "deepspeed"
 # Keys this module derives; a JSON that sets them would silently disagree with the global batch size.
 DERIVED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16", "checkpoint")
+                "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16", "torch_autocast", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -81,13 +86,23 @@ def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR, path: str 
     return ds
 
 
-def deepspeed_config(zero_json: dict, plan: BatchPlan, grad_clip: float) -> dict:
+def deepspeed_config(zero_json: dict, plan: BatchPlan, grad_clip: float, precision: str) -> dict:
+    """The engine's config: the ZeRO settings plus what the run derives. `precision` is resolved ("bf16" or
+    "fp32", onade.precision.resolve_precision on the worker's device)."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"deepspeed_config takes a resolved precision ('bf16' or 'fp32'), got {precision!r}")
     ds = json.loads(json.dumps(zero_json))
     ds.update(
         train_batch_size=plan.global_batch,
         train_micro_batch_size_per_gpu=plan.micro_batch,
         gradient_accumulation_steps=plan.grad_accum,
         gradient_clipping=grad_clip,
+        # No lower-precision-safe modules: DeepSpeed would otherwise tag every Linear and Conv weight to reduce
+        # its gradients (and, under ZeRO-3, gather the weight) in bf16 (init_autocast_params,
+        # zero/stage_1_and_2.py and stage3.py ipg_buckets by comm dtype). Summing gradients over many ranks
+        # in 8 bits of mantissa is a numerics change this project has not measured; fp32 communication is
+        # what every run so far trained with.
+        torch_autocast={"enabled": precision == "bf16", "dtype": "bfloat16", "lower_precision_safe_modules": []},
     )
     return ds
 
@@ -135,22 +150,36 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict):
-    """Wrap `model` with DeepSpeed on the process group Ray Train already initialised."""
+def device_args(device: torch.device) -> argparse.Namespace:
+    """`deepspeed.initialize(args=...)` that puts the engine on `device`. Without it DeepSpeed takes
+    cuda:LOCAL_RANK (deepspeed/runtime/engine.py _set_distributed_vars reads args.device_rank, else
+    LOCAL_RANK), which is not the GPU Ray granted this worker when Ray's CUDA_VISIBLE_DEVICES lists the node's
+    GPUs in another order than its local ranks. On CPU the index is 0 (DeepSpeed's CPU accelerator ignores it)."""
+    if device.type == "cuda" and device.index is None:
+        raise ValueError(f"a CUDA device needs its index (cuda:N, as ray.train.torch.get_device() gives), got {device}")
+    return argparse.Namespace(device_rank=device.index or 0)
+
+
+def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict, device: torch.device | str = "cpu"):
+    """Wrap `model` with DeepSpeed on the process group Ray Train already initialised, on `device` (the one
+    Ray granted: ray.train.torch.get_device())."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    device = get_accelerator().device_name()
-    if device == "cpu":
+    device = torch.device(device)
+    if device.type != get_accelerator().device_name():
+        raise ValueError(f"this worker's device is {device}, but DeepSpeed's accelerator is "
+                         f"{get_accelerator().device_name()!r}: set DS_ACCELERATOR to match (cpu for CPU workers)")
+    if device.type == "cpu":
         skip_shm_comm_build()
     t = cfg.train
-    optimizer = make_optimizer(model, t, device)
+    optimizer = make_optimizer(model, t, device.type)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=t.warmup_steps, total=t.steps, min_ratio=t.min_lr_ratio))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=ds_config, dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(args=device_args(device), model=model, optimizer=optimizer,
+                                           lr_scheduler=schedule, config=ds_config, dist_init_required=False)
     return engine
 
 
 __all__ = ["BatchPlan", "plan_batches", "load_zero_json", "deepspeed_config", "lr_factor",
-           "build_engine", "make_optimizer", "torch_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]
+           "build_engine", "device_args", "make_optimizer", "torch_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]

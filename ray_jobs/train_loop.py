@@ -2,10 +2,17 @@
 
 `train_step(engine, micro_batches, ...)` is one optimizer step and `evaluate(model, batches)` the held-out
 metrics; both are plain functions a test can call. The body runs under bf16 autocast where
-`train.precision` resolves to bf16 (onade.precision); weights, EMA, losses and metrics stay fp32.
+`train.precision` resolves to bf16 on the worker's device: DeepSpeed's engine opens it (its torch_autocast
+section, ray_jobs.engine), and the start event records the dtype the first convolution really computed in
+(`forward_dtype`). Weights, EMA, losses and metrics stay fp32.
+
+Each worker computes on the device Ray granted it (ray_jobs.devices.train_device). The step never waits on
+the device: masks and dropped captions come from ray_jobs.train_draws (drawn on the CPU from the worker's
+seed, ahead of the step on a GPU), Ray Data moves each batch to the device in its prefetch thread, and the
+loss and per-kind statistics stay on the device until a log line all-reduces them.
 
 Training batches (never validation ones) lose their caption with probability `train.caption_dropout`
-(onade.caption.drop_captions), drawn on a CPU generator of the worker's own, apart from the masks' one, so
+(onade.caption.caption_drops), drawn on a CPU generator of the worker's own, apart from the masks' one, so
 the masks a seed draws do not depend on the dropout rate.
 
 Validation costs little: every `val_every` steps the cheap metrics (orderless bits, one-shot centre bits
@@ -36,15 +43,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from onade.caption import drop_captions
-from onade.config import MASK_KINDS, MaskConfig, config_from_dict
+from onade.config import MASK_KINDS, config_from_dict
 from onade.ema import EMA
 from onade.loss import nade_loss, per_example_bits
-from onade.masks import center_mask, draw_masks
+from onade.masks import center_mask
 from onade.metrics import evaluate_batch, exact_center_bits, loss_profile
 from onade.model import build_model, num_parameters
 from onade.plans import LossProfile
-from onade.precision import autocast, resolve_precision
+from onade.precision import ComputeDtype, autocast, resolve_precision
+from ray_jobs.train_draws import Draws, DrawStream
 
 GRID_IMAGES = 8
 PROFILE_POINTS = 64  # values of t the end-of-run loss profile measures (one forward pass per point per image)
@@ -55,17 +62,20 @@ CAPTION_SEED_OFFSET = 1 << 40
 
 @dataclass
 class StepStats:
-    loss: float  # the optimised loss, bits per subpixel, mean over the step's micro-batches
+    """One step's statistics, on the engine's device (reading them would make the host wait for it)."""
+    loss: torch.Tensor  # the optimised loss, bits per subpixel, summed over the step's micro-batches
+    num_micro_batches: int
     kind_bits_K: torch.Tensor  # per MASK_KINDS entry: sum over examples of their mean bits per hidden subpixel
     kind_count_K: torch.Tensor  # per MASK_KINDS entry: number of examples
 
 
-def training_inputs(batch: dict, device, caption_dropout: float = 0.0,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_BHWC, tokens_BT, lengths_B) of a training micro-batch on `device`, each caption replaced by the
-    empty one with probability `caption_dropout` (drawn on the CPU `generator`; the batch is not modified)."""
+def training_inputs(batch: dict, device, draws: Draws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_BHWC, tokens_BT, lengths_B) of a training micro-batch on `device`, the captions `draws.drop_B` marks
+    replaced by the empty one (the batch is not modified)."""
     x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
-    return x_BHWC, tokens_BT, drop_captions(lengths_B, caption_dropout, generator)
+    if draws.drop_B is not None:
+        lengths_B = lengths_B.masked_fill(draws.drop_B, 0)
+    return x_BHWC, tokens_BT, lengths_B
 
 
 def zero3_partitioned(module: torch.nn.Module) -> dict:
@@ -78,33 +88,31 @@ def zero3_partitioned(module: torch.nn.Module) -> dict:
     return {"zero3_partitioned_share": round(sum(p.ds_numel for p in params if not p.ds_persist) / total, 4)}
 
 
-def train_step(engine, micro_batches: list[dict], mask_cfg: MaskConfig, loss_kind: str,
-               generator: torch.Generator | None = None, precision: str = "fp32",
-               ema: EMA | None = None, caption_dropout: float = 0.0,
-               caption_generator: torch.Generator | None = None) -> StepStats:
+def train_step(engine, micro_batches: list[dict], draws: DrawStream, loss_kind: str,
+               ema: EMA | None = None) -> StepStats:
     """One optimizer step over `micro_batches` (gradient accumulation), then one EMA update. DeepSpeed
-    scales each backward by 1/accumulation and steps at the boundary. `generator` draws the masks,
-    `caption_generator` the dropped captions (training_inputs)."""
-    losses = []
-    kind_bits_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
-    kind_count_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
+    scales each backward by 1/accumulation and steps at the boundary; its engine runs the forward in the
+    precision its config sets (ray_jobs.engine.deepspeed_config). `draws` gives each micro-batch its masks
+    and dropped captions."""
+    K = len(MASK_KINDS)
+    loss_sum = torch.zeros((), device=engine.device)
+    kind_bits_K = torch.zeros(K, dtype=torch.float64, device=engine.device)
+    kind_count_K = torch.zeros(K, dtype=torch.float64, device=engine.device)
     for batch in micro_batches:
-        x_BHWC, tokens_BT, lengths_B = training_inputs(batch, engine.device, caption_dropout, caption_generator)
-        # Masks are drawn on the CPU generator so a worker's masks depend only on its seed, not its device.
-        mask_BHWC, kind_B = draw_masks(mask_cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator)
-        mask_BHWC = mask_BHWC.to(engine.device)
-        with autocast(precision, engine.device):
-            logits = engine(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-        loss = nade_loss(logits, x_BHWC, mask_BHWC, kind=loss_kind)
+        d = draws.next()
+        x_BHWC, tokens_BT, lengths_B = training_inputs(batch, engine.device, d)
+        logits = engine(x_BHWC, d.mask_BHWC, tokens_BT, lengths_B)
+        # The orderless loss is the mean of the per-example bits the per-kind statistics need: computed once.
+        bits_B = per_example_bits(logits, x_BHWC, d.mask_BHWC)
+        loss = bits_B.mean() if loss_kind == "orderless" else nade_loss(logits, x_BHWC, d.mask_BHWC, kind=loss_kind)
         engine.backward(loss)
         engine.step()
-        losses.append(loss.detach().float())
-        bits_B = per_example_bits(logits.detach(), x_BHWC, mask_BHWC).double().cpu()
-        kind_bits_K.index_add_(0, kind_B, bits_B)
-        kind_count_K.index_add_(0, kind_B, torch.ones_like(bits_B))
+        loss_sum += loss.detach().float()
+        kind_bits_K.index_add_(0, d.kind_B, bits_B.detach().double())
+        kind_count_K.index_add_(0, d.kind_B, torch.ones_like(bits_B, dtype=torch.float64))
     if ema is not None:
         ema.update(engine.module)
-    return StepStats(float(torch.stack(losses).mean()), kind_bits_K, kind_count_K)
+    return StepStats(loss_sum, len(micro_batches), kind_bits_K, kind_count_K)
 
 
 @torch.no_grad()
@@ -227,6 +235,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from ray_jobs import checkpoints
+    from ray_jobs.devices import train_device
     from ray_jobs.engine import build_engine, deepspeed_config, plan_batches
     from ray_jobs.run_dir import open_run_dir
 
@@ -239,7 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     worker_seed = t.seed * world_size + rank
     torch.manual_seed(worker_seed)
-    device = ray.train.torch.get_device()
+    device = train_device()
     plan = plan_batches(cfg.data.global_batch_size, world_size, t.micro_batch_size)
     precision = resolve_precision(t.precision, device)
 
@@ -248,14 +257,16 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
     with checkpoints.restoring(ray.train.get_checkpoint(), world_size) as restore:
-        ds_config = {**deepspeed_config(spec.zero, plan, t.grad_clip), **restore.deepspeed_section}
-        engine = build_engine(model, cfg, ds_config)
+        ds_config = {**deepspeed_config(spec.zero, plan, t.grad_clip, precision), **restore.deepspeed_section}
+        engine = build_engine(model, cfg, ds_config, device)
         ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
         state = restore.into(engine, ema)
     start_step = state.step
     # A resumed run must not replay the masks (or dropped captions) of the steps it already took.
     generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step)
     caption_generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step + CAPTION_SEED_OFFSET)
+    draws = DrawStream(cfg.masks, plan.micro_batch, cfg.model.image_size, generator, t.caption_dropout,
+                       caption_generator, engine.device)
 
     run = open_run_dir(spec.storage_fs, spec.run_path, rank == 0)
     nodes = [None] * world_size
@@ -263,11 +274,14 @@ def train_loop_per_worker(config: dict) -> None:
     resumed = {} if restore.converted_from is None else {"resumed_from_world_size": restore.converted_from}
     if start_step and run.last_step is not None:  # logged before the restart, at log_every resolution
         resumed["steps_lost"] = max(0, run.last_step - start_step)
-    run.event("resume" if start_step else "start", step=start_step, world_size=world_size, **resumed,
-              num_nodes=len(set(nodes)), node_ids=nodes, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-              precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
-              torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine),
-              zero_optimization=spec.zero.get("zero_optimization"), **zero3_partitioned(engine.module))
+    # Logged after the first step, with the dtype that step's forward computed in (`forward_dtype`: what the
+    # engine really ran, beside the `precision` asked for).
+    start_event = dict(step=start_step, world_size=world_size, **resumed, num_nodes=len(set(nodes)), node_ids=nodes,
+                       device=str(engine.device), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
+                       precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
+                       torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine),
+                       zero_optimization=spec.zero.get("zero_optimization"), **zero3_partitioned(engine.module))
+    probe = ComputeDtype(engine.module)
 
     samples_per_batch = plan.micro_batch * world_size  # one micro-batch on every worker
     train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state.epoch,
@@ -276,17 +290,18 @@ def train_loop_per_worker(config: dict) -> None:
     if spec.has_val:
         val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
 
-    step, window, profile, preempted = start_step, _Window(), None, False
+    step, window, profile, preempted = start_step, _Window(engine.device), None, False
     reported_shards: set[str] = set()
     timing = {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
     while step < t.steps:
         tic = time.perf_counter()
         micro_batches = [train.next() for _ in range(plan.grad_accum)]
-        window.add(train_step(engine, micro_batches, cfg.masks, t.loss, generator, precision, ema,
-                              t.caption_dropout, caption_generator),
-                   time.perf_counter() - tic)
+        window.add(train_step(engine, micro_batches, draws, t.loss, ema), time.perf_counter() - tic)
         timing["train_s"] += time.perf_counter() - tic
         step += 1
+        if probe is not None:
+            run.event("resume" if start_step else "start", **start_event, forward_dtype=probe.close())
+            probe = None
 
         # A collective (rank 0 broadcasts what Ray's preemption watcher marked): every rank asks at every step
         # until the first notice.
@@ -300,7 +315,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics: dict = {"step": step, "epoch": train.epoch}
         if do_log:
             metrics.update(window.metrics(engine, world_size, plan.global_batch))
-            window = _Window()
+            window = _Window(engine.device)
             if rank == 0:
                 metrics.update(_skipped(spec.skip_counter, run, step, reported_shards))
         if do_val:
@@ -339,6 +354,7 @@ def train_loop_per_worker(config: dict) -> None:
                       preempted_ranks=sorted(notice.preempted_ranks), checkpointed=True)
             run.sync()
             _await_teardown(notice.deadline_ms, spec.preemption_grace_s)
+    draws.close()
     run.close()
 
 
@@ -379,28 +395,29 @@ def _await_teardown(deadline_ms: int | None, grace_s: float) -> None:
 
 
 class _Window:
-    """Training statistics since the last log line."""
+    """Training statistics since the last log line, kept on the device until `metrics` reads them."""
 
-    def __init__(self):
-        self.loss, self.steps, self.seconds = 0.0, 0, 0.0
-        self.kind_bits_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
-        self.kind_count_K = torch.zeros(len(MASK_KINDS), dtype=torch.float64)
+    def __init__(self, device):
+        K = len(MASK_KINDS)
+        self.steps, self.seconds = 0, 0.0
+        self.sums = torch.zeros(1 + 2 * K, dtype=torch.float64, device=device)  # loss, kind bits, kind counts
 
     def add(self, stats: StepStats, seconds: float) -> None:
-        self.loss += stats.loss
+        self.sums += torch.cat([(stats.loss / stats.num_micro_batches).double().view(1), stats.kind_bits_K,
+                                stats.kind_count_K])
         self.steps += 1
         self.seconds += seconds
-        self.kind_bits_K += stats.kind_bits_K
-        self.kind_count_K += stats.kind_count_K
 
     def metrics(self, engine, world_size: int, global_batch: int) -> dict:
         """Averaged over every rank: the loss, and `loss_<kind>` (mean bits per hidden subpixel of the examples
         that drew that mask kind; loss_orderless is the unbiased NLL estimate, loss_center the one-shot
         centre NLL)."""
-        sums = _all_reduce([self.loss / self.steps, *self.kind_bits_K.tolist(), *self.kind_count_K.tolist()],
-                               engine.device)
+        sums = self.sums.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+        sums = sums.tolist()
         K = len(MASK_KINDS)
-        out = {"loss": sums[0] / world_size}
+        out = {"loss": sums[0] / self.steps / world_size}
         for i, kind in enumerate(MASK_KINDS):
             if sums[1 + K + i] > 0:
                 out[f"loss_{kind}"] = sums[1 + i] / sums[1 + K + i]

@@ -34,14 +34,20 @@ def test_zero_json_ships_no_derived_keys_and_rejects_them(tmp_path):
     for stage in (1, 2, 3):
         ds = eng.load_zero_json(stage)
         assert ds["zero_optimization"]["stage"] == stage
-    cfg = eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5)
+    cfg = eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5, "fp32")
     sizes = (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"])
     assert sizes == (16, 4, 2)
-    # bf16 is autocast around the forward (onade.precision); DeepSpeed keeps fp32 weights.
+    # bf16 is DeepSpeed's torch autocast around the module's forward; its weights stay fp32.
     assert "bf16" not in cfg and cfg["gradient_clipping"] == 0.5
-    (tmp_path / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_batch_size": 8}))
-    with pytest.raises(ValueError, match="train_batch_size"):
-        eng.load_zero_json(2, tmp_path)
+    assert cfg["torch_autocast"]["enabled"] is False
+    bf16 = eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5, "bf16")["torch_autocast"]
+    assert bf16 == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    with pytest.raises(ValueError, match="resolved precision"):
+        eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5, "auto")
+    for key, value in (("train_batch_size", 8), ("torch_autocast", {"enabled": True})):
+        (tmp_path / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}, key: value}))
+        with pytest.raises(ValueError, match=key):
+            eng.load_zero_json(2, tmp_path)
     with pytest.raises(ConfigError, match="zero_stage"):
         eng.load_zero_json(0)
 
@@ -90,6 +96,8 @@ def test_missing_data_path_fails_fast_naming_it(tmp_path):
 
 
 def test_training_inputs_drop_a_share_p_of_captions_and_none_at_p0():
+    from onade.caption import caption_drops
+    from ray_jobs.train_draws import Draws
     from ray_jobs.train_loop import training_inputs
 
     n, p = 20_000, 0.1
@@ -97,20 +105,41 @@ def test_training_inputs_drop_a_share_p_of_captions_and_none_at_p0():
     batch = {"image": torch.randint(0, 256, (n, 2, 2, 3), generator=g, dtype=torch.uint8),
              "tokens": torch.randint(4, 32, (n, 5), generator=g), "length": torch.randint(1, 6, (n,), generator=g)}
     before = {k: v.clone() for k, v in batch.items()}
-    x, tokens, lengths = training_inputs(batch, "cpu", p, torch.Generator().manual_seed(1))
+    drops = caption_drops(n, p, torch.Generator().manual_seed(1))
+    x, tokens, lengths = training_inputs(batch, "cpu", Draws(torch.ones(n, 2, 2, 3, dtype=torch.bool),
+                                                             torch.zeros(n, dtype=torch.long), drops))
     dropped = lengths == 0
     # Binomial(20000, 0.1): a standard deviation of 0.0021, so 0.01 is ~5 of them.
     assert abs(dropped.double().mean().item() - p) < 0.01
+    assert torch.equal(dropped, drops)
     assert torch.equal(lengths[~dropped], before["length"][~dropped])  # the others keep their caption
     assert torch.equal(x, before["image"]) and torch.equal(tokens, before["tokens"])
     assert all(torch.equal(batch[k], before[k]) for k in batch)  # the batch itself is not modified
     # The same generator seed drops the same captions; p = 0 drops none and draws nothing.
-    assert torch.equal(training_inputs(batch, "cpu", p, torch.Generator().manual_seed(1))[2], lengths)
+    assert torch.equal(caption_drops(n, p, torch.Generator().manual_seed(1)), drops)
     g0 = torch.Generator().manual_seed(1)
     state = g0.get_state()
-    unchanged = training_inputs(batch, "cpu", 0.0, g0)
-    assert all(torch.equal(a, b) for a, b in zip(unchanged, (before["image"], before["tokens"], before["length"])))
-    assert torch.equal(g0.get_state(), state)
+    assert caption_drops(n, 0.0, g0) is None and torch.equal(g0.get_state(), state)
+
+
+def test_draws_are_a_function_of_the_seed_whether_drawn_ahead_on_a_thread_or_inline():
+    from onade.config import MaskConfig
+    from ray_jobs.train_draws import DrawStream
+
+    def stream(prefetch: bool) -> DrawStream:
+        return DrawStream(MaskConfig(), 6, 8, torch.Generator().manual_seed(3), 0.3, torch.Generator().manual_seed(4),
+                          "cpu", prefetch=prefetch)
+
+    ahead, inline = stream(True), stream(False)
+    try:
+        for _ in range(5):
+            a, b = ahead.next(), inline.next()
+            assert torch.equal(a.mask_BHWC, b.mask_BHWC) and torch.equal(a.kind_B, b.kind_B)
+            assert torch.equal(a.drop_B, b.drop_B)
+        assert ahead._ahead is not None  # it really drew the next micro-batch's on its thread
+    finally:
+        ahead.close()
+    assert all(t.device.type == "cpu" for t in (inline.draw().mask_BHWC, inline.draw().kind_B))
 
 
 @pytest.fixture(scope="module")
@@ -130,32 +159,45 @@ def _free_port() -> int:
     return free_port()
 
 
+TINY = ["model.image_size=8", "model.width=16", "model.num_blocks=3", "model.dilations=[1,2,4]", "model.text_dim=16",
+        "model.vocab_size=32"]
+
+
+def tiny_engine(precision: str = "fp32", *sets: str, zero_stage: int = 2):
+    """A real DeepSpeed engine (one gloo rank), built as a training worker builds it."""
+    from onade.model import build_model
+
+    cfg = load_config("debug", sets=[*TINY, *sets])
+    plan = eng.plan_batches(cfg.data.global_batch_size, 1, cfg.train.micro_batch_size)
+    ds = eng.deepspeed_config(eng.load_zero_json(zero_stage), plan, cfg.train.grad_clip, precision)
+    return eng.build_engine(build_model(cfg), cfg, ds, torch.device("cpu")), cfg, plan
+
+
+def flat_colour_batch(n: int = 4, size: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.randint(0, 256, (n, 1, 1, 3), generator=g, dtype=torch.uint8)
+    return {"image": colours.expand(n, size, size, 3).contiguous(), "tokens": torch.randint(4, 32, (n, 6), generator=g),
+            "length": torch.full((n,), 6)}
+
+
 @pytest.mark.timeout(120)
 def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
-    from onade.model import build_model
+    from ray_jobs.train_draws import DrawStream
     from ray_jobs.train_loop import evaluate, optimizer_step_count, train_step
 
-    cfg = load_config("debug", sets=["model.image_size=8", "model.width=16", "model.num_blocks=3",
-                                     "model.dilations=[1,2,4]", "model.text_dim=16", "model.vocab_size=32",
-                                     "train.lr=0.01", "train.warmup_steps=2", "train.steps=20",
-                                     "data.global_batch_size=8", "train.micro_batch_size=4",
-                                     "train.caption_dropout=0.1"])
     torch.manual_seed(0)
-    plan = eng.plan_batches(cfg.data.global_batch_size, 1, cfg.train.micro_batch_size)
-    engine = eng.build_engine(build_model(cfg), cfg,
-                              eng.deepspeed_config(eng.load_zero_json(2), plan, cfg.train.grad_clip))
-    g = torch.Generator().manual_seed(0)
+    engine, cfg, plan = tiny_engine("fp32", "train.lr=0.01", "train.warmup_steps=2", "train.steps=20",
+                                    "data.global_batch_size=8", "train.micro_batch_size=4", "train.caption_dropout=0.1")
     # A fixed batch of flat-colour images: learnable in a few steps, so the loss must fall.
-    colours = torch.randint(0, 256, (4, 1, 1, 3), generator=g, dtype=torch.uint8)
-    batch = {"image": colours.expand(4, 8, 8, 3).contiguous(), "tokens": torch.randint(4, 32, (4, 6), generator=g),
-             "length": torch.full((4,), 6)}
+    batch = flat_colour_batch()
     before = evaluate(engine.module, [batch], num_masks=2, seed=1)
     captions = torch.Generator().manual_seed(1)
     state = captions.get_state()
-    losses = [train_step(engine, [batch] * plan.grad_accum, cfg.masks, cfg.train.loss, g,
-                         caption_dropout=cfg.train.caption_dropout, caption_generator=captions).loss
-              for _ in range(20)]
+    draws = DrawStream(cfg.masks, 4, 8, torch.Generator().manual_seed(0), cfg.train.caption_dropout, captions)
+    stats = [train_step(engine, [batch] * plan.grad_accum, draws, cfg.train.loss) for _ in range(20)]
+    losses = [float(s.loss) / s.num_micro_batches for s in stats]
     assert not torch.equal(captions.get_state(), state)  # the step drew its dropped captions from it
+    assert all(int(s.kind_count_K.sum()) == 8 for s in stats)  # every example counted under its mask kind
     after = evaluate(engine.module, [batch], num_masks=2, seed=1, exact_images=2)
     assert optimizer_step_count(engine) == 20  # one optimizer step per train_step, accumulation inside
     assert engine.optimizer.optimizer.defaults["fused"] is True  # under ZeRO's wrapper, the fused CPU kernel
@@ -165,6 +207,62 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     assert set(after) >= {"exact_bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption"}
     assert "exact_bits_per_dim" not in before  # the costly metric only when asked for
 
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_bf16_stays_on_in_the_engines_forward_even_under_an_outer_cuda_autocast(gloo_group, zero_stage):
+    """On CUDA an autocast opened around `engine(...)` was switched off by DeepSpeed (its forward runs the
+    module under autocast(enabled=False) when autocast is on outside and its own torch_autocast section is
+    absent: deepspeed/runtime/torch_autocast.py autocast_if_enabled). The CUDA autocast flag is set here as a
+    CUDA run's outer context would set it; the convolution must still compute in bf16, and in fp32 when the
+    run's precision is fp32."""
+    from onade.precision import ComputeDtype
+    from ray_jobs.train_draws import DrawStream
+    from ray_jobs.train_loop import train_step
+
+    for precision, expected in (("bf16", "bfloat16"), ("fp32", "float32")):
+        engine, cfg, plan = tiny_engine(precision, "data.global_batch_size=4", "train.ema_decay=0",
+                                        zero_stage=zero_stage)
+        assert engine.torch_autocast_enabled() == (precision == "bf16")
+        draws = DrawStream(cfg.masks, 4, 8, torch.Generator().manual_seed(0))
+        probe = ComputeDtype(engine.module)
+        torch.set_autocast_enabled("cuda", True)
+        try:
+            stats = train_step(engine, [flat_colour_batch()], draws, cfg.train.loss)
+        finally:
+            torch.set_autocast_enabled("cuda", False)
+        assert probe.close() == expected
+        assert torch.isfinite(stats.loss)
+
+
+@pytest.mark.timeout(120)
+def test_the_training_step_never_reads_a_device_value_on_the_host(gloo_group):
+    """Every host read (aten::item, is_nonzero) in a step is on CPU tensors of the mask draw, or inside
+    DeepSpeed's step (its gradient-norm check for clipping) and torch's optimizer, never of the step's own
+    loss or statistics, which stay on the device until a log line reads them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ray_jobs.train_draws import DrawStream
+    from ray_jobs.train_loop import train_step
+
+    engine, cfg, plan = tiny_engine("bf16", "data.global_batch_size=8", "train.micro_batch_size=4",
+                                    "train.caption_dropout=0.1")
+    draws = DrawStream(cfg.masks, 4, 8, torch.Generator().manual_seed(0), 0.1, torch.Generator().manual_seed(1))
+    train_step(engine, [flat_colour_batch()] * 2, draws, cfg.train.loss)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:  # stacks: Python callers as parents
+        stats = train_step(engine, [flat_colour_batch()] * 2, draws, cfg.train.loss)
+    reads = []
+    for event in prof.events():
+        if event.name in ("aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"):
+            chain, parent = [], event.cpu_parent
+            while parent is not None:
+                chain.append(parent.name)
+                parent = parent.cpu_parent
+            reads.append(" <- ".join(chain))
+    allowed = ("ray_jobs/train_draws.py", "deepspeed/", "torch/optim/")
+    assert reads, "the profiler saw no host read at all: the mask draw makes some"
+    assert [r for r in reads if not any(a in r for a in allowed)] == []
+    assert stats.loss.device == engine.device and stats.kind_bits_K.device == engine.device
 
 
 @pytest.mark.timeout(60)
@@ -194,16 +292,19 @@ def test_the_engines_fused_adamw_takes_torchs_default_steps():
 @pytest.mark.timeout(60)
 def test_channels_last_model_builds_a_deepspeed_engine(gloo_group):
     """NHWC activations only: channels_last weights broke DeepSpeed's start-up parameter broadcast."""
-    from onade.model import build_model
-
-    cfg = load_config("debug", sets=["model.image_size=8", "model.width=16", "model.num_blocks=3",
-                                     "model.dilations=[1,2,4]", "model.text_dim=16", "model.vocab_size=32",
-                                     "model.channels_last=true", "data.global_batch_size=4"])
-    engine = eng.build_engine(build_model(cfg), cfg,
-                              eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(4, 1), 1.0))
+    engine, _, _ = tiny_engine("fp32", "model.channels_last=true", "data.global_batch_size=4")
     x = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
     logits = engine(x, torch.rand(4, 8, 8, 3) < 0.5, torch.randint(4, 32, (4, 5)), torch.full((4,), 5))
     assert logits.shape == (4, 8, 8, 3, 256)
+
+
+def test_the_engine_goes_on_the_device_ray_granted_not_cuda_local_rank():
+    """DeepSpeed puts its engine on args.device_rank, else on cuda:LOCAL_RANK (deepspeed/runtime/engine.py
+    _set_distributed_vars); the device Ray Train granted is passed as device_rank."""
+    assert eng.device_args(torch.device("cuda", 3)).device_rank == 3
+    assert eng.device_args(torch.device("cpu")).device_rank == 0
+    with pytest.raises(ValueError, match="needs its index"):
+        eng.device_args(torch.device("cuda"))
 
 
 def test_workers_take_a_count_or_an_elastic_range():
