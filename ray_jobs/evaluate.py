@@ -11,15 +11,17 @@ samplers of 1, 4, ... passes planned from it (the full row: one pass per hole su
     python -m ray_jobs.evaluate --checkpoint runs/debug1/export --data val_shards/ --exact-images 32 \
         --profile profile.json --budgets 1,4,16,64,256,full --hole box:4,4,16,8
 
-On a cluster:
+On a cluster (8 actors with one A10G each; an autoscaling cluster adds the GPU nodes they ask for):
 
     ray job submit --working-dir . -- python -m ray_jobs.evaluate \
-        --checkpoint s3://bucket/runs/base1/export --data s3://bucket/shards/val --gpus-per-actor 1 \
-        --budgets 1,4,16,64,256,full
+        --checkpoint s3://bucket/runs/base1/export --data s3://bucket/shards/val \
+        --actors 8 --gpus-per-actor 1 --accelerator-type A10G --budgets 1,4,16,64,256,full
 
-Ray Data decodes the shards; a pool of actors (by default one per GPU of the cluster, or on CPU one per
-CPU of the cluster, sharing out its CPUs and leaving some for decoding), each loading the checkpoint once,
-scores batches with onade.metrics.evaluate_batch, in bf16 where the hardware runs it fast (`--precision`).
+Ray Data decodes the shards; a pool of `--actors` actors, each loading the checkpoint once, scores batches
+with onade.metrics.evaluate_batch, in bf16 where the hardware runs it natively (`--precision`). An actor
+computes on CUDA exactly when it was granted a GPU (`--gpus-per-actor`, ray_jobs.devices); by default the
+pool has one actor per GPU in the cluster when the job starts (at least one), or on CPU one per CPU of the
+cluster, sharing out its CPUs and leaving some for decoding.
 The JSON holds, averaged over images: `bits_per_dim` (orderless estimate over random masks),
 `center_bits_true_caption` and `center_bits_shuffled_caption` (one-shot centre NLL with each image's
 caption vs. another image's), `num_images`; and `exact_bits_per_dim` (chain rule over the centre hole in
@@ -55,6 +57,7 @@ import numpy as np
 import torch
 
 from onade.config import PRECISIONS
+from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.train_loop import PROFILE_POINTS
 
 METRICS = ("bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption")
@@ -88,13 +91,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--actors", type=int, default=0, help="scoring actors (default: one per GPU, or per CPU)")
-    p.add_argument("--cpus-per-actor", type=float, default=0, help="default: the CPUs shared out among the actors")
-    p.add_argument("--gpus-per-actor", type=float, default=0)
+    p.add_argument("--actors", type=int, default=0,
+                   help="scoring actors (default: with --gpus-per-actor, as many as the GPUs in the cluster now, at "
+                        "least 1: on an autoscaling cluster that starts without GPUs, give the count; on CPU, one "
+                        "per CPU of the cluster)")
+    p.add_argument("--cpus-per-actor", type=float, default=0, help="default: 1 with GPUs; on CPU the CPUs shared out "
+                                                                  "among the actors")
+    p.add_argument("--gpus-per-actor", type=float, default=0,
+                   help="GPUs per actor, at most 1 (0.5: two actors share a GPU); 0 = CPU actors")
+    p.add_argument("--accelerator-type", default=None, metavar="TYPE",
+                   help="GPU type each actor needs (e.g. A10G): steers the autoscaler to that node type")
     args = p.parse_args(argv)
     for flag in ("num_images", "batch_size", "num_masks", "actors", "exact_images"):
         if getattr(args, flag) < (1 if flag in ("batch_size", "num_masks") else 0):
             p.error(f"--{flag.replace('_', '-')} must be positive")
+    try:
+        check_gpus_per_process(args.gpus_per_actor, "--gpus-per-actor", shareable=True)
+    except ValueError as e:
+        p.error(str(e))
+    if args.accelerator_type and not args.gpus_per_actor:
+        p.error("--accelerator-type picks the GPU type of each actor: give --gpus-per-actor too")
     if (args.profile or args.budgets) and not args.exact_images:
         p.error("--profile and --budgets score the first --exact-images images: it must be > 0")
     if args.hole != "center" and not (args.profile or args.budgets):
@@ -149,8 +165,10 @@ class Scorer:
         import onade
         from ray_jobs.train_loop import evaluate
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cpu" and threads > 0:
+        from ray_jobs.devices import actor_device
+
+        self.device = actor_device()  # CUDA exactly when Ray granted this actor a GPU
+        if self.device.type == "cpu" and threads > 0:
             torch.set_num_threads(threads)
         self.model = onade.load_checkpoint(checkpoint, device=self.device).model
         self.precision = onade.resolve_precision(precision, self.device)
@@ -199,7 +217,7 @@ def pool_size(args) -> tuple[int, float, int]:
 
     resources = ray.cluster_resources()
     if args.gpus_per_actor > 0:
-        actors = args.actors or max(1, int(resources.get("GPU", 1) // args.gpus_per_actor))
+        actors = args.actors or max(1, int(resources.get("GPU", 0) // args.gpus_per_actor))
         return actors, args.cpus_per_actor or 1.0, 0
     total = resources.get("CPU", 1.0)
     actors = args.actors or max(1, int(total))
@@ -218,7 +236,8 @@ def _score(ds, args, total: int, label: str, **tasks) -> list[dict]:
                                        "seed": args.seed, "precision": args.precision, "threads": threads,
                                        "hole": args.hole, **tasks},
         batch_size=args.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus, num_gpus=args.gpus_per_actor or None)
+        num_cpus=cpus, num_gpus=args.gpus_per_actor or None,
+        **({"accelerator_type": args.accelerator_type} if args.accelerator_type else {}))
     rows, done, t0, shown = [], 0, time.perf_counter(), time.perf_counter()
     for row in scored.iter_rows():
         rows.append(row)

@@ -60,6 +60,7 @@ import time
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig, config_from_dict
+from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.inpaint_inputs import FITS
 from ray_jobs.ray_env import init_ray
 
@@ -107,7 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="GPUs per actor, at most 1 (0.5: two actors share a GPU); 0 = CPU actors")
     p.add_argument("--accelerator-type", default=None, metavar="TYPE",
                    help="GPU type each actor needs (e.g. A10G): steers the autoscaler to that node type")
     p.add_argument("--cpus-per-worker", type=float, default=0,
@@ -123,6 +125,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.feather < 0:
         p.error("--feather must be >= 0")
+    try:
+        check_gpus_per_process(args.gpus_per_worker, "--gpus-per-worker", shareable=True)
+    except ValueError as e:
+        p.error(str(e))
     if args.feather and args.fit != "context":
         p.error("--feather blends a sample pasted back into its image: it needs --fit context")
     # The flags given override SampleConfig's defaults; the job keeps no defaults of its own.
@@ -419,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
                       mask_dir=args.mask if mask == "dir" else "", fit=args.fit, format=args.format,
                       feather=args.feather, max_pixels=args.max_image_pixels,
                       sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
-                      animate=args.animate, use_gpu=args.gpus_per_worker > 0)
+                      animate=args.animate)
     settings_url = storage.join(args.output, SETTINGS)
     folder_settings = None
     if storage.exists(settings_url):

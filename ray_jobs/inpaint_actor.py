@@ -28,10 +28,12 @@ class InpaintActor:
 
         import onade
 
+        from ray_jobs.devices import actor_device
+
         self.opts = JobOptions(**opts)
-        if self.opts.threads > 0 and not self.opts.use_gpu:
+        self.device = actor_device()  # CUDA exactly when Ray granted this actor a GPU
+        if self.opts.threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(self.opts.threads)
-        self.device = "cuda" if self.opts.use_gpu and torch.cuda.is_available() else "cpu"
         loaded = onade.load_checkpoint(self.opts.checkpoint, device=self.device)
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
         self.profile = loaded.profile  # plans the passes of a budgeted ancestral run (None: equal chunks)

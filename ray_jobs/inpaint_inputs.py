@@ -45,7 +45,6 @@ class JobOptions:
     animate: bool = False
     frames: int = 40  # frames of an animation
     threads: int = 0  # torch threads in an actor on CPU (0 = torch's default)
-    use_gpu: bool = False
 
     def sample_config(self):
         """The job's onade.config.SampleConfig, validated."""

@@ -26,6 +26,7 @@ import uuid
 from typing import NamedTuple
 
 from onade.config import Config, ConfigError, PRESETS, load_config
+from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
 
 DEFAULT_MAX_FAILURES = 3
@@ -50,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=worker_range, default=WorkerRange(1, 1), metavar="N|MIN-MAX",
                    help="training workers; MIN-MAX trains elastically: it starts once MIN fit, grows to MAX as "
                         "nodes arrive and goes on with fewer when nodes leave (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="0 (default): CPU workers over gloo; 1: one GPU per worker, over NCCL")
     p.add_argument("--accelerator-type", default=None, metavar="TYPE",
                    help="GPU type each worker needs (e.g. A100): steers the autoscaler to that node type")
     p.add_argument("--cpus-per-worker", type=float, default=None,
@@ -75,6 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.export_only and not args.data:
         p.error("--data is required (unless --export-only)")
+    try:
+        check_gpus_per_process(args.gpus_per_worker, "--gpus-per-worker", shareable=False)
+    except ValueError as e:
+        p.error(str(e))
     if args.elastic_check_s <= 0:
         p.error(f"--elastic-check-s must be > 0, got {args.elastic_check_s:g}")
     return args
