@@ -8,6 +8,8 @@ P selected pixels. `mask_BHWC` is True where a subpixel is observed.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +67,13 @@ class ResBlock(nn.Module):
         return h_BDHW + r
 
 
+class Caption(NamedTuple):
+    """A batch's captions as the mergers read them: the reader's states [B,T,E] (None for a model without
+    caption conditioning) and each caption's length (0: no caption)."""
+    states_BTE: torch.Tensor | None
+    lengths_B: torch.Tensor
+
+
 class ONADE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -91,23 +100,28 @@ class ONADE(nn.Module):
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([yy, xx])[None].expand(B, 2, H, W)
 
-    def features(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
+    def read_caption(self, tokens_BT, lengths_B) -> Caption:
+        """The caption states every merger attends to. A sampler reads them once and reuses them every pass."""
+        return Caption(self.reader(tokens_BT, lengths_B) if self.reader is not None else None, lengths_B)
+
+    def features(self, x_BHWC, mask_BHWC, caption: Caption) -> torch.Tensor:
         """Per-pixel features [B,H,W,D] before the output head."""
         h = self.input(x_BHWC, mask_BHWC).to(self.stem.weight.dtype)
         if self.cfg.coord_channels:
             h = torch.cat([h, self._coords(h)], dim=1)
-        if self.cfg.channels_last:
+        if nhwc(self.cfg.channels_last, h.device):
             h = h.contiguous(memory_format=torch.channels_last)
         h_BDHW = self.stem(h)
-        z_BTD = self.reader(tokens_BT, lengths_B) if self.reader is not None else None
         for i, block in enumerate(self.blocks):
             if self.cfg.activation_checkpointing and self.training:
-                h_BDHW = checkpoint(block, h_BDHW, use_reentrant=False)
+                # No RNG state to keep: nothing in a block draws random numbers (preserve_rng_state=True would
+                # save and restore the CPU's and every device's generator state around each block).
+                h_BDHW = checkpoint(block, h_BDHW, use_reentrant=False, preserve_rng_state=False)
             else:
                 h_BDHW = block(h_BDHW)
             merger = self.mergers[str(i)] if str(i) in self.mergers else None
             if merger is not None:
-                h_BDHW = merger(h_BDHW, z_BTD, lengths_B)
+                h_BDHW = merger(h_BDHW, caption.states_BTE, caption.lengths_B)
         return F.silu(self.out_norm(h_BDHW)).permute(0, 2, 3, 1)
 
     def head(self, feats_xD: torch.Tensor) -> torch.Tensor:
@@ -116,13 +130,13 @@ class ONADE(nn.Module):
 
     def forward(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
         self._check_inputs(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-        return self.head(self.features(x_BHWC, mask_BHWC, tokens_BT, lengths_B)).float()
+        return self.head(self.features(x_BHWC, mask_BHWC, self.read_caption(tokens_BT, lengths_B))).float()
 
     def logits_at(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW) -> torch.Tensor:
         """Logits [P,3,256] only at the pixels where `where_BHW` is True (in `nonzero()` order). The head is
         the most expensive layer when few subpixels are hidden, so samplers and losses use this."""
         self._check_inputs(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-        feats_BHWD = self.features(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+        feats_BHWD = self.features(x_BHWC, mask_BHWC, self.read_caption(tokens_BT, lengths_B))
         return self.head(feats_BHWD[where_BHW]).float()
 
     def _check_inputs(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> None:
@@ -134,6 +148,11 @@ class ONADE(nn.Module):
         if tokens_BT.dim() != 2 or lengths_B.shape != (x_BHWC.shape[0],):
             raise ValueError(f"tokens must be [B,T] and lengths [B] with B={x_BHWC.shape[0]}, "
                              f"got {tuple(tokens_BT.shape)} and {tuple(lengths_B.shape)}")
+
+
+def nhwc(channels_last: str, device: torch.device) -> bool:
+    """Whether activations go channels-last: model.channels_last "on", or "auto" on a CPU (see ModelConfig)."""
+    return channels_last == "on" or (channels_last == "auto" and device.type == "cpu")
 
 
 def build_model(spec: str | Config | ModelConfig = "debug") -> ONADE:

@@ -30,16 +30,19 @@ the captions and with empty ones, in one batched forward, and samples from l_u +
 runs the captioned half alone: exactly the unguided sampler.
 
 Seeds: `seed` is one int per example, or one int s for the batch (example b then gets example_seeds(s, B)[b],
-from numpy's SeedSequence(s, spawn_key=(b,))). Example b draws only from its own generators (a torch.Generator
-on the model's device; a numpy one for the host-side Gibbs block sizes), each draw takes exactly its own count
-of values (its valid entries: a prefix of its row of the padded batch), and sorts that could tie are stable.
-So the number and order of its draws depend on its seed, its hole and the settings alone, never on the batch
-size, its position or its neighbours; its sample too, up to the network's rounding: on CPU in fp32 oneDNN may
-round a row ~1e-6 apart at another batch size, while bf16 autocast measured bitwise batch-invariant.
+from numpy's SeedSequence(s, spawn_key=(b,))). Example b's random numbers on the device are counter-based
+(onade.counter_rng): a pure function of its key (from its seed), the draw (named by the strategy's step and
+chunk, never by a running count) and the position in its row, computed for the whole batch in one vectorised
+call per draw; the host-side Gibbs block sizes come from a numpy generator of its own. Sorts that could tie
+are stable. So its numbers depend on its seed, its hole and the settings alone, never on the batch size, its
+position or its neighbours; its sample too, up to the network's rounding: on CPU in fp32 oneDNN may round a
+row ~1e-6 apart at another batch size, while bf16 autocast measured bitwise batch-invariant. On GPUs cuDNN
+picks its kernels by shape, so there a sample is reproducible at the same batch shape, not across them.
 
 Every strategy runs the output head only where it needs logits (the pixels it samples; the whole hole for
-the confidence strategies, which rank it). It draws on the model's device, and the loop never waits on the
-device (pass sizes are known on the host before the loop). Observed subpixels never change.
+the confidence strategies, which rank it), and reads the caption once per call (the reader's states are
+reused by every pass). It draws on the model's device, and the loop never waits on the device (pass sizes
+are known on the host before the loop). Observed subpixels never change.
 
 Shapes: B batch, H/W image side, C = 3 channels, K = 256 levels, D = H*W*C subpixels of an image, S = the
 batch's largest hole in subpixels, M subpixels sampled in one pass (padded; `valid_BM` says which are real:
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -57,6 +61,7 @@ import numpy as np
 import torch
 
 from onade.config import SampleConfig
+from onade.counter_rng import uniforms as counter_uniforms
 from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
 from onade.precision import autocast, resolve_precision
 
@@ -203,6 +208,12 @@ def _draw(logits_NK: torch.Tensor, u_N: torch.Tensor, temperature: float = 1.0,
     return torch.searchsorted(cdf_NK, u_N1, right=True).squeeze(1).clamp_(max=logits_NK.shape[-1] - 1)
 
 
+def _draw_id(draw: tuple) -> int:
+    """A 32-bit counter word naming one draw of a run (its kind and step), the same for an example whatever
+    its batch. Distinct draws of a run collide with probability 2**-32 per pair."""
+    return int.from_bytes(hashlib.blake2b(repr(draw).encode(), digest_size=4).digest(), "little")
+
+
 def _set(t_BD: torch.Tensor, sub_BM: torch.Tensor, valid_BM: torch.Tensor, value_BM) -> None:
     """t[b, sub[b, m]] = value[b, m] where valid[b, m]. Padded entries write to a scratch column: a padded
     index may equal a valid one of the same row, and of two writes to one index either may land."""
@@ -229,14 +240,14 @@ class _Sampler:
         self.mask_BD = mask_BHWC.reshape(B, -1)
         self.x_in_BD = x_BHWC.reshape(B, -1)
         self.device = x_BHWC.device
-        # Each example's own generators, from two children of SeedSequence(its seed): torch's on the device, and
-        # numpy's for the Gibbs block sizes, drawn on the host so each pass knows its shapes without asking the
-        # device. The torch seed is hashed: the CPU generator (mt19937) keeps only a seed's low 32 bits.
-        self.gens, self.rngs = [], []
-        for torch_seq, host_seq in (np.random.SeedSequence(s).spawn(2) for s in seeds):
-            seed_64 = int(torch_seq.generate_state(1, np.uint64)[0])
-            self.gens.append(torch.Generator(device=self.device).manual_seed(seed_64))
-            self.rngs.append(np.random.default_rng(host_seq))
+        self.caption = model.read_caption(self.tokens_BT, self.lengths_B)  # once: every pass reuses it
+        # From two children of SeedSequence(each example's seed): the key of its counter-based numbers on the
+        # device, and a numpy generator for the Gibbs block sizes, drawn on the host so each pass knows its
+        # shapes without asking the device.
+        children = [np.random.SeedSequence(s).spawn(2) for s in seeds]
+        self.keys_B2 = torch.tensor(np.array([d.generate_state(2, np.uint32) for d, _ in children], np.int64),
+                                    device=self.device).view(B, 2)
+        self.rngs = [np.random.default_rng(host) for _, host in children]
         self.frames: list[torch.Tensor] = []
         self.passes = 0
         # The hole of every example as a padded list of subpixel indices [B,S]; the one host sync of a run.
@@ -257,7 +268,7 @@ class _Sampler:
         guided = self.tokens_BT.shape[0] != B
         if guided:
             x_BHWC, mask_BHWC, pix_BM = (torch.cat([t, t]) for t in (x_BHWC, mask_BHWC, pix_BM))
-        feats_BHWE = self.model.features(x_BHWC, mask_BHWC, self.tokens_BT, self.lengths_B)
+        feats_BHWE = self.model.features(x_BHWC, mask_BHWC, self.caption)
         self.passes += 1
         E = feats_BHWE.shape[-1]
         f_BME = feats_BHWE.reshape(-1, H * W, E).gather(1, pix_BM[..., None].expand(-1, -1, E))
@@ -276,15 +287,11 @@ class _Sampler:
         row_N = torch.arange(B * M, device=sub_BM.device) * NUM_CHANNELS + (sub_BM - pix_BM * NUM_CHANNELS).flatten()
         return logits_NK.index_select(0, row_N).view(B, M, NUM_LEVELS)
 
-    def uniforms(self, counts: Sequence[int], width: int, fill: float = 0.5) -> torch.Tensor:
-        """[B, width] uniforms in [0, 1): row b's first counts[b] entries (its valid prefix) drawn from example
-        b's own generator, `fill` after them. One call per drawing example, of exactly its own count, so its
-        stream never depends on the padded width or on the other examples."""
-        u_BW = torch.full((len(counts), width), fill, device=self.device)
-        for b, count in enumerate(counts):
-            if count:
-                u_BW[b, :count].uniform_(generator=self.gens[b])
-        return u_BW
+    def uniforms(self, width: int, *draw) -> torch.Tensor:
+        """[B, width] uniforms in [0, 1) for the draw named `draw` (e.g. ("sample", n, j)): row b's entries are
+        a function of example b's key, the draw and the position alone (onade.counter_rng), so its valid prefix
+        never depends on the padded width or on the other examples."""
+        return counter_uniforms(self.keys_B2, _draw_id(draw), width)
 
     def anneal(self, num_steps_B: Sequence[int]) -> None:
         """Tables [N, B] of each example's temperature at its step n, annealed over its own N_b steps (host), and
@@ -308,20 +315,18 @@ class _Sampler:
             return dict(temperature=drawing.pop() if drawing else self.cfg.temperature)
         return dict(inv_temperature_N=self.inv_temperature_NB[n][:, None].expand(-1, width).flatten())
 
-    def sample(self, mask_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None) -> None:
+    def sample(self, mask_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None, j: int = 0) -> None:
         """Resample the subpixels sub_BM (where valid: the first counts[b] of row b) given everything mask_BD
-        shows, at step n's temperatures."""
+        shows, at step n's temperatures (chunk j of the step)."""
         logits_BMK = self.logits(mask_BD, sub_BM)
-        u_BM = self.uniforms(counts, sub_BM.shape[1])
+        u_BM = self.uniforms(sub_BM.shape[1], "sample", -1 if n is None else n, j)
         v_BM = _draw(logits_BMK.reshape(-1, NUM_LEVELS), u_BM.flatten(),
                      **self.draw_settings(n, counts, sub_BM.shape[1])).view(sub_BM.shape)
         _set(self.x_BD, sub_BM, valid_BM, v_BM.to(torch.uint8))
 
-    def random_order(self, drawing: Sequence[bool] | None = None) -> torch.Tensor:
-        """The hole in a uniformly random order per example [B,S] (padding last); examples not `drawing` (host
-        flags; default all) draw nothing and keep their hole in index order."""
-        counts = self.hole_count if drawing is None else [c * bool(d) for c, d in zip(self.hole_count, drawing)]
-        keys_BS = self.uniforms(counts, self.num_hole, fill=2.0)
+    def random_order(self, n: int = -1) -> torch.Tensor:
+        """The hole in a uniformly random order per example [B,S] (padding last), drawn for step n."""
+        keys_BS = torch.where(self.hole_valid_BS, self.uniforms(self.num_hole, "order", n), 2.0)
         # Stable: fp32 uniforms tie now and then, and a tie must break the same way whatever the padded width.
         return self.hole_BS.gather(1, keys_BS.argsort(dim=1, stable=True))
 
@@ -390,10 +395,7 @@ class _Sampler:
     def initial_fill(self) -> None:
         valid_BS = self.hole_valid_BS
         if self.cfg.init == "uniform":
-            noise_BS = torch.zeros(self.hole_BS.shape, dtype=torch.uint8, device=self.device)
-            for b, count in enumerate(self.hole_count):
-                if count:
-                    noise_BS[b, :count].random_(0, NUM_LEVELS, generator=self.gens[b])
+            noise_BS = (self.uniforms(self.num_hole, "noise") * NUM_LEVELS).to(torch.uint8)
             _set(self.x_BD, self.hole_BS, valid_BS, noise_BS)
         else:
             self.sample(self.mask_BD, self.hole_BS, valid_BS, self.hole_count, None)
@@ -411,7 +413,7 @@ class _Sampler:
             if M == 0:
                 self.record(n + 1)
                 continue
-            block_BM = self.random_order(drawing=(m_NB[n] > 0).tolist())[:, :M]
+            block_BM = self.random_order(n)[:, :M]
             in_block_BM = arange_S[None, :M] < m_dev_NB[n][:, None]
             # The network sees everything but the block: observed subpixels and the current hole values.
             mask_BD = torch.ones_like(self.mask_BD)
@@ -419,7 +421,7 @@ class _Sampler:
             k = M if block_chunk is None else block_chunk
             for j in range(0, M, k):
                 sub_Bk, valid_Bk = block_BM[:, j:j + k], in_block_BM[:, j:j + k]
-                self.sample(mask_BD, sub_Bk, valid_Bk, np.clip(m_NB[n] - j, 0, k).tolist(), n)
+                self.sample(mask_BD, sub_Bk, valid_Bk, np.clip(m_NB[n] - j, 0, k).tolist(), n, j)
                 if block_chunk is not None:
                     _set(mask_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
@@ -478,9 +480,8 @@ class _Sampler:
             logits_BRK = self.pixel_logits(mask_BD, pix_BP).flatten(1, 2)
             pending_BR = in_hole_BR & ~mask_BD.gather(1, sub_BR)
             if strategy == "maskgit":
-                # One call per example draws both its samples' uniforms and its Gumbel noise's: [B, R, 2].
-                drawn_B = [2 * r if c else 0 for r, c in zip(rows_B, counts_B)]
-                u_BR2 = self.uniforms(drawn_B, 2 * R).view(B, R, 2)
+                # One draw holds both the samples' uniforms and the Gumbel noise's: [B, R, 2].
+                u_BR2 = self.uniforms(2 * R, "confidence", n).view(B, R, 2)
                 v_BR = _draw(logits_BRK.reshape(-1, NUM_LEVELS), u_BR2[..., 0].flatten(),
                              **self.draw_settings(n, counts_B, R)).view(B, R)
                 logp_BR = torch.log_softmax(logits_BRK, -1).gather(-1, v_BR[..., None]).squeeze(-1)
@@ -502,7 +503,7 @@ class _Sampler:
                 v_Bk = v_BR.gather(1, pick_Bk)
             else:
                 picked_BkK = logits_BRK.gather(1, pick_Bk[..., None].expand(-1, -1, NUM_LEVELS))
-                v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), self.uniforms(counts_B, width).flatten(),
+                v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), self.uniforms(width, "confidence", n).flatten(),
                              **self.draw_settings(n, counts_B, width)).view(sub_Bk.shape)
             _set(self.x_BD, sub_Bk, valid_Bk, v_Bk.to(torch.uint8))
             _set(mask_BD, sub_Bk, valid_Bk, True)

@@ -467,3 +467,41 @@ def test_bad_seeds_raise_clear_errors(model):
                           ("12", "seed must be an int or a sequence"), (None, "seed must be an int or a sequence")]:
         with pytest.raises(ValueError, match=message):
             onade.inpaint(model, x, mask, tokens, lengths, seed=seed, steps=2)
+
+
+# Ops that only make a view (no kernel runs); whether indexing makes one can depend on a shape.
+VIEWS = {"aten::as_strided", "aten::slice", "aten::alias", "aten::view", "aten::reshape", "aten::_reshape_alias",
+         "aten::select", "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::transpose", "aten::permute",
+         "aten::t", "aten::detach", "aten::unflatten", "aten::flatten", "aten::narrow", "aten::split", "aten::chunk",
+         "aten::unbind", "aten::lift_fresh", "aten::expand_as", "aten::view_as", "aten::numpy_T", "aten::_unsafe_view"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_run_launches_the_same_ops_whatever_the_batch_size_and_reads_the_caption_once(model, strategy):
+    """No per-example kernel launches (on a GPU each costs ~10 us): the ops a run makes, counted by
+    torch.profiler, are the same for 2 and for 8 examples with the same hole and seed (so the same pass count:
+    ancestral-gibbs's depends on the drawn block sizes), none of them a random-number op (the numbers are
+    counter-based), and the caption reader runs once per call, not once per pass."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    ops, reads = {}, []
+    handle = model.reader.register_forward_hook(lambda *_: reads.append(1))
+    try:
+        for batch in (2, 8):
+            x, _, tokens, lengths = random_batch(batch, 8)
+            reads.clear()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                stats = {}
+                onade.inpaint(model, x, center_mask(batch, 8), tokens, lengths, seed=[1] * batch, stats=stats,
+                              precision="fp32",
+                              strategy=strategy, guidance=2.0, final_temperature=0.2, init="uniform", **fast(strategy))
+            ops[batch] = Counter(e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in VIEWS)
+            assert len(reads) == 1 and stats["forward_passes"] > 2
+    finally:
+        handle.remove()
+    assert ops[2] == ops[8]
+    random_ops = {"aten::uniform_", "aten::random_", "aten::rand", "aten::randint", "aten::normal_",
+                  "aten::multinomial", "aten::bernoulli_", "aten::exponential_"}
+    assert not random_ops & set(ops[8])
