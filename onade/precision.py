@@ -26,15 +26,24 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
 
 
+def cuda_has_native_bf16(capability: tuple[int, int], hip: bool = False) -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) or newer, or any ROCm GPU. Older NVIDIA GPUs only
+    emulate it, slower than fp32, yet torch.cuda.is_bf16_supported() says yes for them by default
+    (torch/cuda/__init__.py: including_emulation=True tries a bf16 tensor when the major version is < 8)."""
+    return hip or capability[0] >= 8
+
+
 def resolve_precision(requested: str, device: str | torch.device = "cpu") -> str:
-    """"auto" is bf16 on a CUDA device with bf16 and on a CPU with AMX/AVX512-BF16, fp32 elsewhere."""
+    """"auto" is bf16 where the device computes it natively (a CUDA GPU of compute capability 8.0 or newer, a
+    ROCm GPU, a CPU with AMX/AVX512-BF16), fp32 elsewhere."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if requested != "auto":
         return requested
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        native = cuda_has_native_bf16(torch.cuda.get_device_capability(device), bool(torch.version.hip))
+        return "bf16" if native else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
@@ -72,4 +81,4 @@ class ComputeDtype:
         return self.seen
 
 
-__all__ = ["PRECISIONS", "cpu_has_fast_bf16", "resolve_precision", "autocast", "ComputeDtype"]
+__all__ = ["PRECISIONS", "cpu_has_fast_bf16", "cuda_has_native_bf16", "resolve_precision", "autocast", "ComputeDtype"]

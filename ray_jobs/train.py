@@ -25,7 +25,7 @@ import math
 import uuid
 from typing import NamedTuple
 
-from onade.config import Config, ConfigError, PRESETS, load_config
+from onade.config import LAYOUT_KEYS, Config, ConfigError, PRESETS, load_config
 from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
 
@@ -127,12 +127,7 @@ def build_config(args: argparse.Namespace) -> Config:
     sets = list(args.set)
     if args.steps is not None:
         sets.append(f"train.steps={args.steps}")
-    cfg = load_config(args.preset, args.config, sets)
-    explicit = {s.split("=", 1)[0].strip() for s in sets}
-    if args.gpus_per_worker > 0 and args.preset != "debug" and "model.channels_last" not in explicit:
-        # cuDNN's tensor-core convolutions want NHWC; on CPU it only costs layout conversions.
-        cfg.model.channels_last = True
-    return cfg
+    return load_config(args.preset, args.config, sets)
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, object]:
@@ -156,7 +151,8 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
 
 def check_resume(cfg: Config, run: str, workers: WorkerRange) -> int:
     """The step a run with this name would resume from (0 if new). A changed model shape fails here, before
-    Ray starts, instead of in every restarted worker."""
+    Ray starts, instead of in every restarted worker; layout-only settings (onade.config.LAYOUT_KEYS:
+    channels_last, activation checkpointing) may change, so a run started on CPUs resumes on GPUs and back."""
     from ray_jobs.checkpoints import list_checkpoints, read_checkpoint_config, read_train_state
 
     checkpoints = list_checkpoints(run)
@@ -165,7 +161,7 @@ def check_resume(cfg: Config, run: str, workers: WorkerRange) -> int:
     step, url = checkpoints[-1]
     saved = read_checkpoint_config(url)["model"]
     current = cfg.to_dict()["model"]
-    changed = sorted(k for k in current if k in saved and _norm(saved[k]) != _norm(current[k]))
+    changed = sorted(k for k in current if k in saved and k not in LAYOUT_KEYS and _norm(saved[k]) != _norm(current[k]))
     if changed:
         raise ValueError(f"run {run} already has a checkpoint at step {step} with a different model ({changed}): "
                          "use a new --name, or the same model settings to resume")

@@ -1,6 +1,6 @@
 import pytest
 
-from onade.config import ConfigError, get_preset, load_config
+from onade.config import ConfigError, config_from_dict, get_preset, load_config
 
 
 def test_presets_validate():
@@ -55,3 +55,12 @@ def test_every_preset_mixes_the_inpainting_holes_and_keeps_an_ema_where_it_can()
         assert (cfg.train.ema_decay > 0) == (cfg.train.zero_stage < 3), name
     with pytest.raises(ConfigError, match="ZeRO-3"):
         load_config("debug", sets=["train.zero_stage=3"])
+
+
+def test_channels_last_takes_auto_on_off_and_reads_booleans_as_on_off():
+    assert load_config("debug").model.channels_last == "auto"
+    assert load_config("debug", sets=["model.channels_last=true"]).model.channels_last == "on"
+    assert load_config("debug", sets=["model.channels_last=off"]).model.channels_last == "off"
+    assert config_from_dict({"model": {"channels_last": False}}).model.channels_last == "off"  # older exports
+    with pytest.raises(ConfigError, match="model.channels_last must be one of"):
+        load_config("debug", sets=["model.channels_last=nhwc"])

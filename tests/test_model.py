@@ -1,7 +1,7 @@
 import torch
 
 import onade
-from onade.config import PRESETS, get_preset, receptive_field
+from onade.config import LAYOUTS, PRESETS, get_preset, receptive_field
 from tests.helpers import random_batch, tiny_model
 
 
@@ -99,3 +99,36 @@ def test_bad_inputs_raise_clear_errors():
             assert needle in str(e)
         else:
             raise AssertionError(f"no error for {needle}")
+
+
+def test_channels_last_auto_means_nhwc_on_cpu_only_and_never_changes_the_function():
+    from onade.model import nhwc
+
+    assert nhwc("auto", torch.device("cpu")) and not nhwc("auto", torch.device("cuda", 0))
+    assert nhwc("on", torch.device("cuda", 0)) and not nhwc("off", torch.device("cpu"))
+    x, mask, tokens, lengths = random_batch(2, 8)
+    outs = []
+    for layout in LAYOUTS:
+        model = tiny_model(8, channels_last=layout)
+        seen = []
+        handle = model.blocks[0].conv1.register_forward_hook(
+            lambda mod, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        with torch.no_grad():
+            outs.append(model(x, mask, tokens, lengths))
+        handle.remove()
+        assert seen == [layout != "off"]  # on the CPU, auto is NHWC
+    for other in outs[1:]:
+        torch.testing.assert_close(other, outs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_activation_checkpointing_keeps_no_rng_state(monkeypatch):
+    """The blocks draw no random numbers, so checkpointing them need not save and restore the generators'
+    state (torch.utils.checkpoint does so by default, for the CPU and every device the inputs are on)."""
+    saved = []
+    real = torch.get_rng_state
+    monkeypatch.setattr(torch, "get_rng_state", lambda: saved.append(1) or real())
+    model = tiny_model(8, activation_checkpointing=True).train()
+    x, mask, tokens, lengths = random_batch(2, 8)
+    model(x, mask, tokens, lengths).float().logsumexp(-1).mean().backward()
+    assert saved == []
+    assert all(p.grad is not None for p in model.blocks.parameters())

@@ -42,3 +42,12 @@ def test_fp32_context_changes_nothing():
         with autocast("fp32", "cpu"):
             same = model(x, mask, tokens, lengths)
     assert torch.equal(ref, same)
+
+
+def test_auto_picks_bf16_only_on_gpus_that_compute_it_natively():
+    """torch.cuda.is_bf16_supported() also says yes for pre-Ampere GPUs, which emulate bf16 slower than fp32."""
+    from onade.precision import cuda_has_native_bf16
+
+    assert not cuda_has_native_bf16((7, 0)) and not cuda_has_native_bf16((7, 5))  # V100, T4
+    assert cuda_has_native_bf16((8, 0)) and cuda_has_native_bf16((8, 6)) and cuda_has_native_bf16((9, 0))
+    assert cuda_has_native_bf16((0, 0), hip=True)

@@ -2,7 +2,8 @@
 parameter partitioned (`--zero-config`: the debug model's are all under the shipped persistence threshold). Two
 workers train and checkpoint; copies of the run resume on one and on three workers (DeepSpeed's universal
 checkpoint, converted on resume), and the loss, step, LR schedule and Adam's step carry on, and every rank
-saves its partition afterwards (DeepSpeed#7546). ZeRO-1 2 -> 1 and ZeRO-2 2 -> 1 and 2 -> 3 ranks are tested
+saves its partition afterwards (DeepSpeed#7546). The three-worker resume also switches the layout as a GPU run
+might (channels_last on, activation checkpointing), and then resumes once more with the CPU's layout. ZeRO-1 2 -> 1 and ZeRO-2 2 -> 1 and 2 -> 3 ranks are tested
 without Ray in test_universal.py (to float rounding), and the elastic run resumes ZeRO-2 through the job."""
 
 import json
@@ -23,6 +24,9 @@ TINY = ["--preset", "debug", "--set", "model.image_size=16", "--set", "data.glob
 def rows(path) -> list[dict]:
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
+
+# What a GPU run may set where the CPU run did not: layout only (onade.config.LAYOUT_KEYS), never a resume blocker.
+GPU_LAYOUT = ["--set", "model.channels_last=on", "--set", "model.activation_checkpointing=true"]
 
 # ZeRO-3 partitions the weights an EMA would average: Config.validate refuses the two together.
 ZERO3 = ["--set", "train.zero_stage=3", "--set", "train.ema_decay=0"]
@@ -67,8 +71,10 @@ def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run,
     name = f"on{workers}"
     shutil.copytree(out / "base", out / name)  # the run as two workers left it
     stored = sorted(p.name for p in (out / name / "checkpoint_00000020" / "deepspeed").iterdir())
+    layout = GPU_LAYOUT if workers == 3 else []
     metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", name,
-                    "--workers", str(workers), *ZERO3, "--zero-config", zero3_json, "--steps", str(MORE_STEPS)])
+                    "--workers", str(workers), *ZERO3, "--zero-config", zero3_json, "--steps", str(MORE_STEPS),
+                    *layout])
     assert metrics["step"] == MORE_STEPS
 
     log = rows(out / name)
@@ -100,6 +106,12 @@ def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run,
     assert len(optim) == workers
     # Adam counted one step per step after the resume, in every parameter group (its bias correction uses it).
     assert adam_steps(optim) == {MORE_STEPS}
+    if layout:  # and back to the CPU's layout, on as many workers as wrote the checkpoint
+        metrics = main([*TINY, "--data", local_shards["train"], "--output", str(out), "--name", name,
+                        "--workers", str(workers), *ZERO3, "--zero-config", zero3_json, "--steps", str(MORE_STEPS + 2)])
+        assert metrics["step"] == MORE_STEPS + 2
+        back = [r for r in rows(out / name) if r.get("event") == "resume"][-1]
+        assert (back["step"], back["adam_step"]) == (MORE_STEPS, MORE_STEPS)
 
 
 def adam_steps(files) -> set[int]:

@@ -342,3 +342,30 @@ def test_worker_flags_reach_ray_trains_scaling_config():
     sc = scaling_config(args)
     assert (sc.min_workers, sc.max_workers) == (3, 3) and sc.use_gpu
     assert sc.resources_per_worker == {"CPU": 1, "GPU": 1}
+
+
+def test_a_resume_compares_the_model_but_not_its_layout(tmp_path):
+    """A run started on CPUs resumes on GPUs and back: channels_last and activation checkpointing only change
+    how the same weights compute. Any other model setting still refuses the resume, naming it."""
+    from onade.config import LAYOUT_KEYS
+    from ray_jobs.checkpoints import CONFIG_FILE, DS_TAG, STATE_FILE, TrainState, checkpoint_name
+    from ray_jobs.train import WorkerRange, check_resume
+
+    def saved_run(name: str, **model) -> str:
+        cfg = load_config("debug", sets=[f"model.{k}={v}" for k, v in model.items()])
+        ckpt = tmp_path / name / checkpoint_name(10)
+        (ckpt / DS_TAG).mkdir(parents=True)
+        (ckpt / DS_TAG / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
+        (ckpt / STATE_FILE).write_text(TrainState(step=10, world_size=1).to_json())
+        (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
+        return str(tmp_path / name)
+
+    cpu_layout = {"channels_last": "auto", "activation_checkpointing": False}
+    gpu_layout = {"channels_last": "on", "activation_checkpointing": True}
+    assert set(gpu_layout) == set(LAYOUT_KEYS)
+    for saved, now in ((cpu_layout, gpu_layout), (gpu_layout, cpu_layout)):
+        run = saved_run(f"from_{saved['channels_last']}", **saved)
+        cfg = load_config("debug", sets=[f"model.{k}={v}" for k, v in now.items()])
+        assert check_resume(cfg, run, WorkerRange(1, 1)) == 10
+    with pytest.raises(ValueError, match=r"different model \(\['width'\]\)"):
+        check_resume(load_config("debug", sets=["model.width=48"]), saved_run("w", **cpu_layout), WorkerRange(1, 1))
