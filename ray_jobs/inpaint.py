@@ -107,6 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=1, help="samples per image (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
+    p.add_argument("--max-forward-batch", type=int, default=0, metavar="ROWS",
+                   help="rows per forward pass, a guided sample counting two (default: what half the device's free "
+                        "memory holds, onade.memory); a batch of --batch-size x --samples runs in pieces of this "
+                        "many, and a piece that runs out of memory is halved, with the same samples")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="GPUs per actor, at most 1 (0.5: two actors share a GPU); 0 = CPU actors")
@@ -120,6 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--animate", action="store_true", help="also write <stem>.gif of the sampling chain")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     args = p.parse_args(argv)
+    if args.max_forward_batch < 0:
+        p.error("--max-forward-batch must be >= 0 (0: from the free memory)")
     for flag in ("samples", "batch_size", "workers", "max_image_pixels"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
@@ -425,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
                       mask_dir=args.mask if mask == "dir" else "", fit=args.fit, format=args.format,
                       feather=args.feather, max_pixels=args.max_image_pixels,
                       sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
-                      animate=args.animate)
+                      animate=args.animate, max_forward_batch=args.max_forward_batch)
     settings_url = storage.join(args.output, SETTINGS)
     folder_settings = None
     if storage.exists(settings_url):

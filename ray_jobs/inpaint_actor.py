@@ -5,6 +5,11 @@ inpaints whole batches of decoded model-size windows (ray_jobs.inpaint_inputs.de
 `onade.inpaint`: every sampler setting from the job's one SampleConfig, every sample drawn from its own
 seed (inpaint_inputs.image_seeds), so an image's samples do not depend on its batch. It writes nothing:
 the samples go on to the write stage (ray_jobs.outputs.write_batch), so the actor's time is the model's.
+
+A batch's samples run in pieces of at most --max-forward-batch rows per forward pass (default: what half
+the device's free memory holds, onade.memory), and a piece that runs out of memory is halved and run
+again (onade.memory.inpaint_in_pieces): the samples are the same, and the smaller size is kept for the
+batches after. Only a single example that does not fit becomes error rows; the job goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 
 import numpy as np
 
+from onade.memory import forward_batch_limit, inpaint_in_pieces, rows_per_example
 from ray_jobs.inpaint_inputs import JobOptions, image_seeds
 from ray_jobs.outputs import gif_bytes
 
@@ -39,6 +45,8 @@ class InpaintActor:
         self.profile = loaded.profile  # plans the passes of a budgeted ancestral run (None: equal chunks)
         self.sample = self.opts.sample_config()
         self.precision = onade.precision.resolve_precision(self.sample.precision, self.device)
+        self.max_rows = self.opts.max_forward_batch or forward_batch_limit(self.config.model, self.device,
+                                                                            self.config.data.max_tokens)
         if self.config.model.image_size != self.opts.image_size:
             raise ValueError(f"checkpoint {self.opts.checkpoint} is for {self.config.model.image_size}px images, "
                              f"the job was planned for {self.opts.image_size}px")
@@ -60,7 +68,7 @@ class InpaintActor:
                 if chain is not None:
                     for j, i in enumerate(good):
                         gifs[i] = gif_bytes(_own_frames(chain[j]))
-            except ValueError as e:
+            except ValueError as e:  # OutOfMemoryAtOneExample among them
                 for i in good:
                     errors[i] = f"inpainting failed: {e}"
         seconds = time.perf_counter() - start
@@ -85,7 +93,6 @@ class InpaintActor:
         """-> (samples [G,K,S,S,3], frames [G,F,K,S,S,3] or None) of the rows `good`."""
         import torch
 
-        import onade
         from onade.sampling import planned_passes
 
         o, K = self.opts, self.opts.samples
@@ -98,8 +105,13 @@ class InpaintActor:
         seeds = [s for i in good for s in image_seeds(o.seed, str(batch["rel"][i]), K)]
         # Frames every so many passes of the largest possible hole: the same for every batch.
         record_every = max(1, planned_passes(self.sample, 3 * o.image_size ** 2) // o.frames) if o.animate else 0
-        out, chain = onade.inpaint(self.model, x.to(self.device), (~hidden).to(self.device), tokens, lengths,
-                                   config=self.sample, seed=seeds, record_every=record_every, profile=self.profile)
+        run = inpaint_in_pieces(self.model, x.to(self.device), (~hidden).to(self.device), tokens, lengths, self.sample,
+                                seeds=seeds, max_rows=self.max_rows, record_every=record_every, profile=self.profile)
+        if run.splits:
+            print(f"out of memory at {self.max_rows or len(seeds) * rows_per_example(self.sample)} rows per forward "
+                  f"pass: went on with {run.rows_per_pass} (--max-forward-batch sets it)", flush=True)
+            self.max_rows = run.rows_per_pass
+        out, chain = run.images_BHWC, run.chain_FBHWC
         G = len(good)
         out = out.cpu().numpy().reshape(G, K, *out.shape[1:])
         frames = None

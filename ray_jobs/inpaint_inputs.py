@@ -45,6 +45,7 @@ class JobOptions:
     animate: bool = False
     frames: int = 40  # frames of an animation
     threads: int = 0  # torch threads in an actor on CPU (0 = torch's default)
+    max_forward_batch: int = 0  # rows per forward pass (a guided example is two); 0 = from free memory
 
     def sample_config(self):
         """The job's onade.config.SampleConfig, validated."""

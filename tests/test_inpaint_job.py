@@ -520,7 +520,8 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 @pytest.mark.timeout(300)
 def test_outputs_are_the_same_whatever_the_batch_size_workers_or_resume(ray_local, checkpoint, tmp_path):
     """Each image's samples come from seeds of (--seed, its path, the sample index): byte-identical outputs
-    with one image per batch, two actors, or a run resumed with all it has left in one batch."""
+    with one image per batch, two actors running one sample per forward pass, or a run resumed with all it has
+    left in one batch."""
     src = tmp_path / "in"
     write_synthetic(src, 10, image_size=32)
     _photo(60, 40, None).save(src / "wide.png")
@@ -528,7 +529,7 @@ def test_outputs_are_the_same_whatever_the_batch_size_workers_or_resume(ray_loca
             "--mask", "random-box:1")
     out = tmp_path / "w2"
     run(*base, "--output", tmp_path / "b1", "--batch-size", 1)
-    run(*base, "--output", out, "--batch-size", 3, "--workers", 2)
+    run(*base, "--output", out, "--batch-size", 3, "--workers", 2, "--max-forward-batch", 1)  # pieces of one sample
     reference = _tree_bytes(tmp_path / "b1")
     assert len(reference) == 11 * 5  # 2 samples, masked, thumbnail and animation per image
     assert _tree_bytes(out) == reference
@@ -577,3 +578,44 @@ def test_crop_fit_and_other_formats(ray_local, checkpoint, tmp_path):
         assert recs[rel]["fit"] == "crop"
         with Image.open(tmp_path / "crop" / rel) as img:
             assert img.size == (SIZE, SIZE)  # the model-size centre crop, as before
+
+
+@pytest.mark.timeout(120)
+def test_the_actor_splits_a_batch_that_runs_out_of_memory_and_fails_only_what_cannot_fit(ray_local, checkpoint,
+                                                                                         tmp_path):
+    """torch.OutOfMemoryError, as CUDA raises it, injected into the network's first layer above 2 rows per
+    forward pass: the batch runs in pieces with the same samples, the actor keeps the size that fitted; when
+    not even one sample fits, its rows become error rows and the actor goes on."""
+    from ray_jobs.inpaint_actor import InpaintActor
+    from ray_jobs.inpaint_inputs import decode_batch
+
+    src = tmp_path / "in"
+    write_synthetic(src, 3, image_size=SIZE)
+    opts = JobOptions(checkpoint=checkpoint, output=str(tmp_path / "out"), input=str(src), image_size=SIZE,
+                      sample={"steps": 3}, samples=2)
+    rows = sorted(src.glob("*.png"))
+    batch = decode_batch({"input": np.array([str(r) for r in rows], dtype=object),
+                          "rel": np.array([r.name for r in rows], dtype=object),
+                          "caption": np.array(["a red disc"] * 3, dtype=object),
+                          "caption_url": np.array([""] * 3, dtype=object),
+                          "mask_url": np.array([""] * 3, dtype=object)}, opts.to_dict())
+    reference = InpaintActor(opts.to_dict())(batch)
+    actor = InpaintActor(opts.to_dict())
+    assert actor.device.type == "cpu" and actor.max_rows >= 6  # from /proc/meminfo: the batch fits whole
+
+    def oom_above(rows):
+        def hook(module, args):
+            if args[0].shape[0] > rows:
+                raise torch.OutOfMemoryError(f"CUDA out of memory ({args[0].shape[0]} rows)")
+        return actor.model.stem.register_forward_pre_hook(hook)
+
+    handle = oom_above(2)
+    split = actor(batch)
+    assert np.array_equal(split["samples"], reference["samples"]) and not any(split["error"])
+    assert actor.max_rows == 2  # 6 rows -> 3 -> 2: kept for the next batches
+    handle.remove()
+    handle = oom_above(0)
+    failed = actor(batch)
+    handle.remove()
+    assert all("out of memory with one example" in e for e in failed["error"])
+    assert np.array_equal(actor(batch)["samples"], reference["samples"])  # and the actor goes on
