@@ -1,7 +1,9 @@
-"""Forward+backward samples/s of the embedding input vs. the seed's one-hot(3x256)+mask input, same body.
+"""Forward+backward samples/s of two variants of the network, same body and batch: the embedding input vs.
+the seed's one-hot(3x256)+mask input (--compare input), or NHWC vs. NCHW activations (--compare layout).
 
     python bench/model.py                       # debug and small presets, CPU
     python bench/model.py --presets base --batch-size 32 --device cuda
+    python bench/model.py --compare layout --presets small base --batch-size 4 --precision bf16
 
 Both variants are timed in alternating rounds within one run (this machine is noisy); the medians and
 their ratio are printed.
@@ -20,12 +22,18 @@ from onade.config import get_preset
 from onade.loss import nade_loss
 from onade.masks import sample_masks
 from onade.model import build_model, num_parameters
+from onade.precision import autocast
+
+VARIANTS = {"input": {"embedding": dict(input_mode="embedding"), "onehot": dict(input_mode="onehot")},
+            "layout": {"nhwc": dict(channels_last="on"), "nchw": dict(channels_last="off")}}
 
 
-def step_time(model, batch, opt) -> float:
+def step_time(model, batch, opt, precision: str = "fp32") -> float:
     x, mask, tokens, lengths = batch
     t = time.perf_counter()
-    loss = nade_loss(model(x, mask, tokens, lengths), x, mask)
+    with autocast(precision, x.device):
+        logits = model(x, mask, tokens, lengths)
+    loss = nade_loss(logits, x, mask)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -42,14 +50,16 @@ def main(argv=None) -> None:
     p.add_argument("--steps-per-round", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--compare", choices=sorted(VARIANTS), default="input")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in args.presets:
         cfg = get_preset(name)
-        models = {mode: build_model(dataclasses.replace(cfg.model, input_mode=mode)).to(args.device)
-                  for mode in ("embedding", "onehot")}
+        models = {name: build_model(dataclasses.replace(cfg.model, **kw)).to(args.device)
+                  for name, kw in VARIANTS[args.compare].items()}
         opts = {m: torch.optim.AdamW(models[m].parameters(), lr=1e-4) for m in models}
         S, B = cfg.model.image_size, args.batch_size
         x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, device=args.device)
@@ -58,17 +68,17 @@ def main(argv=None) -> None:
         lengths = torch.full((B,), 12, device=args.device)
         batch = (x, mask, tokens, lengths)
         for m in models:  # warm-up
-            step_time(models[m], batch, opts[m])
+            step_time(models[m], batch, opts[m], args.precision)
         times = {m: [] for m in models}
         for _ in range(args.rounds):
             for m in models:
-                times[m].append(statistics.median(step_time(models[m], batch, opts[m])
+                times[m].append(statistics.median(step_time(models[m], batch, opts[m], args.precision)
                                                   for _ in range(args.steps_per_round)))
         rate = {m: B / statistics.median(times[m]) for m in models}
-        print(f"{name:6s} params emb={num_parameters(models['embedding']) / 1e6:.2f}M "
-              f"onehot={num_parameters(models['onehot']) / 1e6:.2f}M | samples/s "
-              f"embedding={rate['embedding']:.1f} onehot={rate['onehot']:.1f} "
-              f"ratio={rate['embedding'] / rate['onehot']:.2f}x")
+        first, second = models
+        params = " ".join(f"{m}={num_parameters(models[m]) / 1e6:.2f}M" for m in models)
+        print(f"{name:6s} {args.precision} params {params} | samples/s {first}={rate[first]:.1f} "
+              f"{second}={rate[second]:.1f} ratio={rate[first] / rate[second]:.2f}x")
 
 
 if __name__ == "__main__":
