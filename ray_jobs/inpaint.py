@@ -4,11 +4,12 @@ Locally (starts a local Ray when RAY_ADDRESS is unset):
 
     python -m ray_jobs.inpaint --checkpoint runs/debug1/export --input photos/ --output inpainted/ --animate
 
-On a cluster (one GPU per actor):
+On a cluster (one GPU per actor; 30 images x 4 samples = 120 rows per forward pass, what half of a 24 GB
+GPU holds for `base`: README, On GPUs):
 
     ray job submit --working-dir . -- python -m ray_jobs.inpaint \
         --checkpoint s3://bucket/runs/base1/export --input s3://bucket/photos --output s3://bucket/inpainted \
-        --workers 8 --gpus-per-worker 1 --batch-size 256 --samples 4
+        --workers 8 --gpus-per-worker 1 --batch-size 30 --samples 4
 
 Sampler settings are one onade.config.SampleConfig (see onade.sampling): --strategy, --steps (the budget of
 forward passes), --temperature, --final-temperature, --chunk, --precision and --guidance override its
