@@ -119,7 +119,7 @@ def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: t
             out, chain = inpaint(model, x_BHWC[start:end], mask_BHWC[start:end], tokens_BT[start:end],
                                  lengths_B[start:end], config, seed=list(seeds[start:end]),
                                  record_every=record_every, profile=profile, stats=stats)
-        except (torch.OutOfMemoryError, RuntimeError) as e:
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(e):
                 raise
             failed = str(e).splitlines()[0]
