@@ -87,8 +87,14 @@ def check_precision(checks: Checks, args, device: torch.device) -> None:
     try:
         for preset in args.presets.split(","):
             rates, dtypes, peaks = {}, {}, {}
-            for precision in ("fp32", "bf16"):
-                rates[precision], dtypes[precision], peaks[precision] = engine_steps(preset, precision, device, args)
+            try:
+                for precision in ("fp32", "bf16"):
+                    rates[precision], dtypes[precision], peaks[precision] = engine_steps(preset, precision, device,
+                                                                                         args)
+            except torch.OutOfMemoryError:
+                checks.add(f"bf16 training forward ({preset})", None,
+                           f"out of memory at --batch {args.batch} in {precision}: pass a smaller --batch")
+                continue
             ok = dtypes["bf16"] == "bfloat16" and dtypes["fp32"] == "float32"
             mem = "" if device.type != "cuda" else (f", peak {peaks['bf16'] / 2**30:.2f} vs {peaks['fp32'] / 2**30:.2f}"
                                                     " GiB")
@@ -119,26 +125,28 @@ def engine_steps(preset: str, precision: str, device: torch.device, args) -> tup
             "length": torch.full((batch,), 10, device=device)}
     draws = DrawStream(cfg.masks, batch, S, torch.Generator().manual_seed(0), device=device)
     probe = ComputeDtype(engine.module)
-    for _ in range(2):  # warm-up: kernel selection, allocator
-        train_step(engine, [data], draws, cfg.train.loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(args.train_steps):
-        tic = time.perf_counter()
-        train_step(engine, [data], draws, cfg.train.loss)
+    try:
+        for _ in range(2):  # warm-up: kernel selection, allocator
+            train_step(engine, [data], draws, cfg.train.loss)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - tic)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    dtype = probe.close()
-    draws.close()
-    del engine
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return batch / statistics.median(times), dtype, peak
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(args.train_steps):
+            tic = time.perf_counter()
+            train_step(engine, [data], draws, cfg.train.loss)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - tic)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        return batch / statistics.median(times), probe.close(), peak
+    finally:  # also after an out-of-memory error: the later checks need this GPU's memory back
+        probe.close()
+        draws.close()
+        del engine, data
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 # ---- the jobs, through their main(argv) on one local Ray ----------------------------------------------------
@@ -289,15 +297,15 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--presets", help="for the precision check (default: small,base on a GPU, small on CPU)")
-    p.add_argument("--batch", type=int, help="examples per train step in the precision check (default 64 on a "
-                                             "GPU, 16 on CPU)")
+    p.add_argument("--batch", type=int, default=16,
+                   help="examples per train step in the precision check (default 16: base's micro-batch on 8 GPUs; "
+                        "base needs ~0.73 GB per example in fp32)")
     p.add_argument("--train-steps", type=int, help="timed steps per precision (default 20 on a GPU, 3 on CPU)")
     p.add_argument("--steps", type=int, default=50, help="steps of the debug training run (default 50)")
     p.add_argument("--keep", metavar="DIR", help="keep the runs, shards and outputs here")
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
     args.presets = args.presets or ("small,base" if gpu else "small")
-    args.batch = args.batch or (64 if gpu else 16)
     args.train_steps = args.train_steps or (20 if gpu else 3)
     return args
 

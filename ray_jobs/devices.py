@@ -64,12 +64,13 @@ def nvidia_driver() -> str:
         return f"none loaded ({NVIDIA_DRIVER_FILE} is missing)"
 
 
-def granted_device(gpu_ids: Sequence, visible: str | None = None,
+def granted_device(gpu_ids: Sequence, visible: str | None | object = ...,
                    check: Callable[[], str | None] = cuda_problem) -> "torch.device":
     """The device of a process Ray granted `gpu_ids` (ray.get_gpu_ids()): the CPU when none, else the first
-    granted GPU's index among CUDA_VISIBLE_DEVICES (`visible`, default the environment's), as Ray Train's
-    get_device computes it (ray/air/_internal/device_manager/nvidia_gpu.py get_devices). A grant that CUDA
-    cannot serve (`check()` says why) is an error."""
+    granted GPU's index among CUDA_VISIBLE_DEVICES (`visible`, default the environment's; None: unset, so the
+    ids are the physical indices), as Ray Train's get_device computes it
+    (ray/air/_internal/device_manager/nvidia_gpu.py get_devices). A grant that CUDA cannot serve (`check()`
+    says why) is an error."""
     import torch
 
     if not gpu_ids:
@@ -77,11 +78,11 @@ def granted_device(gpu_ids: Sequence, visible: str | None = None,
     problem = check()
     if problem:
         raise RuntimeError(f"Ray granted GPU(s) {list(gpu_ids)} to this process, but {problem}")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if visible is None else visible
-    listed = [v.strip() for v in visible.split(",") if v.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is ... else visible
     first = str(gpu_ids[0])
-    if not listed:
-        return torch.device("cuda", 0)
+    if visible is None:  # Ray told not to set it (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES): ids are physical
+        return torch.device("cuda", int(first))
+    listed = [v.strip() for v in visible.split(",") if v.strip()]
     if first not in listed:
         raise RuntimeError(f"Ray granted GPU {first}, but CUDA_VISIBLE_DEVICES={visible!r} does not list it: "
                            "was CUDA_VISIBLE_DEVICES overridden in the runtime environment?")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -150,14 +151,19 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def device_args(device: torch.device) -> argparse.Namespace:
-    """`deepspeed.initialize(args=...)` that puts the engine on `device`. Without it DeepSpeed takes
-    cuda:LOCAL_RANK (deepspeed/runtime/engine.py _set_distributed_vars reads args.device_rank, else
-    LOCAL_RANK), which is not the GPU Ray granted this worker when Ray's CUDA_VISIBLE_DEVICES lists the node's
-    GPUs in another order than its local ranks. On CPU the index is 0 (DeepSpeed's CPU accelerator ignores it)."""
-    if device.type == "cuda" and device.index is None:
+def deepspeed_device(device: torch.device) -> tuple[argparse.Namespace, dict[str, str]]:
+    """What puts DeepSpeed on `device` (the one Ray granted): `deepspeed.initialize(args=...)` and the
+    environment to set first. Left alone, DeepSpeed takes cuda:LOCAL_RANK: the engine reads args.device_rank,
+    else LOCAL_RANK (deepspeed/runtime/engine.py _set_distributed_vars), and ZeRO-3's parameter partitioning
+    reads LOCAL_RANK alone (runtime/zero/partition_parameters.py Init: local_device, set_device). Ray Train's
+    LOCAL_RANK orders a node's workers by GPU id, while the CUDA_VISIBLE_DEVICES it shares sorts the ids as
+    strings ("10" before "2"), so past ten GPUs a worker's LOCAL_RANK is another worker's GPU. On CPU the index
+    is 0 and the environment is left as it is (DeepSpeed's CPU accelerator ignores both)."""
+    if device.type != "cuda":
+        return argparse.Namespace(device_rank=0), {}
+    if device.index is None:
         raise ValueError(f"a CUDA device needs its index (cuda:N, as ray.train.torch.get_device() gives), got {device}")
-    return argparse.Namespace(device_rank=device.index or 0)
+    return argparse.Namespace(device_rank=device.index), {"LOCAL_RANK": str(device.index)}
 
 
 def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict, device: torch.device | str = "cpu"):
@@ -176,10 +182,12 @@ def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict, device: t
     optimizer = make_optimizer(model, t, device.type)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=t.warmup_steps, total=t.steps, min_ratio=t.min_lr_ratio))
-    engine, _, _, _ = deepspeed.initialize(args=device_args(device), model=model, optimizer=optimizer,
+    args, env = deepspeed_device(device)
+    os.environ.update(env)
+    engine, _, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer,
                                            lr_scheduler=schedule, config=ds_config, dist_init_required=False)
     return engine
 
 
 __all__ = ["BatchPlan", "plan_batches", "load_zero_json", "deepspeed_config", "lr_factor",
-           "build_engine", "device_args", "make_optimizer", "torch_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]
+           "build_engine", "deepspeed_device", "make_optimizer", "torch_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]

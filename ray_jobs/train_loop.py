@@ -103,8 +103,12 @@ def train_step(engine, micro_batches: list[dict], draws: DrawStream, loss_kind: 
         x_BHWC, tokens_BT, lengths_B = training_inputs(batch, engine.device, d)
         logits = engine(x_BHWC, d.mask_BHWC, tokens_BT, lengths_B)
         # The orderless loss is the mean of the per-example bits the per-kind statistics need: computed once.
-        bits_B = per_example_bits(logits, x_BHWC, d.mask_BHWC)
-        loss = bits_B.mean() if loss_kind == "orderless" else nade_loss(logits, x_BHWC, d.mask_BHWC, kind=loss_kind)
+        if loss_kind == "orderless":
+            bits_B = per_example_bits(logits, x_BHWC, d.mask_BHWC)
+            loss = bits_B.mean()
+        else:
+            bits_B = per_example_bits(logits.detach(), x_BHWC, d.mask_BHWC)
+            loss = nade_loss(logits, x_BHWC, d.mask_BHWC, kind=loss_kind)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()

@@ -26,6 +26,8 @@ def test_a_process_computes_on_cuda_exactly_when_ray_granted_it_a_gpu():
     assert granted_device([5], "5", CUDA_OK) == torch.device("cuda", 0)
     with pytest.raises(RuntimeError, match="does not list it"):
         granted_device([4], "0,1", CUDA_OK)
+    # Ray told not to set CUDA_VISIBLE_DEVICES: every GPU is visible under its physical index, the granted id.
+    assert granted_device([3], None, CUDA_OK) == torch.device("cuda", 3)
 
 
 def test_a_gpu_grant_cuda_cannot_serve_is_an_error_naming_the_build():

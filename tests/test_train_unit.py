@@ -299,12 +299,15 @@ def test_channels_last_model_builds_a_deepspeed_engine(gloo_group):
 
 
 def test_the_engine_goes_on_the_device_ray_granted_not_cuda_local_rank():
-    """DeepSpeed puts its engine on args.device_rank, else on cuda:LOCAL_RANK (deepspeed/runtime/engine.py
-    _set_distributed_vars); the device Ray Train granted is passed as device_rank."""
-    assert eng.device_args(torch.device("cuda", 3)).device_rank == 3
-    assert eng.device_args(torch.device("cpu")).device_rank == 0
+    """DeepSpeed's engine takes args.device_rank, else cuda:LOCAL_RANK (deepspeed/runtime/engine.py
+    _set_distributed_vars), and ZeRO-3's Init takes LOCAL_RANK alone (runtime/zero/partition_parameters.py):
+    the device Ray Train granted goes to both."""
+    args, env = eng.deepspeed_device(torch.device("cuda", 3))
+    assert args.device_rank == 3 and env == {"LOCAL_RANK": "3"}
+    args, env = eng.deepspeed_device(torch.device("cpu"))
+    assert args.device_rank == 0 and env == {}
     with pytest.raises(ValueError, match="needs its index"):
-        eng.device_args(torch.device("cuda"))
+        eng.deepspeed_device(torch.device("cuda"))
 
 
 def test_workers_take_a_count_or_an_elastic_range():
