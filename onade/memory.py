@@ -124,7 +124,7 @@ def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: t
                 raise
             failed = str(e).splitlines()[0]
         if failed is not None:  # outside the handler, so its traceback no longer holds the piece's tensors
-            if model_device(model).type == "cuda":
+            if next(model.parameters()).device.type == "cuda":
                 torch.cuda.empty_cache()
             if end - start == 1:
                 raise OutOfMemoryAtOneExample(f"out of memory with one example ({per} row(s)) per forward pass: "
@@ -137,10 +137,6 @@ def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: t
         passes += stats["forward_passes"]
         start = end
     return PieceRun(torch.cat(images), _join_chains(chains), examples * per, passes, splits)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _join_chains(chains: list[torch.Tensor]) -> torch.Tensor:

@@ -64,11 +64,11 @@ def nvidia_driver() -> str:
         return f"none loaded ({NVIDIA_DRIVER_FILE} is missing)"
 
 
-def granted_device(gpu_ids: Sequence, visible: str | None | object = ...,
+def granted_device(gpu_ids: Sequence, visible: str | None,
                    check: Callable[[], str | None] = cuda_problem) -> "torch.device":
     """The device of a process Ray granted `gpu_ids` (ray.get_gpu_ids()): the CPU when none, else the first
-    granted GPU's index among CUDA_VISIBLE_DEVICES (`visible`, default the environment's; None: unset, so the
-    ids are the physical indices), as Ray Train's get_device computes it
+    granted GPU's index among CUDA_VISIBLE_DEVICES (`visible`; None: unset, so the ids are the physical
+    indices), as Ray Train's get_device computes it
     (ray/air/_internal/device_manager/nvidia_gpu.py get_devices). A grant that CUDA cannot serve (`check()`
     says why) is an error."""
     import torch
@@ -78,7 +78,6 @@ def granted_device(gpu_ids: Sequence, visible: str | None | object = ...,
     problem = check()
     if problem:
         raise RuntimeError(f"Ray granted GPU(s) {list(gpu_ids)} to this process, but {problem}")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is ... else visible
     first = str(gpu_ids[0])
     if visible is None:  # Ray told not to set it (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES): ids are physical
         return torch.device("cuda", int(first))
@@ -93,7 +92,7 @@ def actor_device() -> "torch.device":
     """This Ray actor's or task's device, from its GPU grant."""
     import ray
 
-    return granted_device(ray.get_gpu_ids())
+    return granted_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def train_device() -> "torch.device":
