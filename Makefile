@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # CPU torch is pinned first so pip never pulls a multi-GB CUDA build on a machine without a GPU.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv chromium test demo bench clean
+.PHONY: venv chromium test test-fast demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ chromium:
 	    || { echo "error: apt-get could not install chromium (see above)" >&2; exit 1; }; \
 	  test -x /usr/bin/chromium || { echo "error: chromium installed but /usr/bin/chromium is missing" >&2; exit 1; }; }
 
+# Everything (CI runs this): about 17 minutes on 2 cores.
 test: venv chromium
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+# Under two minutes: every test that starts no Ray, DeepSpeed, subprocess job or browser.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" --durations=10 tests
 
 demo: venv
 	$(PY) -m ray_jobs.demo $(if $(DEST),--dest $(DEST))

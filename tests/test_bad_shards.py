@@ -170,6 +170,7 @@ def ray_env(s3_server, ray_local):
     return ray_local
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bad_shards_are_named_and_the_rest_of_the_data_flows(damaged, ray_env):
     import ray

@@ -80,6 +80,7 @@ def ray_with_gpus():
     ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_actors_granted_no_gpu_run_on_cpu_and_granted_ones_refuse_a_cpu_torch(ray_with_gpus):
     import ray
@@ -96,6 +97,7 @@ def test_actors_granted_no_gpu_run_on_cpu_and_granted_ones_refuse_a_cpu_torch(ra
         ray.get(device_of.options(num_gpus=0.5).remote())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_inpaint_job_on_a_gpu_its_torch_cannot_use_fails_naming_the_cause(ray_with_gpus, tmp_path):
     """Before: the actor fell back to the CPU (one thread) and the job 'succeeded' at a fraction of the speed."""

@@ -14,6 +14,8 @@ import pytest
 
 from tests.fixtures.ray_cluster import NODE_CPUS, spot_preemption
 
+pytestmark = pytest.mark.slow
+
 WORKER_CPUS = 2
 TINY = ["--preset", "debug", "--set", "model.image_size=16", "--set", "data.global_batch_size=8",
         "--set", "train.log_every=1", "--set", "train.checkpoint_every=10", "--no-export"]

@@ -16,6 +16,7 @@ def export(local_shards, tmp_path_factory):
     return caption_sensitive_export(local_shards, tmp_path_factory.mktemp("export"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_local, export, local_shards, tmp_path):
     import onade
@@ -60,6 +61,7 @@ def test_evaluate_rejects_a_path_that_is_not_a_checkpoint(tmp_path, local_shards
 EVAL_8 = ["--num-images", "8", "--batch-size", "4", "--exact-images", "8", "--precision", "fp32", "--actors", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_profile_and_budgets_from_it_and_from_the_checkpoint(ray_local, export, local_shards, tmp_path):
     import shutil
@@ -118,6 +120,7 @@ def test_bad_hole_budgets_without_a_profile_and_bad_budgets_fail_before_scoring(
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_evaluate_finishes_on_damaged_shards_and_names_them(ray_local, export, local_shards, tmp_path, capsys):
     import io

@@ -156,6 +156,7 @@ def on_s3(flaky_s3_endpoint, local_shards, tmp_path_factory):
     return {"val": storage.join(root, "val"), "export": storage.join(root, "export")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_evaluate_on_a_flaky_store_gives_a_clean_runs_numbers(flaky_s3_endpoint, ray_local, on_s3, tmp_path):
     """The checkpoint is read by the driver and by every actor, the shards by Ray Data's read tasks."""
@@ -184,6 +185,7 @@ def timed(key: str) -> bool:
     return key.endswith("seconds") or key.endswith("per_second")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_inpaint_on_a_flaky_store_writes_what_a_clean_run_writes(flaky_s3_endpoint, ray_local, on_s3, tmp_path):
     from ray_jobs import inpaint

@@ -17,6 +17,8 @@ import torch
 
 from data import storage
 
+pytestmark = pytest.mark.slow
+
 STEPS, MORE = 20, 25
 # --max-failures 0: no worker-group restart may paper over a fault that escaped the retries.
 TINY = ["--preset", "debug", "--workers", "1", "--cpus-per-worker", "1", "--no-export", "--max-failures", "0",

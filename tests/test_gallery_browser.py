@@ -18,6 +18,8 @@ from PIL import Image
 
 from ray_jobs.outputs import write_gallery
 
+pytestmark = pytest.mark.slow
+
 CHROMIUM = "/usr/bin/chromium"
 # No sandbox (containers run as root), and nothing that reaches out to the network on its own.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -65,6 +65,7 @@ def records(out: Path) -> dict[str, dict]:
     return by_rel
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_s3_checkpoint_input_and_output_with_resume(s3_server, ray_local, checkpoint, tmp_path):
     """Everything in S3 (a real S3 API over HTTP); s3_server comes before ray_local so workers inherit it."""
@@ -93,6 +94,7 @@ def test_s3_checkpoint_input_and_output_with_resume(s3_server, ray_local, checkp
     assert again["done"] == 0 and again["skipped"] == 3 and again["failed"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, checkpoint, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -159,6 +161,7 @@ def test_folder_with_awkward_and_broken_files_then_resume(s3_server, ray_local, 
     assert recs2["synth/img_00001.png"]["caption"] == recs["synth/img_00001.png"]["caption"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpoint, tmp_path):
     src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
@@ -201,6 +204,7 @@ def test_mask_folder_captions_jsonl_and_all_failed(s3_server, ray_local, checkpo
     assert job.exit_code(summary) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sampler_flags_reach_the_actor_and_every_row_records_them(ray_local, checkpoint, tmp_path, capsys):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -218,6 +222,7 @@ def test_sampler_flags_reach_the_actor_and_every_row_records_them(ray_local, che
     assert "strategy maskgit, 4 steps, guidance 2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_without_sampler_flags_the_job_samples_with_sample_config_defaults(ray_local, checkpoint, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -264,6 +269,7 @@ def test_bad_arguments_fail_before_any_work(checkpoint, tmp_path):
             run("--checkpoint", checkpoint, "--input", tmp_path / "o", "--output", out)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_killed_actor_is_restarted_and_its_batch_retried(s3_server, ray_local, checkpoint, tmp_path):
     import threading
@@ -332,6 +338,7 @@ def _check_gallery(index: str, exists) -> None:
         assert exists(urllib.parse.unquote(html.unescape(u))), u
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_hostile_bucket_writes_only_under_output(s3_server, ray_local, checkpoint, tmp_path):
     """S3 keys with '..', absolute-looking keys, '.', '//' and backslashes, a decompression bomb, a 50 MB
@@ -374,6 +381,7 @@ def test_hostile_bucket_writes_only_under_output(s3_server, ray_local, checkpoin
         == {c.rel for c in cases}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_hostile_folder_writes_only_under_output(s3_server, ray_local, checkpoint, tmp_path):
     """A local folder with symlinks out of it (file, folder, sidecar caption), a broken symlink, a FIFO, a
@@ -471,6 +479,7 @@ def _check_outputs(out: Path, src: Path, cases: dict, recs: dict) -> None:
             assert thumb.format == "JPEG" and thumb.height == 128
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_images_of_mixed_sizes_come_back_at_their_own_size_with_only_the_hole_changed(ray_local, checkpoint,
                                                                                      tmp_path):
@@ -517,6 +526,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.suffix != ".html" and p.name != "results.jsonl" and not p.name.startswith(".")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_outputs_are_the_same_whatever_the_batch_size_workers_or_resume(ray_local, checkpoint, tmp_path):
     """Each image's samples come from seeds of (--seed, its path, the sample index): byte-identical outputs
@@ -554,6 +564,7 @@ def test_outputs_are_the_same_whatever_the_batch_size_workers_or_resume(ray_loca
     assert other.keys() == reference.keys() and other["img_00000.png"] != reference["img_00000.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_crop_fit_and_other_formats(ray_local, checkpoint, tmp_path):
     src = tmp_path / "in"
@@ -580,6 +591,7 @@ def test_crop_fit_and_other_formats(ray_local, checkpoint, tmp_path):
             assert img.size == (SIZE, SIZE)  # the model-size centre crop, as before
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_actor_splits_a_batch_that_runs_out_of_memory_and_fails_only_what_cannot_fit(ray_local, checkpoint,
                                                                                          tmp_path):

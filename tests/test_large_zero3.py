@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.timeout(600)
 def test_large_preset_trains_checkpoints_and_exports_under_zero3_on_two_workers(ray_local, local_shards, tmp_path):

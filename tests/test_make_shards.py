@@ -274,6 +274,7 @@ def many(tmp_path_factory):
     return root, reference
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_interrupted_run_leaves_no_partial_shard_and_rerun_finishes(many, tmp_path):
     root, reference = many

@@ -51,6 +51,7 @@ def test_evaluate_batch_reports_every_metric():
     assert out["center_bits_true_caption"] != out["center_bits_shuffled_caption"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_trained_model_reaches_the_known_entropy_and_never_beats_it():
     """Images: grey border, centre 4x4 hole of one of K colours named by the caption 50% of the time.

@@ -120,6 +120,7 @@ def test_tokenizer_ships_with_the_shards(shards):
 
 # ---- reading through Ray Data ------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_validation_rows_are_exact_and_deterministic(shards, ray_env):
     tok = tokenizer_for(shards["prefix"])
@@ -136,6 +137,7 @@ def test_validation_rows_are_exact_and_deterministic(shards, ray_env):
     assert [(_digest(i), tuple(t)) for i, t, _ in again] == [(_digest(i), tuple(t)) for i, t, _ in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_training_crops_flips_and_samples_captions(shards, ray_env):
     tok = tokenizer_for(shards["prefix"])
@@ -161,6 +163,7 @@ def test_training_crops_flips_and_samples_captions(shards, ray_env):
     assert {c[0].shape for c in crops} == {(24, 24, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_corrupt_samples_inside_shards_are_counted_and_skipped(shards, ray_env, s3_server):
     good = io.BytesIO()
@@ -193,6 +196,7 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_brace_pattern_and_local_folder_read_the_same_samples(shards, ray_env):
     tok = tokenizer_for(shards["local"])
@@ -203,6 +207,7 @@ def test_brace_pattern_and_local_folder_read_the_same_samples(shards, ray_env):
     assert from_s3 == from_local == sorted(d for d, *_ in shards["expected"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_training_shard_order_is_shuffled_per_epoch_reproducibly_and_validation_keeps_it(ray_env, tmp_path):
     import ray.data

@@ -14,6 +14,8 @@ import pytest
 
 from ray_jobs.engine import lr_factor
 
+pytestmark = pytest.mark.slow
+
 BASE_STEPS, MORE_STEPS = 20, 26
 # 12 splits over 1, 2 and 3 workers; logging every step shows the step-to-step noise of the loss.
 TINY = ["--preset", "debug", "--set", "model.image_size=16", "--set", "data.global_batch_size=12",

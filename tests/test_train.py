@@ -23,6 +23,8 @@ import torch
 
 from data import storage
 
+pytestmark = pytest.mark.slow
+
 STEPS = 100
 
 

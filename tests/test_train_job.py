@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 

@@ -180,6 +180,7 @@ def flat_colour_batch(n: int = 4, size: int = 8, seed: int = 0) -> dict:
             "length": torch.full((n,), 6)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     from ray_jobs.train_draws import DrawStream
@@ -208,6 +209,7 @@ def test_train_step_lowers_loss_with_a_real_deepspeed_engine(gloo_group):
     assert "exact_bits_per_dim" not in before  # the costly metric only when asked for
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_bf16_stays_on_in_the_engines_forward_even_under_an_outer_cuda_autocast(gloo_group, zero_stage):
@@ -235,6 +237,7 @@ def test_bf16_stays_on_in_the_engines_forward_even_under_an_outer_cuda_autocast(
         assert torch.isfinite(stats.loss)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_training_step_never_reads_a_device_value_on_the_host(gloo_group):
     """Every host read (aten::item, is_nonzero) in a step is on CPU tensors of the mask draw, or inside
@@ -289,6 +292,7 @@ def test_the_engines_fused_adamw_takes_torchs_default_steps():
     assert not eng.make_optimizer(models[0], cfg.train, "cuda").defaults["fused"]  # tested on CPU only
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_channels_last_model_builds_a_deepspeed_engine(gloo_group):
     """NHWC activations only: channels_last weights broke DeepSpeed's start-up parameter broadcast."""

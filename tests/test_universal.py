@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 GLOBAL_BATCH, SIZE = 12, 8
 
 
