@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import storage
+from data import sources, storage
 from data.make_shards import make_shards
+from data.shard_reader import ShardDamaged
 from data.synthetic import write_synthetic
 from data.untrusted import MAX_TEXT_MEMBER_BYTES
-from ray_jobs.data import (ShardDamaged, build_dataset, iter_tar_rows, make_skip_counter, read_shard, skip_summary,
+from ray_jobs.data import (build_dataset, iter_tar_rows, make_skip_counter, read_shard, skip_summary,
                            skip_summary_named, tokenizer_for)
 from tests.helpers import tar_bytes
 
@@ -71,6 +72,20 @@ def test_reader_yields_the_samples_before_the_damage_then_raises(case):
     assert isinstance(error, kind) and words in str(error), error
     # Complete samples only: the one being read at the damage may be cut, and is dropped.
     assert [(r["__key__"], r["png"], r["txt"]) for r in rows if "txt" in r] == SAMPLES[:before]
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_the_resharder_reads_the_same_samples_and_names_the_same_damage(case, tmp_path):
+    """make_shards' source of shards (data.sources.iter_tar) uses the same reader: the samples before the damage,
+    then a row with the error, and one for the sample the damage cut if it was being read."""
+    data, before, (kind, words) = DAMAGE[case]
+    (tmp_path / "x.tar").write_bytes(data)
+    items = list(sources.iter_tar(str(tmp_path / "x.tar")))
+    assert [(i.source, i.data, i.captions) for i in items if i.skip is None] == [
+        (f"x.tar#{key}", img, [txt.decode()]) for key, img, txt in SAMPLES[:before]]
+    (damage,) = [i for i in items if i.source.startswith("x.tar#after-")]
+    assert damage.skip.startswith(f"corrupt or truncated shard ({kind.__name__}: ") and words in damage.skip
+    assert all(i.skip for i in items[items.index(damage) + 1:])
 
 
 def test_reader_on_an_intact_shard_reads_only_the_columns_used_and_marks_oversized_members():
