@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from data import images, shard_spec, sources, storage, untrusted
-from data.process import CHUNK, chunks, ordered_map, process_chunk
+from data.encode_workers import CHUNK, chunks, encode_chunk, ordered_map
 from data.shard_writer import ShardWriter
 
 # Same as onade.tokenizer.MODEL_TYPES; onade is imported lazily so worker processes (which import
@@ -143,7 +143,7 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
                  mininterval=0.5) as bar:
         items = sources.iter_items(source, exclude)
         tasks = ((chunk, image_size, resize, fmt, max_pixels) for chunk in chunks(items, CHUNK))
-        for results in ordered_map(process_chunk, tasks, workers, max_pending=4 * workers):
+        for results in ordered_map(encode_chunk, tasks, workers, max_pending=4 * workers):
             for r in results:
                 if r[0] == "skip":
                     _, src_name, reason = r
