@@ -12,9 +12,10 @@ from PIL import Image
 from data import storage
 from data.make_shards import make_shards
 from data.shard_spec import expand_braces, resolve_shards, split_top_level
-from data.synthetic import write_awkward_cases, write_synthetic
+from data.synthetic import write_synthetic
 from onade.tokenizer import Tokenizer
 from ray_jobs.data import build_dataset, make_skip_counter, skip_summary, tokenizer_for
+from tests.awkward_inputs import write_awkward_cases
 from tests.helpers import tar_bytes
 
 SIZE = 32
