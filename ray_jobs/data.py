@@ -1,8 +1,8 @@
 """Ray Data input pipeline: WebDataset shards (local or S3) -> fixed-shape numpy batches for training.
 
-    from ray_jobs.data import build_dataset, tokenizer_for
+    from ray_jobs.data import shard_dataset, tokenizer_for
     tok = tokenizer_for("s3://bucket/run1")                   # the tokenizer.model shipped with the shards
-    ds = build_dataset("s3://bucket/run1", image_size=32, max_tokens=32, tokenizer=tok, train=True)
+    ds = shard_dataset("s3://bucket/run1", image_size=32, max_tokens=32, tokenizer=tok, train=True)
     for batch in ds.iter_torch_batches(batch_size=64):        # or ray.train.get_dataset_shard("train")
         batch["image"]   # uint8 [B, H, W, 3]
         batch["tokens"]  # int64 [B, T], padded with tokenizer.pad_id
@@ -108,7 +108,7 @@ def _counter_name(run_name: str) -> str:
 
 
 def make_skip_counter(run_name: str | None = None):
-    """An actor handle to pass as `build_dataset(..., skip_counter=)`; read it with `skip_summary`.
+    """An actor handle to pass as `shard_dataset(..., skip_counter=)`; read it with `skip_summary`.
 
     With `run_name`, the actor is also named, so code that holds no handle (Ray Train workers) reads it with
     `skip_summary_named(run_name)`; a second call with the same name returns the same actor. It lives as long
@@ -325,10 +325,12 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
     return {"image": image, "tokens": tokens, "length": lengths}
 
 
-def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, tokenizer: Tokenizer, train: bool,
+def shard_dataset(spec: str | list[str], image_size: int, max_tokens: int, tokenizer: Tokenizer, train: bool,
                   seed: int = 0, *, random_flip: bool = True, skip_counter=None, num_cpus: float = 1.0,
                   read_num_cpus: float = 0.25, batch_size: int = 256) -> "ray.data.Dataset":
-    """A Ray Dataset of fixed-shape rows `image` uint8 [H,W,3], `tokens` int64 [T], `length` int64.
+    """The samples of the shards of `spec`, decoded for the model (training's or validation's): a Ray Dataset
+    of fixed-shape rows `image` uint8 [H,W,3], `tokens` int64 [T], `length` int64 (read_shards gives the raw
+    rows).
 
     `seed` fixes the training file order (reshuffled each epoch, reproducibly); validation keeps the
     shard order. `skip_counter` (make_skip_counter) receives the samples dropped and the shards that could
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         tok = tokenizer_for(args.spec)
         ray.init(ignore_reinit_error=True)
         counter = make_skip_counter()
-        ds = build_dataset(args.spec, size, args.max_tokens, tok, train=args.train, skip_counter=counter)
+        ds = shard_dataset(args.spec, size, args.max_tokens, tok, train=args.train, skip_counter=counter)
         t0, n, lengths = time.perf_counter(), 0, []
         for batch in ds.iter_batches(batch_size=args.batch_size, batch_format="numpy"):
             n += len(batch["length"])
