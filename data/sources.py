@@ -23,7 +23,6 @@ from data import shard_reader, shard_spec, storage, untrusted
 from data.images import IMAGE_EXTENSIONS
 
 
-
 @dataclass
 class Item:
     source: str  # what skipped.jsonl and the sample's json call it (relative to SRC where possible)

@@ -24,8 +24,9 @@ caption are logged, counted (see `make_skip_counter`) and dropped; they never st
 Shards are read by `TarShards` (with data.shard_reader), not Ray's `read_webdataset`: a shard that
 cannot be read to its end (truncated, garbage bytes, a damaged header mid-file, deleted or unreadable
 once the job runs) gives the samples before the damage and is recorded (URL, reason, samples read) in
-the same counter; the rest of the data flows. A shard missing when the job starts is still an error (resolve_shards): that
-is a wrong spec, not damage. Transient S3 errors (DataContext.retried_io_errors) are retried first.
+the same counter; the rest of the data flows. A shard missing when the job starts is still an error
+(resolve_shards): that is a wrong spec, not damage. Transient S3 errors (DataContext.retried_io_errors)
+are retried first.
 """
 
 from __future__ import annotations
