@@ -7,7 +7,7 @@
 Everything runs against a real S3 endpoint: a moto server on 127.0.0.1 (data.local_s3), so both
 readers pay for HTTP. Measured, side by side in one run:
   1. make_shards build rate (synthetic image folder -> S3 shards) with 1 and with N worker processes;
-  2. samples/s of `ray_jobs.data.build_dataset(train=True)` consumed with `iter_torch_batches`
+  2. samples/s of `ray_jobs.data.shard_dataset(train=True)` consumed with `iter_torch_batches`
      (decode, random crop/flip, random caption, tokenize, torch batches) with 1 CPU and with N CPUs,
      against the same work done by one process with `webdataset.WebDataset` + PIL + the tokenizer;
   3. the same two readers over the same shards copied to a local folder (no HTTP server on the CPUs);
@@ -15,7 +15,7 @@ readers pay for HTTP. Measured, side by side in one run:
      in the image phase (must be flat: the build streams) and including tokenizer training.
 The machine's other load is printed first: on a shared box, compare only numbers from one run.
 
-    python bench/data.py --tolerant --num 8000   # only: the shard reader of build_dataset vs Ray's
+    python bench/data.py --tolerant --num 8000   # only: the shard reader of shard_dataset vs Ray's
 
 `--tolerant` measures only the read stage (tar stream -> rows of raw bytes, no decode): rows/s of
 `ray_jobs.data.read_shards` (TarShards, which survives damaged shards) against `ray.data.read_webdataset`
@@ -142,7 +142,7 @@ def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, 
     import ray
     import ray.data
 
-    from ray_jobs.data import build_dataset
+    from ray_jobs.data import shard_dataset
 
     # Ray starts its workers at nice 15; the baseline runs at nice 0. On a machine other jobs share,
     # that alone decides the comparison, so both run at the same priority here (as `ray job submit`
@@ -152,7 +152,7 @@ def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, 
              _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"), ignore_reinit_error=True)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = build_dataset(prefix, size, max_tokens, tok, train=True)
+        ds = shard_dataset(prefix, size, max_tokens, tok, train=True)
         out = {}
         for epoch in ("cold", "warm"):  # cold includes starting Ray's worker processes
             t, cpu, n = time.perf_counter(), TreeCpu(exclude).start(), 0
@@ -167,7 +167,7 @@ def ray_pipeline(prefix: str, tok, size: int, max_tokens: int, batch_size: int, 
 
 
 def compare_readers(urls: list[str], cpus: int, rounds: int = 5) -> dict:
-    """Rows/s of the read stage alone (no decode) for build_dataset's tolerant reader and Ray's WebDataset
+    """Rows/s of the read stage alone (no decode) for shard_dataset's tolerant reader and Ray's WebDataset
     reader over the same shards, alternating so that load from other jobs falls on both; best of `rounds`."""
     import ray
     import ray.data
@@ -274,7 +274,7 @@ def run(work: Path, argv: list[str] | None) -> int:
     ap.add_argument("--cpus", type=int, default=2, help="CPUs for the parallel runs (0: all Ray finds)")
     ap.add_argument("--mem-images", type=int, default=10_000, help="images for the memory run")
     ap.add_argument("--tolerant", action="store_true",
-                    help="only compare build_dataset's shard reader with Ray's read_webdataset (read stage)")
+                    help="only compare shard_dataset's shard reader with Ray's read_webdataset (read stage)")
     args = ap.parse_args(argv)
     print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     if args.tolerant:

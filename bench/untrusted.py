@@ -110,7 +110,7 @@ def main() -> None:
                  lambda: [storage.read_bytes(u, max_bytes=1 << 20) for u in urls],
                  lambda: [storage.read_bytes(u) for u in urls], args.rounds)
 
-        from data.synthetic import png_bomb
+        from tests.hostile_inputs import png_bomb
 
         bomb = png_bomb()
         buf = io.BytesIO()

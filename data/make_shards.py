@@ -38,9 +38,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import IO
 
 from data import images, shard_spec, sources, storage, untrusted
-from data.process import CHUNK, chunks, ordered_map, process_chunk
+from data.encode_workers import CHUNK, chunks, encode_chunk, ordered_map
 from data.shard_writer import ShardWriter
 
 # Same as onade.tokenizer.MODEL_TYPES; onade is imported lazily so worker processes (which import
@@ -127,45 +128,14 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
     source = sources.detect(src, captions, images_dir)
     source.max_pixels = max_pixels
     storage.check_writable(dest)
-    # A local DEST inside SRC would otherwise be read back as input on a re-run.
-    exclude = (dest,) if not storage.is_s3(dest) else ()
-    total = sources.count_inputs(source.root, exclude) if source.kind in ("folder", "jsonl") else None
-
-    from tqdm import tqdm
 
     writer = ShardWriter(dest, shard_size, fmt)
     summary = Summary(dest)
     # Captions for the tokenizer wait in an anonymous temporary file (deleted on close), not in a
     # list that would grow with the input.
-    all_captions = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-    with all_captions, tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as skipped_log, \
-            tqdm(total=total, unit="input", desc="make_shards", disable=not progress, file=sys.stderr,
-                 mininterval=0.5) as bar:
-        items = sources.iter_items(source, exclude)
-        tasks = ((chunk, image_size, resize, fmt, max_pixels) for chunk in chunks(items, CHUNK))
-        for results in ordered_map(process_chunk, tasks, workers, max_pending=4 * workers):
-            for r in results:
-                if r[0] == "skip":
-                    _, src_name, reason = r
-                    skipped_log.write((json.dumps({"source": src_name, "reason": reason}, ensure_ascii=False)
-                                       + "\n").encode("utf-8"))
-                    summary.skipped[reason_kind(reason)] += 1
-                else:
-                    _, src_name, caps, encoded, (w, h), mode = r
-                    key = f"{writer.num_samples:09d}"
-                    meta = {"key": key, "source": src_name, "original_size": [w, h], "original_mode": mode,
-                            "captions": caps}
-                    writer.add(key, encoded, caps, meta)
-                    all_captions.writelines(c + "\n" for c in caps)
-            bar.update(len(results))
-            bar.set_postfix(samples=writer.num_samples, skipped=summary.num_skipped, refresh=False)
-        writer.flush()
-        skipped_log.seek(0)
-        storage.write_file_atomic(storage.join(dest, "skipped.jsonl"), skipped_log)
-
-        summary.num_samples = writer.num_samples
-        summary.num_shards = len(writer.records)
-        summary.num_reused = sum(r.reused for r in writer.records)
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as all_captions:
+        _write_samples(source, writer, summary, all_captions, (image_size, resize, fmt, max_pixels), workers,
+                       progress)
         if summary.num_samples == 0:
             raise ValueError(f"no usable samples in {src}: all {summary.num_skipped} inputs were skipped "
                              f"({dict(summary.skipped)}); see {storage.join(dest, 'skipped.jsonl')}")
@@ -202,6 +172,47 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
     summary.stale = _cleanup(dest, {r.name for r in writer.records})
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _write_samples(source: sources.Source, writer: ShardWriter, summary: Summary, all_captions: IO[str],
+                   encoding: tuple[int, str, str, int], workers: int, progress: bool) -> None:
+    """Every input of `source` encoded in `workers` processes (`encoding`: image size, resize mode, format, pixel
+    limit) and written in input order to `writer`'s shards, its captions to `all_captions`; every input
+    skipped listed in skipped.jsonl and counted in `summary`, with the samples and shards written."""
+    dest = writer.dest
+    # A local DEST inside SRC would otherwise be read back as input on a re-run.
+    exclude = (dest,) if not storage.is_s3(dest) else ()
+    total = sources.count_inputs(source.root, exclude) if source.kind in ("folder", "jsonl") else None
+
+    from tqdm import tqdm
+
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as skipped_log, \
+            tqdm(total=total, unit="input", desc="make_shards", disable=not progress, file=sys.stderr,
+                 mininterval=0.5) as bar:
+        items = sources.iter_items(source, exclude)
+        tasks = ((chunk, *encoding) for chunk in chunks(items, CHUNK))
+        for results in ordered_map(encode_chunk, tasks, workers, max_pending=4 * workers):
+            for r in results:
+                if r[0] == "skip":
+                    _, src_name, reason = r
+                    skipped_log.write((json.dumps({"source": src_name, "reason": reason}, ensure_ascii=False)
+                                       + "\n").encode("utf-8"))
+                    summary.skipped[reason_kind(reason)] += 1
+                else:
+                    _, src_name, caps, encoded, (w, h), mode = r
+                    key = f"{writer.num_samples:09d}"
+                    meta = {"key": key, "source": src_name, "original_size": [w, h], "original_mode": mode,
+                            "captions": caps}
+                    writer.add(key, encoded, caps, meta)
+                    all_captions.writelines(c + "\n" for c in caps)
+            bar.update(len(results))
+            bar.set_postfix(samples=writer.num_samples, skipped=summary.num_skipped, refresh=False)
+        writer.flush()
+        skipped_log.seek(0)
+        storage.write_file_atomic(storage.join(dest, "skipped.jsonl"), skipped_log)
+    summary.num_samples = writer.num_samples
+    summary.num_shards = len(writer.records)
+    summary.num_reused = sum(r.reused for r in writer.records)
 
 
 def _cleanup(dest: str, current: set[str]) -> list[str]:

@@ -14,17 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from data import shard_spec, storage, untrusted
+from data import shard_reader, shard_spec, storage, untrusted
 from data.images import IMAGE_EXTENSIONS
-
-SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "ppm", "gif")
-TOO_LARGE = "\0too-large"  # a sample's entry for a member left unread (no tar extension can clash with it)
 
 
 @dataclass
@@ -309,92 +305,48 @@ def _captions_from_sample(sample: dict[str, bytes]) -> list[str]:
     return []
 
 
-def _sample_item(shard_name: str, key: str, sample: dict[str, bytes]) -> Item:
-    source = f"{shard_name}#{key}"
-    if TOO_LARGE in sample:
-        return Item(source, skip=sample[TOO_LARGE].decode())
-    img_ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
+def _too_large(o: shard_reader.Oversized) -> str:
+    what = f"member {o.member} is {o.size} bytes" if not o.by_sample else "sample's members add up to more"
+    hint = " (--max-image-pixels raises it)" if o.ext in shard_reader.IMAGE_EXTS else ""
+    return f"too large: {what}; the limit is {o.limit}{hint}"
+
+
+def _sample_item(shard_name: str, sample: shard_reader.Sample) -> Item:
+    source = f"{shard_name}#{sample.key}"
+    if sample.oversized:
+        return Item(source, skip=_too_large(sample.oversized))
+    members = sample.members
+    img_ext = next((e for e in shard_reader.IMAGE_EXTS if e in members), None)
     if img_ext is None:
-        return Item(source, skip=f"no image in sample (has {', '.join(sorted(sample)) or 'nothing'})")
-    caps = _captions_from_sample(sample)
+        return Item(source, skip=f"no image in sample (has {', '.join(sorted(members)) or 'nothing'})")
+    caps = _captions_from_sample(members)
     if not caps:
         return Item(source, skip="no caption (no txt, or json without caption)")
     try:
         untrusted.check_captions(caps)
     except untrusted.UnsafeInput as e:
         return Item(source, skip=f"bad caption ({e})")
-    return Item(source, captions=caps, data=sample[img_ext])
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads an extended header (pax, GNU long name) whole, whatever size it claims; this refuses one
-    over untrusted.MAX_TAR_HEADER_BYTES first (a compressed "tar" could otherwise claim gigabytes)."""
-
-    EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                tarfile.SOLARIS_XHDTYPE)
-
-    def _proc_member(self, tar):
-        if self.type in self.EXTENDED and self.size > untrusted.MAX_TAR_HEADER_BYTES:
-            raise tarfile.HeaderError(f"extended header of {self.size} bytes; the limit is "
-                                      f"{untrusted.MAX_TAR_HEADER_BYTES}")
-        if len(tar.pax_headers) > untrusted.MAX_PAX_GLOBALS:  # global headers accumulate for the whole file
-            raise tarfile.HeaderError(f"global pax headers set over {untrusted.MAX_PAX_GLOBALS} keys")
-        return super()._proc_member(tar)
-
-
-def split_name(name: str) -> tuple[str, str] | None:
-    """WebDataset's sample key (the path up to the first dot of the base name) and extension, lower case;
-    None for a name without an extension."""
-    base = name.rsplit("/", 1)[-1]
-    if "." not in base:
-        return None
-    stem, ext = base.split(".", 1)
-    return name[:len(name) - len(base)] + stem, ext.lower()
+    return Item(source, captions=caps, data=members[img_ext])
 
 
 def iter_tar(url: str, max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Item]:
-    """Samples of one tar shard, grouped WebDataset-style (key = member name before the first dot). Only the
-    members a sample uses (images, txt, json) are read, each within its limit and the sample within the sum
-    of them; a member over its limit is not read (the stream skips it) and its sample is skipped."""
+    """Samples of one tar shard (data.shard_reader): its images, txt and json members, each within its limit
+    and the sample within the sum of them. A shard that cannot be read to its end gives the samples before
+    the damage, then a row saying where and why, and one for the sample it cut."""
     name = storage.basename(url)
     max_image = untrusted.max_image_bytes(max_pixels)
-    max_sample = max_image + 2 * untrusted.MAX_TEXT_MEMBER_BYTES
-    key, sample, n, held = None, {}, 0, 0
+    reader = shard_reader.ShardReader((*shard_reader.IMAGE_EXTS, "txt", "json"), max_image,
+                                      max_sample_bytes=max_image + 2 * untrusted.MAX_TEXT_MEMBER_BYTES)
+    n = 0
     try:
-        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|*", tarinfo=_BoundedTarInfo) as tar:
-            while (m := tar.next()) is not None:
-                tar.members.clear()  # a stream's TarFile keeps every header it has seen otherwise
-                if not m.isreg():
-                    continue
-                member = untrusted.printable(m.name)  # a name that is not UTF-8 must still fit in skipped.jsonl
-                split = split_name(member)
-                if split is None:
-                    continue
-                k, ext = split
-                base = member.rsplit("/", 1)[-1]
-                if k != key:
-                    if key is not None:
-                        n += 1
-                        yield _sample_item(name, key, sample)
-                    key, sample, held = k, {}, 0
-                if ext not in SHARD_IMAGE_EXTS and ext not in ("txt", "json"):
-                    continue  # not used by a sample: never read
-                limit = max_image if ext in SHARD_IMAGE_EXTS else untrusted.MAX_TEXT_MEMBER_BYTES
-                if m.size > limit or held + m.size > max_sample:
-                    what = f"member {base} is {m.size} bytes" if m.size > limit else "sample's members add up to more"
-                    sample[TOO_LARGE] = (f"too large: {what}; the limit is {min(limit, max_sample - held)}"
-                                         + (" (--max-image-pixels raises it)" if limit == max_image else "")).encode()
-                elif TOO_LARGE not in sample:
-                    sample[ext] = tar.extractfile(m).read()
-                    held += m.size
-    except (tarfile.TarError, EOFError, OSError, ValueError, RecursionError) as e:  # ValueError: bad sparse maps
+        with storage.open_read(url) as f:
+            for sample in reader.samples(f):
+                n += 1
+                yield _sample_item(name, sample)
+    except shard_reader.DAMAGE as e:
         yield Item(f"{name}#after-{n}-samples", skip=f"corrupt or truncated shard ({type(e).__name__}: {str(e)[:200]})")
-        # The sample being read when the shard broke may be incomplete: do not use it.
-        if key is not None:
-            yield Item(f"{name}#{key}", skip="sample cut by a truncated shard")
-        return
-    if key is not None:
-        yield _sample_item(name, key, sample)
+        if reader.cut is not None:
+            yield Item(f"{name}#{reader.cut}", skip="sample cut by a truncated shard")
 
 
 def iter_shards(src: Source) -> Iterator[Item]:

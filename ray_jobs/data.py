@@ -1,8 +1,8 @@
 """Ray Data input pipeline: WebDataset shards (local or S3) -> fixed-shape numpy batches for training.
 
-    from ray_jobs.data import build_dataset, tokenizer_for
+    from ray_jobs.data import shard_dataset, tokenizer_for
     tok = tokenizer_for("s3://bucket/run1")                   # the tokenizer.model shipped with the shards
-    ds = build_dataset("s3://bucket/run1", image_size=32, max_tokens=32, tokenizer=tok, train=True)
+    ds = shard_dataset("s3://bucket/run1", image_size=32, max_tokens=32, tokenizer=tok, train=True)
     for batch in ds.iter_torch_batches(batch_size=64):        # or ray.train.get_dataset_shard("train")
         batch["image"]   # uint8 [B, H, W, 3]
         batch["tokens"]  # int64 [B, T], padded with tokenizer.pad_id
@@ -21,11 +21,12 @@ and a random caption among a sample's captions; validation takes the centre, no 
 caption, so the same sample always gives the same row. Samples that cannot be decoded or have no
 caption are logged, counted (see `make_skip_counter`) and dropped; they never stop the pipeline.
 
-Shards are read by `TarShards`, not Ray's `read_webdataset`: a shard that cannot be read to its end
-(truncated, garbage bytes, a damaged header mid-file, deleted or unreadable once the job runs) gives
-the samples before the damage and is recorded (URL, reason, samples read) in the same counter; the
-rest of the data flows. A shard missing when the job starts is still an error (resolve_shards): that
-is a wrong spec, not damage. Transient S3 errors (DataContext.retried_io_errors) are retried first.
+Shards are read by `TarShards` (with data.shard_reader), not Ray's `read_webdataset`: a shard that
+cannot be read to its end (truncated, garbage bytes, a damaged header mid-file, deleted or unreadable
+once the job runs) gives the samples before the damage and is recorded (URL, reason, samples read) in
+the same counter; the rest of the data flows. A shard missing when the job starts is still an error
+(resolve_shards): that is a wrong spec, not damage. Transient S3 errors (DataContext.retried_io_errors)
+are retried first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import functools
 import logging
 import os
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -48,9 +48,9 @@ from ray.data.datasource import Datasource, ReadTask
 
 from data import images, shard_spec, storage
 from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
-from data.sources import _BoundedTarInfo, split_name
-from data.untrusted import (DEFAULT_MAX_IMAGE_PIXELS, MAX_MANIFEST_BYTES, MAX_TEXT_MEMBER_BYTES, MAX_TOKENIZER_BYTES,
-                            UnsafeInput, check_captions, max_image_bytes, printable)
+from data.shard_reader import ShardReader
+from data.untrusted import (DEFAULT_MAX_IMAGE_PIXELS, MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES, UnsafeInput,
+                            check_captions, max_image_bytes)
 
 if TYPE_CHECKING:
     # onade imports torch (~2 s): only the functions that need a tokenizer import it, so that the read tasks'
@@ -109,7 +109,7 @@ def _counter_name(run_name: str) -> str:
 
 
 def make_skip_counter(run_name: str | None = None):
-    """An actor handle to pass as `build_dataset(..., skip_counter=)`; read it with `skip_summary`.
+    """An actor handle to pass as `shard_dataset(..., skip_counter=)`; read it with `skip_summary`.
 
     With `run_name`, the actor is also named, so code that holds no handle (Ray Train workers) reads it with
     `skip_summary_named(run_name)`; a second call with the same name returns the same actor. It lives as long
@@ -143,66 +143,19 @@ def skip_summary_named(run_name: str) -> dict[str, Any] | None:
 
 # ---- reading tar shards, tolerating damage --------------------------------------------------------------
 
-class ShardDamaged(Exception):
-    """A tar shard that cannot be read on from this point."""
-
-
-class _StrictTarInfo(_BoundedTarInfo):
-    """tarfile stops iterating, silently, at a header it cannot parse anywhere but at the start of the file, or
-    at the end of the data without an end-of-archive marker: the samples after a damaged header, or of a shard
-    cut at a member boundary, would be lost unreported. This raises instead. (An all-zero block is the marker.)"""
-
-    @classmethod
-    def fromtarfile(cls, tar):
-        try:
-            return super().fromtarfile(tar)
-        except tarfile.EmptyHeaderError:
-            raise ShardDamaged(f"data ends at byte {tar.offset} without the end-of-archive marker "
-                               "(truncated?)") from None
-        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
-            raise ShardDamaged(f"{e} at byte {tar.offset}") from None
-
-
 def iter_tar_rows(f, url: str, columns: tuple[str, ...] = (*IMAGE_COLUMNS, "txt")) -> Iterator[dict[str, Any]]:
-    """The samples of one tar stream, as WebDataset rows {"__key__", "__url__", ext: bytes} with the members
-    whose extension is in `columns` (others are never read). A member over its limit (an image's bytes at
-    DEFAULT_MAX_IMAGE_PIXELS, MAX_TEXT_MEMBER_BYTES for text) is not read; its row gets "__skip__": reason.
-    Raises (tarfile.TarError, ShardDamaged, OSError, ...) where the shard is damaged; the sample being read
-    then is not yielded, as it may be incomplete."""
-    max_image = max_image_bytes(DEFAULT_MAX_IMAGE_PIXELS)
-    row: dict[str, Any] | None = None
-    seen: set[str] = set()
-    with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tar:
-        while (m := tar.next()) is not None:
-            tar.members.clear()  # a stream's TarFile keeps every header it has seen otherwise
-            split = split_name(printable(m.name)) if m.isreg() else None  # a non-UTF-8 name still fits a row
-            if split is None:
-                continue
-            key, ext = split
-            if row is None or key != row["__key__"]:
-                if row is not None:
-                    yield row
-                    seen.add(row["__key__"])
-                if key in seen:
-                    raise ShardDamaged(f"the members of sample {printable(key)!r} are not contiguous "
-                                       "(WebDataset needs them adjacent: build shards with data.make_shards)")
-                row = {"__key__": key, "__url__": url}
-            if ext in row:
-                raise ShardDamaged(f"member {printable(m.name)!r} appears twice")
-            if ext not in columns or "__skip__" in row:
-                continue
-            limit = max_image if ext in IMAGE_COLUMNS else MAX_TEXT_MEMBER_BYTES
-            if m.size > limit:
-                row["__skip__"] = f"member .{ext} of {m.size} bytes, over the limit of {limit}"
-                continue
-            row[ext] = tar.extractfile(m).read()
-        if row is not None:
-            yield row  # complete: the end-of-archive marker follows it
-        # Only zeros (the record's padding) may follow the marker. Data there means a zeroed block mid-file, or
-        # tars concatenated: tarfile would silently stop at it.
-        for chunk in iter(lambda: tar.fileobj.read(1 << 20), b""):
-            if chunk.count(0) != len(chunk):
-                raise ShardDamaged(f"data after an end-of-archive marker at byte {tar.offset}")
+    """The samples of one tar stream (data.shard_reader), as WebDataset rows {"__key__", "__url__", ext: bytes}
+    with the members whose extension is in `columns` (others are never read). A member over its limit (an
+    image's bytes at DEFAULT_MAX_IMAGE_PIXELS, MAX_TEXT_MEMBER_BYTES for text) is not read; its row gets
+    "__skip__": reason. Raises (ShardDamaged, tarfile.TarError, OSError, ...) where the shard is damaged; the
+    sample being read then is not yielded, as it may be incomplete."""
+    reader = ShardReader(columns, max_image_bytes(DEFAULT_MAX_IMAGE_PIXELS))
+    for sample in reader.samples(f):
+        row = {"__key__": sample.key, "__url__": url, **sample.members}
+        if (o := sample.oversized) is not None:
+            # No member name: the skip counter groups reasons, and one per sample would not group.
+            row["__skip__"] = f"member .{o.ext} of {o.size} bytes, over the limit of {o.limit}"
+        yield row
 
 
 def _transient(e: Exception) -> bool:
@@ -373,10 +326,12 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
     return {"image": image, "tokens": tokens, "length": lengths}
 
 
-def build_dataset(spec: str | list[str], image_size: int, max_tokens: int, tokenizer: Tokenizer, train: bool,
+def shard_dataset(spec: str | list[str], image_size: int, max_tokens: int, tokenizer: Tokenizer, train: bool,
                   seed: int = 0, *, random_flip: bool = True, skip_counter=None, num_cpus: float = 1.0,
                   read_num_cpus: float = 0.25, batch_size: int = 256) -> "ray.data.Dataset":
-    """A Ray Dataset of fixed-shape rows `image` uint8 [H,W,3], `tokens` int64 [T], `length` int64.
+    """The samples of the shards of `spec`, decoded for the model (training's or validation's): a Ray Dataset
+    of fixed-shape rows `image` uint8 [H,W,3], `tokens` int64 [T], `length` int64 (read_shards gives the raw
+    rows).
 
     `seed` fixes the training file order (reshuffled each epoch, reproducibly); validation keeps the
     shard order. `skip_counter` (make_skip_counter) receives the samples dropped and the shards that could
@@ -415,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         tok = tokenizer_for(args.spec)
         ray.init(ignore_reinit_error=True)
         counter = make_skip_counter()
-        ds = build_dataset(args.spec, size, args.max_tokens, tok, train=args.train, skip_counter=counter)
+        ds = shard_dataset(args.spec, size, args.max_tokens, tok, train=args.train, skip_counter=counter)
         t0, n, lengths = time.perf_counter(), 0, []
         for batch in ds.iter_batches(batch_size=args.batch_size, batch_format="numpy"):
             n += len(batch["length"])

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray.data
 
     from onade.plans import LossProfile
-    from ray_jobs.data import build_dataset, make_skip_counter, print_bad_shards, resolve_shards, skip_summary
+    from ray_jobs.data import make_skip_counter, print_bad_shards, resolve_shards, shard_dataset, skip_summary
     from ray_jobs.ray_env import init_ray
 
     loaded = onade.load_checkpoint(args.checkpoint)  # fails fast on a path that is not a checkpoint
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter = make_skip_counter()
-    ds = build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, loaded.tokenizer, train=False,
+    ds = shard_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, loaded.tokenizer, train=False,
                        seed=args.seed, read_num_cpus=DATA_CPUS[0], num_cpus=DATA_CPUS[1], skip_counter=counter,
                        batch_size=args.batch_size)  # blocks of one scoring batch: every actor gets work
     if args.num_images:

@@ -271,7 +271,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
 
     from data import storage
     from ray_jobs.checkpoints import RunSpec
-    from ray_jobs.data import build_dataset, make_skip_counter, print_bad_shards, skip_summary
+    from ray_jobs.data import make_skip_counter, print_bad_shards, shard_dataset, skip_summary
     from ray_jobs.train_loop import train_loop_per_worker
 
     # Unreadable shards and samples are dropped and counted here; rank 0 logs them (train_loop). A name of its
@@ -280,7 +280,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     skips = make_skip_counter(counter_name)
 
     def dataset(shards, train: bool):
-        return build_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, tokenizer, train=train,
+        return shard_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, tokenizer, train=train,
                              seed=cfg.train.seed, random_flip=cfg.data.random_flip, skip_counter=skips)
 
     # Progress bars redraw per block: unreadable in `ray job logs`; the loop prints its own progress.

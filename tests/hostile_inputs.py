@@ -1,21 +1,21 @@
 """Inputs that other people could put in a folder or bucket, each with what a job must make of it.
 
 `write_hostile_folder(root, outside)` fills a local folder (symlinks out of it, a FIFO, a decompression
-bomb, a 50 MB caption file, names with URL-special characters); `hostile_keys(...)` gives S3 keys that
-are legal in S3 but not as paths (`..`, `.`, empty segments, backslashes). `outside` is a folder beside
-the input that holds a secret image and caption nothing may read.
+bomb (`png_bomb`), a 50 MB caption file, names with URL-special characters); `hostile_keys(...)` gives S3
+keys that are legal in S3 but not as paths (`..`, `.`, empty segments, backslashes). `outside` is a folder
+beside the input that holds a secret image and caption nothing may read.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from data.synthetic import png_bomb
 
 WEIRD_NAME = "we ird #1 ?q=2 %41 ü"  # '#', '?', '%', spaces and unicode in one file name
 SCRIPT_CAPTION = "<script>alert(1)</script> a <b>red</b> square & more"
@@ -37,6 +37,19 @@ def _png(colour: tuple[int, int, int], size: int = 24) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((size, size, 3), colour, np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid 1-bit grey PNG of side x side pixels (900 Mpx by default) in ~110 KB: all-zero rows compress
+    about 1000:1. Decoded naively it needs side*side bytes, then 3x that as RGB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row * 100) for _ in range(side // 100)) + z.compress(row * (side % 100)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def write_outside(outside: Path) -> None:
@@ -115,5 +128,5 @@ def hostile_keys(escape_to: Path) -> list[tuple[str, bytes, Case]]:
     ]
 
 
-__all__ = ["Case", "write_outside", "common_files", "write_hostile_folder", "hostile_keys", "WEIRD_NAME",
-           "SCRIPT_CAPTION", "SECRET_CAPTION"]
+__all__ = ["Case", "png_bomb", "write_outside", "common_files", "write_hostile_folder", "hostile_keys",
+           "WEIRD_NAME", "SCRIPT_CAPTION", "SECRET_CAPTION"]

@@ -1,5 +1,5 @@
 """Damaged shards among good ones: the tar reader stops at the damage and says where (no Ray), and through
-build_dataset on a real S3 server the good shards' samples all arrive, the samples before each damage too,
+shard_dataset on a real S3 server the good shards' samples all arrive, the samples before each damage too,
 and every unreadable shard is named with its reason and the samples read from it."""
 
 import hashlib
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import storage
+from data import sources, storage
 from data.make_shards import make_shards
+from data.shard_reader import ShardDamaged
 from data.synthetic import write_synthetic
 from data.untrusted import MAX_TEXT_MEMBER_BYTES
-from ray_jobs.data import (ShardDamaged, build_dataset, iter_tar_rows, make_skip_counter, read_shard, skip_summary,
+from ray_jobs.data import (iter_tar_rows, make_skip_counter, read_shard, shard_dataset, skip_summary,
                            skip_summary_named, tokenizer_for)
 from tests.helpers import tar_bytes
 
@@ -71,6 +72,20 @@ def test_reader_yields_the_samples_before_the_damage_then_raises(case):
     assert isinstance(error, kind) and words in str(error), error
     # Complete samples only: the one being read at the damage may be cut, and is dropped.
     assert [(r["__key__"], r["png"], r["txt"]) for r in rows if "txt" in r] == SAMPLES[:before]
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_the_resharder_reads_the_same_samples_and_names_the_same_damage(case, tmp_path):
+    """make_shards' source of shards (data.sources.iter_tar) uses the same reader: the samples before the damage,
+    then a row with the error, and one for the sample the damage cut if it was being read."""
+    data, before, (kind, words) = DAMAGE[case]
+    (tmp_path / "x.tar").write_bytes(data)
+    items = list(sources.iter_tar(str(tmp_path / "x.tar")))
+    assert [(i.source, i.data, i.captions) for i in items if i.skip is None] == [
+        (f"x.tar#{key}", img, [txt.decode()]) for key, img, txt in SAMPLES[:before]]
+    (damage,) = [i for i in items if i.source.startswith("x.tar#after-")]
+    assert damage.skip.startswith(f"corrupt or truncated shard ({kind.__name__}: ") and words in damage.skip
+    assert all(i.skip for i in items[items.index(damage) + 1:])
 
 
 def test_reader_on_an_intact_shard_reads_only_the_columns_used_and_marks_oversized_members():
@@ -143,7 +158,7 @@ def _samples(data: bytes) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def damaged(s3_server, tmp_path_factory):
     """Five 8-sample shards on S3, then: #1 cut inside its 4th sample's image, #2 garbage, #3 with the header of
-    its 6th sample's first member overwritten. (#4 is deleted by the test, after build_dataset listed it.)"""
+    its 6th sample's first member overwritten. (#4 is deleted by the test, after shard_dataset listed it.)"""
     root = tmp_path_factory.mktemp("images")
     write_synthetic(root, 40, image_size=SIZE, seed=3)
     prefix = s3_server.url("bad-shards", "set")
@@ -177,8 +192,8 @@ def test_bad_shards_are_named_and_the_rest_of_the_data_flows(damaged, ray_env):
 
     tok = tokenizer_for(damaged["prefix"])
     counter = make_skip_counter("bad-shards-test")
-    ds = build_dataset(damaged["prefix"], SIZE, T, tok, train=False, skip_counter=counter)
-    train = build_dataset(damaged["prefix"], SIZE, T, tok, train=True, seed=5, skip_counter=counter)
+    ds = shard_dataset(damaged["prefix"], SIZE, T, tok, train=False, skip_counter=counter)
+    train = shard_dataset(damaged["prefix"], SIZE, T, tok, train=True, seed=5, skip_counter=counter)
     storage.delete(damaged["urls"][4])  # gone between listing and reading (a lifecycle rule, a wrong rm)
     rows = [img for b in ds.iter_batches(batch_size=5, batch_format="numpy") for img in b["image"]]
     s = damaged["samples"]

@@ -21,7 +21,7 @@ def export(local_shards, tmp_path_factory):
 def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_local, export, local_shards, tmp_path):
     import onade
     from onade.metrics import center_bits
-    from ray_jobs.data import build_dataset
+    from ray_jobs.data import shard_dataset
     from ray_jobs.evaluate import main
 
     out = tmp_path / "metrics.json"
@@ -33,7 +33,7 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
     assert all(0 < result[k] < 12 for k in METRIC_KEYS - {"num_images", "exact_num_images"})
     # The deterministic metric, recomputed here on the same first 24 images in batches of 8.
     loaded = onade.load_checkpoint(export)
-    ds = build_dataset(local_shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
+    ds = shard_dataset(local_shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
     direct = []
     for batch in ds.limit(24).iter_torch_batches(batch_size=8):
         direct.append(center_bits(loaded.model, batch["image"], batch["tokens"], batch["length"]))

@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 import onade
-from data.synthetic import write_awkward_cases, write_synthetic
+from data.synthetic import write_synthetic
 from onade.config import Config, ModelConfig, SampleConfig
 from onade.tokenizer import Tokenizer
 from ray_jobs import inpaint as job
 from data.images import ImageSkip, has_alpha, pixel_limit, to_rgb
 from ray_jobs.inpaint_inputs import JobOptions, prepare
 from ray_jobs.outputs import OutputNames
+from tests.awkward_inputs import write_awkward_cases
 
 SIZE = 16
 CAPTIONS = ["a red disc on a blue background", "a green square", "a yellow triangle", "grey stripes"]

@@ -18,8 +18,9 @@ from data import storage
 from data.images import BACKGROUND
 from data.local_s3 import ENV as S3_ENV
 from data.make_shards import main, make_shards
-from data.synthetic import write_awkward_cases, write_synthetic
+from data.synthetic import write_synthetic
 from onade.tokenizer import Tokenizer
+from tests.awkward_inputs import write_awkward_cases
 from tests.helpers import tar_bytes
 
 SIZE = 32

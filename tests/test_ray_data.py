@@ -12,9 +12,10 @@ from PIL import Image
 from data import storage
 from data.make_shards import make_shards
 from data.shard_spec import expand_braces, resolve_shards, split_top_level
-from data.synthetic import write_awkward_cases, write_synthetic
+from data.synthetic import write_synthetic
 from onade.tokenizer import Tokenizer
-from ray_jobs.data import build_dataset, make_skip_counter, skip_summary, tokenizer_for
+from ray_jobs.data import make_skip_counter, shard_dataset, skip_summary, tokenizer_for
+from tests.awkward_inputs import write_awkward_cases
 from tests.helpers import tar_bytes
 
 SIZE = 32
@@ -125,7 +126,7 @@ def test_tokenizer_ships_with_the_shards(shards):
 def test_validation_rows_are_exact_and_deterministic(shards, ray_env):
     tok = tokenizer_for(shards["prefix"])
     expected = sorted((d, tuple(tok.encode_batch_numpy([c], T)[0][0])) for d, c, _, _ in shards["expected"])
-    ds = build_dataset(shards["prefix"], SIZE, T, tok, train=False)
+    ds = shard_dataset(shards["prefix"], SIZE, T, tok, train=False)
     rows = collect(ds)
     assert len(rows) == shards["manifest"]["num_samples"] == len(expected)
     for img, tokens, n in rows:
@@ -133,7 +134,7 @@ def test_validation_rows_are_exact_and_deterministic(shards, ray_env):
         assert 0 < n <= T and (tokens[n:] == Tokenizer.pad_id).all()
     # Exact pixels (PNG is lossless end to end) and the first caption, for every sample.
     assert sorted((_digest(img), tuple(tokens)) for img, tokens, _ in rows) == expected
-    again = collect(build_dataset(shards["prefix"], SIZE, T, tok, train=False), batch_size=5)
+    again = collect(shard_dataset(shards["prefix"], SIZE, T, tok, train=False), batch_size=5)
     assert [(_digest(i), tuple(t)) for i, t, _ in again] == [(_digest(i), tuple(t)) for i, t, _ in rows]
 
 
@@ -148,7 +149,7 @@ def test_training_crops_flips_and_samples_captions(shards, ray_env):
             tuple(tok.encode_batch_numpy([c], T)[0][0]) for c in caps)
     plain = {_digest(img) for *_, img in shards["expected"]}
     flipped = {_digest(img[:, ::-1]) for *_, img in shards["expected"]} - plain
-    rows = collect(build_dataset(shards["prefix"], SIZE, T, tok, train=True, seed=1))
+    rows = collect(shard_dataset(shards["prefix"], SIZE, T, tok, train=True, seed=1))
     assert len(rows) == shards["manifest"]["num_samples"]
     seen_flipped = seen_plain = 0
     for img, tokens, _ in rows:
@@ -159,7 +160,7 @@ def test_training_crops_flips_and_samples_captions(shards, ray_env):
         seen_plain += d in plain and d not in flipped
     assert seen_flipped > 0 and seen_plain > 0
     # A smaller training size takes random crops of the stored images.
-    crops = collect(build_dataset(shards["prefix"], 24, T, tok, train=True))
+    crops = collect(shard_dataset(shards["prefix"], 24, T, tok, train=True))
     assert {c[0].shape for c in crops} == {(24, 24, 3)}
 
 
@@ -181,7 +182,7 @@ def test_corrupt_samples_inside_shards_are_counted_and_skipped(shards, ray_env, 
     tok = tokenizer_for(shards["prefix"])
     counter = make_skip_counter()
     spec = f"{url},{storage.join(shards['prefix'], 'shard-000000.tar')}"
-    rows = collect(build_dataset(spec, SIZE, T, tok, train=False, skip_counter=counter))
+    rows = collect(shard_dataset(spec, SIZE, T, tok, train=False, skip_counter=counter))
     assert len(rows) == 2 + 8
     summary = skip_summary(counter)
     assert summary["total"] == 4
@@ -202,8 +203,8 @@ def test_brace_pattern_and_local_folder_read_the_same_samples(shards, ray_env):
     tok = tokenizer_for(shards["local"])
     last = len(shards["manifest"]["shards"]) - 1
     pattern = f"{shards['prefix']}/shard-{{000000..{last:06d}}}.tar"
-    from_s3 = sorted(_digest(i) for i, _, _ in collect(build_dataset(pattern, SIZE, T, tok, train=False)))
-    from_local = sorted(_digest(i) for i, _, _ in collect(build_dataset(shards["local"], SIZE, T, tok, train=False)))
+    from_s3 = sorted(_digest(i) for i, _, _ in collect(shard_dataset(pattern, SIZE, T, tok, train=False)))
+    from_local = sorted(_digest(i) for i, _, _ in collect(shard_dataset(shards["local"], SIZE, T, tok, train=False)))
     assert from_s3 == from_local == sorted(d for d, *_ in shards["expected"])
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 
 from data import synthetic
 from data.synthetic import COLOURS, SHAPES, STRIPE, SYNONYMS, centre_box, make_sample, write_synthetic
+from tests.awkward_inputs import write_awkward_cases
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +78,16 @@ def test_centre_is_only_knowable_from_the_caption(samples):
 
 
 def test_cli_writes_a_folder(tmp_path, capsys):
-    assert synthetic.main([str(tmp_path / "out"), "--num", "3", "--image-size", "16", "--awkward"]) == 0
+    assert synthetic.main([str(tmp_path / "out"), "--num", "3", "--image-size", "16"]) == 0
     assert "wrote 3 synthetic images" in capsys.readouterr().out
-    assert (tmp_path / "out" / "img_00002.png").is_file() and (tmp_path / "out" / "rgba.png").is_file()
+    assert (tmp_path / "out" / "img_00002.png").is_file()
     assert synthetic.main([str(tmp_path / "bad"), "--num", "1", "--image-size", "4"]) == 2
 
 
+# ---- the awkward inputs other tests use (tests/awkward_inputs.py) ----------------------------------------
+
 def test_awkward_cases_are_what_they_claim(tmp_path):
-    cases = synthetic.write_awkward_cases(tmp_path)
+    cases = write_awkward_cases(tmp_path)
     by_path = {c.path: c for c in cases}
     assert len(by_path) == len(cases)
     for c in cases:

@@ -169,9 +169,9 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     assert (loaded.profile.hole_size, loaded.profile.image_size, loaded.profile.num_images) == (192, 16, 8)
     assert all(a >= b for a, b in zip(loaded.profile.bits, loaded.profile.bits[1:]))
     # The trained export beats an untrained model of the same shape on the same held-out images.
-    from ray_jobs.data import build_dataset
+    from ray_jobs.data import shard_dataset
 
-    ds = build_dataset(shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
+    ds = shard_dataset(shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
     batch = ds.take_batch(16)
     x, tokens, lengths = (torch.tensor(batch[k]) for k in ("image", "tokens", "length"))
     fresh = onade.build_model(loaded.config).eval()

@@ -16,8 +16,7 @@ from PIL import Image
 from data import images, storage, untrusted
 from data.make_shards import make_shards
 from ray_jobs.outputs import href, write_gallery
-from data.synthetic import png_bomb
-from tests.hostile_inputs import SECRET_CAPTION, write_hostile_folder
+from tests.hostile_inputs import SECRET_CAPTION, png_bomb, write_hostile_folder
 
 
 @pytest.mark.parametrize("rel", ["a.png", "a/b/c.png", "we ird #1 ?q=2 %41 ü.png", "..a.png", "a..b/c.png", ".hidden"])
@@ -273,7 +272,7 @@ def test_training_refuses_a_run_name_that_climbs_out_before_starting(tmp_path):
 
 
 def test_large_images_are_converted_in_bands_with_identical_pixels(tmp_path, monkeypatch):
-    from data.synthetic import write_awkward_cases
+    from tests.awkward_inputs import write_awkward_cases
 
     cases = [c for c in write_awkward_cases(tmp_path) if c.image_ok]
     modes = set()

@@ -1,4 +1,5 @@
-"""Per-input work of a shard build, run in worker processes, with results kept in input order.
+"""make_shards' worker processes: each input read, decoded and encoded as a sample's image (`encode_item`),
+in chunks (`encode_chunk`), over a pool whose results keep the input order (`ordered_map`).
 
 Kept apart from make_shards so worker processes import only PIL, numpy and the data helpers.
 """
@@ -16,8 +17,8 @@ from data import images, sources, storage, untrusted
 CHUNK = 32  # items per worker task: amortises inter-process overhead, keeps the queue short
 
 
-def process_item(item: sources.Item, size: int, resize: str, fmt: str,
-                 max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> tuple:
+def encode_item(item: sources.Item, size: int, resize: str, fmt: str,
+                max_pixels: int = untrusted.DEFAULT_MAX_IMAGE_PIXELS) -> tuple:
     """("ok", source, captions, encoded image, (w, h), mode) or ("skip", source, reason)."""
     if item.skip:
         return ("skip", item.source, item.skip)
@@ -40,10 +41,10 @@ def process_item(item: sources.Item, size: int, resize: str, fmt: str,
     return ("ok", item.source, item.captions, images.encode(img, fmt), orig, mode)
 
 
-def process_chunk(args: tuple) -> list[tuple]:
+def encode_chunk(args: tuple) -> list[tuple]:
     chunk, size, resize, fmt, max_pixels = args
     with images.pixel_limit(max_pixels):  # PIL's limit is per process, and this may be a worker's
-        return [process_item(it, size, resize, fmt, max_pixels) for it in chunk]
+        return [encode_item(it, size, resize, fmt, max_pixels) for it in chunk]
 
 
 def ordered_map(fn: Callable, tasks: Iterable, workers: int, max_pending: int) -> Iterator:
@@ -58,7 +59,7 @@ def ordered_map(fn: Callable, tasks: Iterable, workers: int, max_pending: int) -
         return
     # forkserver: workers do not inherit the parent's threads (boto3's) or open sockets.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["data.process"])
+    ctx.set_forkserver_preload(["data.encode_workers"])
     with ctx.Pool(workers) as pool:
         pending: collections.deque = collections.deque()
         for t in tasks:
@@ -75,4 +76,4 @@ def chunks(it: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-__all__ = ["CHUNK", "process_item", "process_chunk", "ordered_map", "chunks"]
+__all__ = ["CHUNK", "encode_item", "encode_chunk", "ordered_map", "chunks"]
