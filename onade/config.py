@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("auto", "bf16", "fp32")  # onade.precision resolves "auto"; kept here, free of torch
+NUM_CHANNELS = 3  # RGB
+NUM_LEVELS = 256  # values of a subpixel (uint8): the head's softmax is this wide
 
 
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
