@@ -110,15 +110,15 @@ def engine_steps(preset: str, precision: str, device: torch.device, args) -> tup
     from onade.config import load_config
     from onade.model import build_model
     from onade.precision import ComputeDtype
-    from ray_jobs.engine import build_engine, deepspeed_config, load_zero_json, plan_batches
+    from ray_jobs.engine import build_engine, deepspeed_config, load_zero_json, split_batch
     from ray_jobs.train_draws import DrawStream
     from ray_jobs.train_loop import train_step
 
     batch = args.batch
     cfg = load_config(preset, sets=[f"data.global_batch_size={batch}", "train.caption_dropout=0"])
-    plan = plan_batches(batch, 1)
+    split = split_batch(batch, 1)
     torch.manual_seed(0)
-    engine = build_engine(build_model(cfg), cfg, deepspeed_config(load_zero_json(2), plan, 1.0, precision), device)
+    engine = build_engine(build_model(cfg), cfg, deepspeed_config(load_zero_json(2), split, 1.0, precision), device)
     S = cfg.model.image_size
     data = {"image": torch.randint(0, 256, (batch, S, S, 3), dtype=torch.uint8, device=device),
             "tokens": torch.randint(4, cfg.model.vocab_size, (batch, 12), device=device),

@@ -1,9 +1,12 @@
 """Forward+backward samples/s of two variants of the network, same body and batch: the embedding input vs.
-the seed's one-hot(3x256)+mask input (--compare input), or NHWC vs. NCHW activations (--compare layout).
+the seed's one-hot(3x256)+mask input (--compare input), NHWC vs. NCHW activations (--compare layout), or the
+attention mergers through F.scaled_dot_product_attention vs. the softmax attention once written by hand
+(--compare attention; tests/test_model.py keeps that reference).
 
     python bench/model.py                       # debug and small presets, CPU
     python bench/model.py --presets base --batch-size 32 --device cuda
     python bench/model.py --compare layout --presets small base --batch-size 4 --precision bf16
+    python -m bench.model --compare attention --presets small base   # -m: it imports tests.test_model
 
 Both variants are timed in alternating rounds within one run (this machine is noisy); the medians and
 their ratio are printed.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -25,7 +29,18 @@ from onade.model import build_model, num_parameters
 from onade.precision import autocast
 
 VARIANTS = {"input": {"embedding": dict(input_mode="embedding"), "onehot": dict(input_mode="onehot")},
-            "layout": {"nhwc": dict(channels_last="on"), "nchw": dict(channels_last="off")}}
+            "layout": {"nhwc": dict(channels_last="on"), "nchw": dict(channels_last="off")},
+            "attention": {"sdpa": {}, "hand": {}}}
+
+
+def build_variant(model_cfg, compare: str, variant: str):
+    model = build_model(dataclasses.replace(model_cfg, **VARIANTS[compare][variant]))
+    if variant == "hand":
+        from tests.test_model import hand_attention
+
+        for merger in model.mergers.values():
+            merger.forward = functools.partial(hand_attention, merger)
+    return model
 
 
 def step_time(model, batch, opt, precision: str = "fp32") -> float:
@@ -40,6 +55,36 @@ def step_time(model, batch, opt, precision: str = "fp32") -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t
+
+
+def merger_time(merger, f_BCHW, z_BTD, lengths_B, precision: str) -> float:
+    """Forward+backward seconds of one attention merger alone (the whole step hides it behind the convs)."""
+    t = time.perf_counter()
+    with autocast(precision, f_BCHW.device):
+        out = merger(f_BCHW, z_BTD, lengths_B)
+    out.float().square().mean().backward()
+    if f_BCHW.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def compare_mergers(models: dict, B: int, S: int, lengths_B, args) -> str:
+    """samples/s of the first merger of each model, alternating rounds as for the whole step."""
+    cfg = next(iter(models.values())).cfg
+    f_BCHW = torch.randn(B, cfg.width, S, S, device=args.device, requires_grad=True)
+    z_BTD = torch.randn(B, 16, cfg.text_dim, device=args.device, requires_grad=True)
+    mergers = {m: models[m].mergers[next(iter(models[m].mergers))] for m in models}
+    for m in mergers:  # warm-up
+        merger_time(mergers[m], f_BCHW, z_BTD, lengths_B, args.precision)
+    times = {m: [] for m in mergers}
+    for _ in range(args.rounds):
+        for m in mergers:
+            times[m].append(statistics.median(merger_time(mergers[m], f_BCHW, z_BTD, lengths_B, args.precision)
+                                              for _ in range(args.steps_per_round)))
+    rate = {m: B / statistics.median(times[m]) for m in mergers}
+    first, second = mergers
+    return f"one merger alone samples/s {first}={rate[first]:.1f} {second}={rate[second]:.1f} " \
+           f"ratio={rate[first] / rate[second]:.2f}x"
 
 
 def main(argv=None) -> None:
@@ -58,8 +103,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     for name in args.presets:
         cfg = get_preset(name)
-        models = {name: build_model(dataclasses.replace(cfg.model, **kw)).to(args.device)
-                  for name, kw in VARIANTS[args.compare].items()}
+        models = {m: build_variant(cfg.model, args.compare, m).to(args.device) for m in VARIANTS[args.compare]}
         opts = {m: torch.optim.AdamW(models[m].parameters(), lr=1e-4) for m in models}
         S, B = cfg.model.image_size, args.batch_size
         x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, device=args.device)
@@ -79,6 +123,8 @@ def main(argv=None) -> None:
         params = " ".join(f"{m}={num_parameters(models[m]) / 1e6:.2f}M" for m in models)
         print(f"{name:6s} {args.precision} params {params} | samples/s {first}={rate[first]:.1f} "
               f"{second}={rate[second]:.1f} ratio={rate[first] / rate[second]:.2f}x")
+        if args.compare == "attention" and models[first].mergers:
+            print(f"{name:6s} {args.precision} {compare_mergers(models, B, S, lengths, args)}")
 
 
 if __name__ == "__main__":

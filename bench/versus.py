@@ -73,15 +73,15 @@ def measure_step(presets: list[str], reps: int, batch: int) -> dict[str, float]:
     out = {}
     for preset in presets:
         cfg = load_config(preset, sets=[f"data.global_batch_size={batch}"])
-        precision, plan = resolve_precision("auto", "cpu"), eng.plan_batches(batch, 1)
+        precision, split = resolve_precision("auto", "cpu"), eng.split_batch(batch, 1)
         torch.manual_seed(0)
         if drawn:
             from ray_jobs.train_draws import DrawStream
 
-            ds = eng.deepspeed_config(eng.load_zero_json(2), plan, 1.0, precision)
+            ds = eng.deepspeed_config(eng.load_zero_json(2), split, 1.0, precision)
             engine = eng.build_engine(build_model(cfg), cfg, ds, torch.device("cpu"))
         else:
-            engine = eng.build_engine(build_model(cfg), cfg, eng.deepspeed_config(eng.load_zero_json(2), plan, 1.0))
+            engine = eng.build_engine(build_model(cfg), cfg, eng.deepspeed_config(eng.load_zero_json(2), split, 1.0))
         S = cfg.model.image_size
         data = {"image": torch.randint(0, 256, (batch, S, S, 3), dtype=torch.uint8),
                 "tokens": torch.randint(4, 60, (batch, 12)), "length": torch.full((batch,), 10)}

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("auto", "bf16", "fp32")  # onade.precision resolves "auto"; kept here, free of torch
+NUM_CHANNELS = 3  # RGB
+NUM_LEVELS = 256  # values of a subpixel (uint8): the head's softmax is this wide
 
 
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
@@ -120,9 +122,9 @@ class TrainConfig:
 class SampleConfig:
     """Every setting of one inpainting run (onade.inpaint, ray_jobs.inpaint); see onade.sampling."""
     # The default, from bench/sample.py --quality (README): ancestral sampling in 32 passes planned from the
-    # loss profile scores within 0.01 bit of the exact NLL and followed captions better than the old default
-    # (independent Gibbs, one sweep per hole subpixel: 769 passes for a 16x16 hole), at 33x its images/s in
-    # onade.inpaint and 25.5x in the inpainting job.
+    # loss profile scores within 0.01 bit of the exact NLL and followed captions better than independent Gibbs
+    # with one sweep per hole subpixel (769 passes for a 16x16 hole), at 33x its images/s in onade.inpaint and
+    # 25.5x in the inpainting job.
     strategy: str = "ancestral"
     # The budget of forward passes. Gibbs strategies: the number of sweeps. ancestral: passes planned from
     # the model's loss profile (onade.plans); maskgit, greedy, antigreedy: passes on MaskGIT's cosine

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from onade.config import ModelConfig, SampleConfig
+from onade.config import NUM_CHANNELS, NUM_LEVELS, ModelConfig, SampleConfig
 
 FP32 = 4
 BODY_MAPS = 6  # width-channel fp32 maps alive at the body's peak, per pixel (an upper bound: 4.3-5.8 measured)
@@ -44,7 +44,7 @@ def forward_bytes_per_row(cfg: ModelConfig, max_tokens: int = 64) -> int:
     body = BODY_MAPS * cfg.width * FP32
     inputs = 3 * (3 * cfg.embed_dim + 2) * FP32  # the value embedding, coordinates, their NHWC copy
     attention = 3 * cfg.num_heads * max_tokens * FP32 if cfg.merge_every > 0 else 0  # scores, softmax, weights
-    head = HEAD_COPIES * 3 * 256 * FP32
+    head = HEAD_COPIES * NUM_CHANNELS * NUM_LEVELS * FP32
     return pixels * (body + inputs + attention + head)
 
 

@@ -16,10 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from onade.caption import AttentionMerger, CaptionReader
-from onade.config import Config, ModelConfig, get_preset
-
-NUM_LEVELS = 256
-NUM_CHANNELS = 3
+from onade.config import NUM_CHANNELS, NUM_LEVELS, Config, ModelConfig, get_preset
 
 
 class ValueEmbedding(nn.Module):

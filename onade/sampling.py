@@ -60,13 +60,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from onade.config import SampleConfig
+from onade.config import NUM_CHANNELS, NUM_LEVELS, SampleConfig
 from onade.counter_rng import uniforms as counter_uniforms
 from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
 from onade.precision import autocast, resolve_precision
 
-NUM_LEVELS = 256
-NUM_CHANNELS = 3
 _UNKNOWN_VALUE = 127  # what a not-yet-sampled hole subpixel shows in recorded frames (never seen by the model)
 SEED_LIMIT = 2 ** 63  # seeds are ints in [0, 2**63)
 

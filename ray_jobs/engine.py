@@ -38,14 +38,14 @@ DERIVED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchSplit:
     global_batch: int
     micro_batch: int  # per worker per forward pass
     grad_accum: int
     world_size: int
 
 
-def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> BatchPlan:
+def split_batch(global_batch: int, world_size: int, micro_batch: int = 0) -> BatchSplit:
     """global = micro * accumulation * world; micro 0 means no accumulation."""
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
@@ -55,7 +55,7 @@ def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> Ba
             f"data.global_batch_size={global_batch} must be a multiple of train.micro_batch_size x workers = "
             f"{micro_batch or '(global / workers)'} x {world_size}: change data.global_batch_size, "
             "train.micro_batch_size or --workers")
-    return BatchPlan(global_batch, micro, global_batch // (micro * world_size), world_size)
+    return BatchSplit(global_batch, micro, global_batch // (micro * world_size), world_size)
 
 
 def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR, path: str | Path | None = None) -> dict:
@@ -87,16 +87,16 @@ def load_zero_json(stage: int, directory: str | Path = DEEPSPEED_DIR, path: str 
     return ds
 
 
-def deepspeed_config(zero_json: dict, plan: BatchPlan, grad_clip: float, precision: str) -> dict:
+def deepspeed_config(zero_json: dict, split: BatchSplit, grad_clip: float, precision: str) -> dict:
     """The engine's config: the ZeRO settings plus what the run derives. `precision` is resolved ("bf16" or
     "fp32", onade.precision.resolve_precision on the worker's device)."""
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"deepspeed_config takes a resolved precision ('bf16' or 'fp32'), got {precision!r}")
     ds = json.loads(json.dumps(zero_json))
     ds.update(
-        train_batch_size=plan.global_batch,
-        train_micro_batch_size_per_gpu=plan.micro_batch,
-        gradient_accumulation_steps=plan.grad_accum,
+        train_batch_size=split.global_batch,
+        train_micro_batch_size_per_gpu=split.micro_batch,
+        gradient_accumulation_steps=split.grad_accum,
         gradient_clipping=grad_clip,
         # No lower-precision-safe modules: DeepSpeed would otherwise tag every Linear and Conv weight to reduce
         # its gradients (and, under ZeRO-3, gather the weight) in bf16 (init_autocast_params,
@@ -189,5 +189,5 @@ def build_engine(model: torch.nn.Module, cfg: Config, ds_config: dict, device: t
     return engine
 
 
-__all__ = ["BatchPlan", "plan_batches", "load_zero_json", "deepspeed_config", "lr_factor",
+__all__ = ["BatchSplit", "split_batch", "load_zero_json", "deepspeed_config", "lr_factor",
            "build_engine", "deepspeed_device", "make_optimizer", "torch_optimizer", "skip_shm_comm_build", "DEEPSPEED_DIR"]

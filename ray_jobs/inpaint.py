@@ -62,14 +62,13 @@ from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig, config_from_dict
 from ray_jobs.devices import check_gpus_per_process
-from ray_jobs.inpaint_inputs import FITS
+from ray_jobs.inpaint_inputs import FITS, JobOptions, decode_batch, list_tree, mask_table, read_captions_jsonl
+from ray_jobs.outputs import INDEX, RESULTS, OutputClaims, OutputNames, error_record, write_batch, write_gallery
 from ray_jobs.ray_env import init_ray
 
-RESULTS = "results.jsonl"
 # The settings of the last run that wrote into an output folder: outputs without a results line (a killed
 # run writes results.jsonl only at its end) count as done only when they were made with today's settings.
 SETTINGS = ".onade-inpaint.json"
-INDEX = "index.html"
 IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
 IO_CPUS = 0.25  # each decode or write task's share of a CPU
 SAMPLER_FLAGS = ("strategy", "steps", "temperature", "final_temperature", "chunk", "precision", "guidance")
@@ -152,7 +151,7 @@ def describe(sample: SampleConfig) -> str:
     return f"strategy {sample.strategy}, {steps}, guidance {sample.guidance:g}"
 
 
-# ---- planning (driver only, before any Ray work) -------------------------------------------------
+# ---- selecting the work (driver only, before any Ray work) ----------------------------------------
 
 def read_model_config(checkpoint: str):
     """The checkpoint's config, without loading its weights (the driver never needs them)."""
@@ -173,53 +172,8 @@ def _rel(url: str, root: str) -> str:
     return os.path.relpath(url, root).replace(os.sep, "/")
 
 
-def list_tree(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-    """Every entry under root (none when root does not exist yet): ({rel: url} of usable files,
-    {rel: (url, problem)} of entries that may not be read: unsafe keys, symlinks out of root, FIFOs...)."""
-    from data import untrusted
-
-    good, bad = {}, {}
-    for e in untrusted.list_inputs(root):
-        if e.problem:
-            bad[e.rel] = (e.url, e.problem)
-        else:
-            good[e.rel] = e.url
-    return good, bad
-
-
 def error_row(url: str, rel: str, error: str, sample: SampleConfig) -> dict:
-    from ray_jobs.outputs import error_record
-
     return error_record({"input": url, "rel": rel}, error, sample, seconds=0.0)
-
-
-def read_captions_jsonl(url: str, input_root: str, wanted: set[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """{rel path: first caption} for the inputs in `wanted`, and (where, reason) for lines that cannot be used.
-    Streamed: memory holds one line (at most untrusted.MAX_CAPTION_FILE_BYTES) plus the captions kept."""
-    from data import storage, untrusted
-    from data.sources import caption_lines, listed_rel
-
-    caps, bad, unsafe = {}, [], untrusted.Capped()
-    name = storage.basename(url)
-    with storage.open_read(url) as f:
-        for where, file, got, problem in caption_lines(f, name):  # unusable lines arrive capped
-            if problem:
-                bad.append((where, problem))
-                continue
-            try:
-                rel = listed_rel(file, input_root)
-                text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
-                untrusted.check_captions([text])
-            except untrusted.UnsafeInput as e:
-                unsafe.add((where, f"captions line not used: {e}"))
-                continue
-            if rel in wanted:
-                caps.setdefault(rel, text)
-    bad += unsafe.rows
-    if unsafe.more:
-        bad.append((f"{name}:*", f"captions lines not used: {unsafe.more} more naming files outside --input or "
-                                 "with unusable captions"))
-    return caps, bad
 
 
 def _nested(inner: str, outer: str) -> str | None:
@@ -233,29 +187,6 @@ def _nested(inner: str, outer: str) -> str | None:
     return _rel(inner, outer) if inner.startswith(outer + "/") else None
 
 
-def _parents(rel: str) -> list[str]:
-    parts = rel.split("/")[:-1]
-    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
-
-
-def _clash(names: list[str], claimed: dict[str, tuple[str, str]]) -> str:
-    """Why these output paths cannot be written beside those already claimed ("" if they can)."""
-    from data import untrusted
-
-    for o in names:
-        try:
-            untrusted.safe_rel(o, "output")
-        except untrusted.UnsafeInput as e:
-            return str(e)
-        if o.casefold() in claimed:
-            return f"its output {o} is already that of {claimed[o.casefold()][1]}; rename one of the two"
-        for folder in _parents(o):
-            kind, owner = claimed.get(folder.casefold(), ("folder", ""))
-            if kind == "file":
-                return f"its output {o} needs a folder {folder}, already a file of {owner}; rename one of the two"
-    return ""
-
-
 def _same_or_inside(inner: str, outer: str) -> bool:
     from data import storage
 
@@ -266,14 +197,48 @@ def _same_or_inside(inner: str, outer: str) -> bool:
     return inner.rstrip("/") == outer.rstrip("/") or _nested(inner, outer) is not None
 
 
-def plan(args, opts, previous: dict[str, dict], folder_settings: str | None = None):
+def caption_table(args, files: dict[str, str], sample: SampleConfig) -> tuple[dict[str, str], list[dict]]:
+    """{rel: caption} from --captions for the inputs listed, and an error row per line that cannot be used
+    (nothing without --captions: each input's sidecar .txt is read as it is decoded)."""
+    if not args.captions:
+        return {}, []
+    captions, bad_lines = read_captions_jsonl(args.captions, args.input, set(files))
+    if bad_lines:
+        print(f"warning: {len(bad_lines)} line(s) of {args.captions} cannot be used (see results.jsonl)",
+              file=sys.stderr)
+    return captions, [error_row(args.captions, where, why, sample) for where, why in bad_lines]
+
+
+def input_problem(rel: str, ext: str, unsafe: dict, bad_masks: dict[str, str], captions_file: str | None) -> str:
+    """Why the input at `rel` cannot be used, known before reading it ("" if none)."""
+    from data.images import IMAGE_EXTENSIONS
+
+    stem = os.path.splitext(rel)[0]
+    if not ext.endswith(IMAGE_EXTENSIONS):
+        return f"not an image (extension {ext or 'none'!r}); images are " + ", ".join(IMAGE_EXTENSIONS)
+    if stem + ".txt" in unsafe and not captions_file:
+        return f"caption file {stem}.txt not read: {unsafe[stem + '.txt'][1]}"
+    if stem in bad_masks:
+        return f"mask file not read: {bad_masks[stem]}"
+    return ""
+
+
+def resumed_row(prev: dict | None, url: str, rel: str, outs, caption: str, sample: SampleConfig,
+                settings: str) -> dict:
+    """The result line of an input already done: the earlier run's line when there is one (it has the caption,
+    steps and timing)."""
+    if prev and prev.get("status") == "ok":
+        return dict(prev, resumed=True)
+    return {"input": url, "rel": rel, "outputs": outs.all(), "files": outs.files(), "caption": caption,
+            "strategy": sample.strategy, "status": "ok", "settings": settings, "resumed": True}
+
+
+def select_work(args, opts, previous: dict[str, dict], folder_settings: str | None = None):
     """Split the input tree into (rows to inpaint, result lines already known). Every entry gets a row:
     unusable ones (unsafe names, symlinks out of the input, not images) an error row, and nothing is
     read or written for them. An input is done when all its outputs exist and were made with these settings
     (its line in `previous` says so, or, without one, `folder_settings`: SETTINGS of the last run)."""
     from data import storage
-    from data.images import IMAGE_EXTENSIONS
-    from ray_jobs.outputs import OutputNames
 
     sample = opts.sample_config()
     settings = opts.fingerprint()
@@ -285,63 +250,32 @@ def plan(args, opts, previous: dict[str, dict], folder_settings: str | None = No
     def in_output(rel: str) -> bool:
         return bool(out_rel) and (rel + "/").startswith(out_rel + "/")
 
-    known = []
-    captions = {}
-    if args.captions:
-        captions, bad_lines = read_captions_jsonl(args.captions, args.input, set(files))
-        known += [error_row(args.captions, where, why, sample) for where, why in bad_lines]
-        if bad_lines:
-            print(f"warning: {len(bad_lines)} line(s) of {args.captions} cannot be used (see results.jsonl)",
-                  file=sys.stderr)
-    masks, bad_masks = {}, {}
-    if opts.mask == "dir":
-        good, bad = list_tree(args.mask)
-        masks = {os.path.splitext(rel)[0]: url for rel, url in good.items()}
-        bad_masks = {os.path.splitext(rel)[0]: why for rel, (_, why) in bad.items()}
+    captions, known = caption_table(args, files, sample)
+    masks, bad_masks = mask_table(args.mask) if opts.mask == "dir" else ({}, {})
     done_outputs = set(list_tree(args.output)[0])
-    for rel, (url, why) in sorted(unsafe.items()):
-        if not in_output(rel):
-            known.append(error_row(url, rel, f"not read: {why}", sample))
-    # Two inputs must not write the same path: `a.png` and `a.jpg` both make `a.png`; the `a.masked.png` of
-    # `a.png` is the output of an input named `a.masked.png`; `a.png/x.png` needs a folder where `a.jpg`
-    # writes a file; names differing in case collide on some disks. The job's own files are claimed first.
-    claimed = {RESULTS: ("file", "the job's results"), INDEX: ("file", "the job's gallery")}
+    known += [error_row(url, rel, f"not read: {why}", sample) for rel, (url, why) in sorted(unsafe.items())
+              if not in_output(rel)]
+    claims = OutputClaims()
     todo = []
     for rel, url in sorted(files.items()):
         name = rel.rsplit("/", 1)[-1]
-        if name.startswith(".") or in_output(rel):
-            continue
         ext = os.path.splitext(name)[1].lower()
-        if not ext.endswith(IMAGE_EXTENSIONS):
-            if ext not in IGNORED_EXTENSIONS:
-                known.append(error_row(url, rel, f"not an image (extension {ext or 'none'!r}); images are "
-                                       + ", ".join(IMAGE_EXTENSIONS), sample))
+        if name.startswith(".") or in_output(rel) or ext in IGNORED_EXTENSIONS:
+            continue
+        problem = input_problem(rel, ext, unsafe, bad_masks, args.captions)
+        if not problem:
+            outs = OutputNames.of(rel, opts)
+            problem = claims.clash(outs.all())
+        if problem:
+            known.append(error_row(url, rel, problem, sample))
+            continue
+        claims.claim(outs.all(), rel)
+        prev = previous.get(url)
+        made_here = (prev.get("settings") if prev else folder_settings) == settings
+        if made_here and all(o in done_outputs for o in outs.all()):
+            known.append(resumed_row(prev, url, rel, outs, captions.get(rel, ""), sample, settings))
             continue
         stem = os.path.splitext(rel)[0]
-        if stem + ".txt" in unsafe and not args.captions:
-            known.append(error_row(url, rel, f"caption file {stem}.txt not read: {unsafe[stem + '.txt'][1]}", sample))
-            continue
-        if stem in bad_masks:
-            known.append(error_row(url, rel, f"mask file not read: {bad_masks[stem]}", sample))
-            continue
-        outs = OutputNames.of(rel, opts)
-        names = outs.all()
-        clash = _clash(names, claimed)
-        if clash:
-            known.append(error_row(url, rel, clash, sample))
-            continue
-        for o in names:
-            claimed[o.casefold()] = ("file", rel)
-            for folder in _parents(o):
-                claimed.setdefault(folder.casefold(), ("folder", rel))
-        prev = previous.get(url)
-        if all(o in done_outputs for o in names) and (prev.get("settings") if prev else folder_settings) == settings:
-            # The earlier run's line when there is one (it has the caption, steps and timing).
-            known.append(dict(prev, resumed=True) if prev and prev.get("status") == "ok" else
-                         {"input": url, "rel": rel, "outputs": names, "files": outs.files(),
-                          "caption": captions.get(rel, ""), "strategy": sample.strategy, "status": "ok",
-                          "settings": settings, "resumed": True})
-            continue
         sidecar = files.get(stem + ".txt", "") if not args.captions else ""
         todo.append({"input": url, "rel": rel, "caption": captions.get(rel, ""), "caption_url": sidecar,
                      "mask_url": masks.get(stem, "")})
@@ -366,14 +300,13 @@ def read_previous(output: str) -> dict[str, dict]:
 
 # ---- Ray ----------------------------------------------------------------------------------------
 
-def build_dataset(todo: list[dict], args, opts):
-    """decode (CPU tasks) -> model (the actor pool) -> paste back and write (CPU tasks) -> result lines."""
+def inpaint_pipeline(todo: list[dict], args, opts):
+    """The job's Ray Dataset: decode (CPU tasks) -> model (the actor pool) -> paste back and write (CPU tasks)
+    -> result lines."""
     import ray
     import ray.data
 
     from ray_jobs.inpaint_actor import InpaintActor
-    from ray_jobs.inpaint_inputs import decode_batch
-    from ray_jobs.outputs import write_batch
 
     o = opts.to_dict()
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / args.batch_size)))
@@ -384,14 +317,14 @@ def build_dataset(todo: list[dict], args, opts):
     # its defaults for actor pools); every output is written atomically, so a retry finds nothing half-written.
     ds = ds.map_batches(
         InpaintActor, fn_constructor_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=args.workers), num_cpus=opts_cpus(args),
+        compute=ray.data.ActorPoolStrategy(size=args.workers), num_cpus=cpus_per_actor(args),
         num_gpus=args.gpus_per_worker or None,
         **({"accelerator_type": args.accelerator_type} if args.accelerator_type else {}))
     return ds.map_batches(write_batch, fn_kwargs={"opts": o}, batch_size=args.batch_size, batch_format="numpy",
                           num_cpus=IO_CPUS)
 
 
-def opts_cpus(args) -> float:
+def cpus_per_actor(args) -> float:
     if args.cpus_per_worker > 0:
         return args.cpus_per_worker
     if args.gpus_per_worker > 0:
@@ -403,14 +336,42 @@ def opts_cpus(args) -> float:
     return max(0.25, (total - 2 * IO_CPUS) / args.workers)
 
 
+def run_pool(todo: list[dict], args, opts, results, counts: dict) -> float:
+    """Inpaint `todo` on a Ray actor pool (started here when none is running), each result line written to
+    `results` as it arrives and counted; the seconds it took."""
+    import ray
+    from tqdm import tqdm
+
+    started = init_ray() is not None
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if args.gpus_per_worker <= 0:
+            total = ray.cluster_resources().get("CPU", 1.0)
+            opts.threads = max(1, int(total // args.workers))
+        ds = inpaint_pipeline(todo, args, opts)
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(todo), unit="img", desc="inpainting", file=sys.stderr, dynamic_ncols=True,
+                   disable=args.no_progress)
+        for row in ds.iter_rows():
+            rec = json.loads(row["record"])
+            rec["rel"] = _rel(rec["input"], args.input)
+            results.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            results.flush()
+            counts["done" if rec["status"] == "ok" else "failed"] += 1
+            bar.update(1)
+        bar.close()
+        return time.perf_counter() - t0
+    finally:
+        if started:
+            ray.shutdown()
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def job_options(args):
+    """The stages' JobOptions from the flags, once the folders, the checkpoint and --mask are checked."""
     from data import storage, untrusted
     from onade.holes import HoleSpec
-    from ray_jobs.outputs import write_gallery
-    from ray_jobs.inpaint_inputs import JobOptions
 
     for flag in ("input", "output", "mask"):
         untrusted.check_s3_root(getattr(args, flag), f"--{flag}")
@@ -418,7 +379,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--output {args.output!r} is --input or contains it: outputs could overwrite inputs and "
                          "be read as inputs next time; use another folder (one inside --input is fine)")
     cfg = read_model_config(args.checkpoint)
-    S = cfg.model.image_size
     mask = args.mask
     if storage.is_s3(mask) or os.path.isdir(mask):
         mask = "dir"
@@ -428,17 +388,31 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as e:
             raise ValueError(f"--mask {e}; or an existing folder of mask PNGs") from None
     storage.check_writable(args.output)
-    opts = JobOptions(checkpoint=args.checkpoint, input=args.input, output=args.output, image_size=S, mask=mask,
-                      mask_dir=args.mask if mask == "dir" else "", fit=args.fit, format=args.format,
-                      feather=args.feather, max_pixels=args.max_image_pixels,
+    return JobOptions(checkpoint=args.checkpoint, input=args.input, output=args.output,
+                      image_size=cfg.model.image_size, mask=mask, mask_dir=args.mask if mask == "dir" else "",
+                      fit=args.fit, format=args.format, feather=args.feather, max_pixels=args.max_image_pixels,
                       sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
                       animate=args.animate, max_forward_batch=args.max_forward_batch)
-    settings_url = storage.join(args.output, SETTINGS)
-    folder_settings = None
-    if storage.exists(settings_url):
+
+
+def read_folder_settings(output: str) -> str | None:
+    """The settings of the last run that wrote into `output` (its SETTINGS file), None if unknown."""
+    from data import storage
+
+    url = storage.join(output, SETTINGS)
+    if storage.exists(url):
         with contextlib.suppress(ValueError, AttributeError, storage.StorageError):
-            folder_settings = json.loads(storage.read_bytes(settings_url, max_bytes=1 << 16)).get("settings")
-    todo, known = plan(args, opts, read_previous(args.output), folder_settings)
+            return json.loads(storage.read_bytes(url, max_bytes=1 << 16)).get("settings")
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from data import storage, untrusted
+
+    opts = job_options(args)
+    folder_settings = read_folder_settings(args.output)
+    todo, known = select_work(args, opts, read_previous(args.output), folder_settings)
     if not todo and not known:
         raise ValueError(f"no images under {args.input!r}")
     skipped = sum(1 for r in known if r.get("resumed"))
@@ -449,7 +423,6 @@ def main(argv: list[str] | None = None) -> dict:
         untrusted.write_output(args.output, SETTINGS, json.dumps({"settings": opts.fingerprint(),
                                                                  "options": opts.to_dict()}, indent=1).encode())
     tmp = tempfile.mkdtemp(prefix="onade_inpaint_")
-    started = False
     counts = {"done": 0, "failed": len(known) - skipped, "skipped": skipped}
     elapsed = 0.0
     try:
@@ -458,25 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
             for rec in known:
                 results.write(json.dumps(rec, ensure_ascii=False) + "\n")
             if todo:
-                started = init_ray() is not None
-                import ray
-
-                ray.data.DataContext.get_current().enable_progress_bars = False
-                if args.gpus_per_worker <= 0:
-                    total = ray.cluster_resources().get("CPU", 1.0)
-                    opts.threads = max(1, int(total // args.workers))
-                ds = build_dataset(todo, args, opts)
-                t0 = time.perf_counter()
-                bar = _progress(len(todo), args.no_progress)
-                for row in ds.iter_rows():
-                    rec = json.loads(row["record"])
-                    rec["rel"] = _rel(rec["input"], args.input)
-                    results.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    results.flush()
-                    counts["done" if rec["status"] == "ok" else "failed"] += 1
-                    bar.update(1)
-                bar.close()
-                elapsed = time.perf_counter() - t0
+                elapsed = run_pool(todo, args, opts, results, counts)
         with open(results_path, "rb") as f:
             storage.write_file_atomic(storage.join(args.output, RESULTS), f)
         summary = (f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
@@ -486,21 +441,11 @@ def main(argv: list[str] | None = None) -> dict:
         storage.upload_dir(pages, args.output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if started:
-            import ray
-
-            ray.shutdown()
     index_url = storage.join(args.output, INDEX)
     print(summary)
     print(f"results: {storage.join(args.output, RESULTS)}\ngallery: {index_url}", flush=True)
     return dict(counts, images_per_second=counts["done"] / elapsed if elapsed else 0.0, seconds=elapsed,
                 index=index_url, results=storage.join(args.output, RESULTS))
-
-
-def _progress(total: int, disabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="inpainting", file=sys.stderr, dynamic_ncols=True, disable=disabled)
 
 
 def exit_code(summary: dict) -> int:

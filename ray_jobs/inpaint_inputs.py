@@ -1,4 +1,5 @@
-"""The inpainting job's inputs (see ray_jobs.inpaint for how to run it): its options, and reading one input.
+"""The inpainting job's inputs (see ray_jobs.inpaint for how to run it): its options, listing the input and
+mask folders and a --captions file, and reading one input.
 
 `prepare` turns an input's bytes (and its mask PNG's) into the decoded image, its hole in image coordinates
 and the window the model sees (onade.holes). The decode stage (`decode_batch`, Ray Data tasks on CPUs) runs
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -201,5 +203,54 @@ def _decode_rows(batch: dict[str, np.ndarray], o: JobOptions) -> dict[str, np.nd
     return out
 
 
+# ---- listing (the driver, before any Ray work) ---------------------------------------------------
+
+def list_tree(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """Every entry under root (none when root does not exist yet): ({rel: url} of usable files,
+    {rel: (url, problem)} of entries that may not be read: unsafe keys, symlinks out of root, FIFOs...)."""
+    good, bad = {}, {}
+    for e in untrusted.list_inputs(root):
+        if e.problem:
+            bad[e.rel] = (e.url, e.problem)
+        else:
+            good[e.rel] = e.url
+    return good, bad
+
+
+def read_captions_jsonl(url: str, input_root: str, wanted: set[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """{rel path: first caption} for the inputs in `wanted`, and (where, reason) for lines that cannot be used.
+    Streamed: memory holds one line (at most untrusted.MAX_CAPTION_FILE_BYTES) plus the captions kept."""
+    from data.sources import caption_lines, listed_rel
+
+    caps, bad, unsafe = {}, [], untrusted.Capped()
+    name = storage.basename(url)
+    with storage.open_read(url) as f:
+        for where, file, got, problem in caption_lines(f, name):  # unusable lines arrive capped
+            if problem:
+                bad.append((where, problem))
+                continue
+            try:
+                rel = listed_rel(file, input_root)
+                text = next((c.strip() for c in got if isinstance(c, str) and c.strip()), "")
+                untrusted.check_captions([text])
+            except untrusted.UnsafeInput as e:
+                unsafe.add((where, f"captions line not used: {e}"))
+                continue
+            if rel in wanted:
+                caps.setdefault(rel, text)
+    bad += unsafe.rows
+    if unsafe.more:
+        bad.append((f"{name}:*", f"captions lines not used: {unsafe.more} more naming files outside --input or "
+                                 "with unusable captions"))
+    return caps, bad
+
+
+def mask_table(mask_dir: str) -> tuple[dict[str, str], dict[str, str]]:
+    """{stem: url} of the usable mask files under mask_dir, and {stem: why not} of the others."""
+    good, bad = list_tree(mask_dir)
+    return ({os.path.splitext(rel)[0]: url for rel, url in good.items()},
+            {os.path.splitext(rel)[0]: why for rel, (_, why) in bad.items()})
+
+
 __all__ = ["FITS", "JobOptions", "Prepared", "prepare", "read_input", "mask_from_png", "image_seeds",
-           "input_digest", "decode_batch"]
+           "input_digest", "decode_batch", "list_tree", "read_captions_jsonl", "mask_table"]

@@ -47,6 +47,8 @@ PAGE_ROWS = 200
 ROW_IMG_PX = 96  # shown height of a row's picture; explicit so the page does not reflow as lazy images arrive
 NAV_WINDOW = 3  # page links either side of the current page; first and last are always linked
 CHECKER = (0, 255)  # the hole's checkerboard: black and white squares show on any image
+RESULTS = "results.jsonl"  # one line per input, of every run into the output folder
+INDEX = "index.html"  # the gallery's first page
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,42 @@ class OutputNames:
     def files(self) -> dict:
         return {"samples": list(self.samples), "masked": self.masked, "thumb": self.thumb,
                 "animation": self.animation}
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+class OutputClaims:
+    """The output paths inputs have claimed. Two inputs must not write the same path: `a.png` and `a.jpg` both
+    make `a.png`; the `a.masked.png` of `a.png` is the output of an input named `a.masked.png`; `a.png/x.png`
+    needs a folder where `a.jpg` writes a file; names differing in case collide on some disks. The job's own
+    files are claimed first."""
+
+    def __init__(self):
+        self.owners = {RESULTS: ("file", "the job's results"), INDEX: ("file", "the job's gallery")}
+
+    def clash(self, names: list[str]) -> str:
+        """Why these output paths cannot be written beside those already claimed ("" if they can)."""
+        for o in names:
+            try:
+                untrusted.safe_rel(o, "output")
+            except untrusted.UnsafeInput as e:
+                return str(e)
+            if o.casefold() in self.owners:
+                return f"its output {o} is already that of {self.owners[o.casefold()][1]}; rename one of the two"
+            for folder in _parents(o):
+                kind, owner = self.owners.get(folder.casefold(), ("folder", ""))
+                if kind == "file":
+                    return f"its output {o} needs a folder {folder}, already a file of {owner}; rename one of the two"
+        return ""
+
+    def claim(self, names: list[str], rel: str) -> None:
+        for o in names:
+            self.owners[o.casefold()] = ("file", rel)
+            for folder in _parents(o):
+                self.owners.setdefault(folder.casefold(), ("folder", rel))
 
 
 def gif_bytes(frames_FKHWC: np.ndarray) -> bytes:
@@ -162,7 +200,7 @@ def _write_one(row: dict, o: JobOptions, sample, settings: str) -> dict:
         if names.animation:
             blobs.append(bytes(row["gif"]))
         assert len(blobs) == len(files)
-        # Every name passed untrusted.safe_rel when the job was planned; write_output checks each again.
+        # Every name passed untrusted.safe_rel when the work was selected; write_output checks each again.
         for name, blob in list(zip(files, blobs))[1:] + [(files[0], blobs[0])]:
             untrusted.write_output(o.output, name, blob)
     except (ImageSkip, ValueError, OSError, storage.StorageError) as e:  # UnsafeInput is a ValueError
@@ -209,7 +247,7 @@ def href(path: str) -> str:
 
 def page_name(page: int) -> str:
     """The file name of gallery page `page` (1-based)."""
-    return "index.html" if page == 1 else f"index-{page}.html"
+    return INDEX if page == 1 else f"index-{page}.html"
 
 
 def read_records(path: str) -> Iterator[dict]:

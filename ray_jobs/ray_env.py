@@ -8,7 +8,8 @@ import socket
 
 # Ray Train's own console lines below this level are dropped (RunConfig's LoggingConfig, train_log_level).
 TRAIN_LOG_LEVEL = "WARNING"
-# Ray's default dashboard port; like Ray (ray/_private/services.py:1290-1293) we take the first free one from it.
+# Ray's default dashboard port; like Ray (start_api_server in ray/_private/services.py) we take the first free one
+# from it.
 DASHBOARD_PORT = 8265
 
 
@@ -17,15 +18,16 @@ def init_ray(*, state_api: bool = False) -> str | None:
     (the caller then shuts Ray down), None when Ray was already initialised.
 
     state_api: give a local Ray the State API, which Ray Train needs. Its PlacementGroupCleaner actor asks
-    the State API every second whether the run's controller is alive (Ray 2.60,
-    ray/train/v2/_internal/execution/controller/placement_group_cleaner.py:79-89). Two things break it:
+    the State API every second whether the run's controller is alive (Ray 2.60, PlacementGroupCleaner's
+    _monitor_loop in ray/train/v2/_internal/execution/controller/placement_group_cleaner.py). Two things
+    break it:
     - include_dashboard=False starts the dashboard process with only its UsageStatsHead module
-      (ray/_private/services.py:1381-1387), so every query fails and the cleaner logs "Failed to query Ray
-      Train Controller actor state" once a second;
+      (start_api_server in ray/_private/services.py), so every query fails and the cleaner logs "Failed to
+      query Ray Train Controller actor state" once a second;
     - the State API client finds its cluster from RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else by looking for
-      a GCS process on the host (ray/dashboard/utils.py:725-745, ray/_private/services.py:751-763); with a
-      second Ray on the host it raises "Found multiple active Ray instances", which kills the cleaner's
-      thread with a traceback. So the workers get RAY_API_SERVER_ADDRESS = this Ray's dashboard.
+      a GCS process on the host (get_address_for_submission_client in ray/dashboard/utils.py,
+      canonicalize_bootstrap_address_or_die in ray/_private/services.py); with a second Ray on the host it
+      raises "Found multiple active Ray instances", which kills the cleaner's thread with a traceback. So the workers get RAY_API_SERVER_ADDRESS = this Ray's dashboard.
     The dashboard costs ~1-2 s of start-up (up to ~5 s on a loaded 2-core machine) and ~11 processes, so
     jobs without Ray Train go without it.
     """
@@ -69,10 +71,10 @@ def free_port(host: str, first: int, tries: int = 50) -> int:
 def train_log_level(level: str = TRAIN_LOG_LEVEL) -> None:
     """In a Ray Train worker: hold Ray Train's one logger outside `ray.train` to `level` as well.
 
-    Ray 2.60's ray/train/v2/_internal/execution/context.py:54 names its logger by file path
+    Ray 2.60's ray/train/v2/_internal/execution/context.py names its logger by file path
     (`logging.getLogger(__file__)`), so RunConfig's LoggingConfig, which filters only records named
-    `ray.train*` (ray/train/v2/_internal/logging/logging.py:75-77), misses it; its INFO line "Reporting
-    training result ..." (context.py:390) then reaches the worker's root console handler once per rank per
+    `ray.train*` (TrainLogLevelFilter in ray/train/v2/_internal/logging/logging.py), misses it; its INFO line
+    "Reporting training result ..." (TrainContext._wait_then_report) then reaches the worker's root console handler once per rank per
     report. Raising that one logger to LoggingConfig's level (its warnings still print) is the narrowest
     fix short of patching Ray; drop it once Ray names the logger `__name__`.
     """

@@ -105,14 +105,14 @@ def worker_range(text: str) -> WorkerRange:
     return out
 
 
-def check_batch_plans(cfg: Config, workers: WorkerRange) -> None:
+def check_batch_splits(cfg: Config, workers: WorkerRange) -> None:
     """The global batch must split evenly at every worker count the run may have."""
-    from ray_jobs.engine import plan_batches
+    from ray_jobs.engine import split_batch
 
     bad = []
     for n in range(workers.min, workers.max + 1):
         try:
-            plan_batches(cfg.data.global_batch_size, n, cfg.train.micro_batch_size)
+            split_batch(cfg.data.global_batch_size, n, cfg.train.micro_batch_size)
         except ConfigError:
             bad.append(n)
     if bad:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_shards, val_shards, tokenizer = check_inputs(args)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.validate()
-    check_batch_plans(cfg, args.workers)
+    check_batch_splits(cfg, args.workers)
     storage.check_writable(args.output)
     resume_step = check_resume(cfg, run, args.workers)
     if resume_step >= cfg.train.steps:

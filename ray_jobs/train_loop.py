@@ -240,7 +240,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from ray_jobs import checkpoints
     from ray_jobs.devices import train_device
-    from ray_jobs.engine import build_engine, deepspeed_config, plan_batches
+    from ray_jobs.engine import build_engine, deepspeed_config, split_batch
     from ray_jobs.run_dir import open_run_dir
 
     # DeepSpeed's ZeRO calls torch's deprecated all_gather_into_tensor alias on every step.
@@ -253,7 +253,7 @@ def train_loop_per_worker(config: dict) -> None:
     worker_seed = t.seed * world_size + rank
     torch.manual_seed(worker_seed)
     device = train_device()
-    plan = plan_batches(cfg.data.global_batch_size, world_size, t.micro_batch_size)
+    plan = split_batch(cfg.data.global_batch_size, world_size, t.micro_batch_size)
     precision = resolve_precision(t.precision, device)
 
     # model.channels_last makes the activations NHWC; the weights stay NCHW: DeepSpeed broadcasts parameters

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from PIL import ImageFilter
 
-from onade.holes import HoleSpec, Window, centre_window, context_window
+from onade.holes import HoleSpec, Window, _depth, _rank_filter, centre_window, context_window
 
 
 def test_specs_in_pixels_fractions_centre_and_random_boxes():
@@ -148,3 +149,44 @@ def test_feathering_blends_at_every_edge_of_the_hole_inside_the_image():
 def test_centre_window_is_the_centre_crop():
     assert centre_window(1600, 1200, 32) == Window(200, 0, 1200, 32)
     assert centre_window(7, 9, 32).box == (0, 1, 7, 8)
+
+
+def hand_dilate(mask):
+    """One 3x3 dilation as onade.holes wrote it by hand: the reference for the PIL filter that replaced it."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    grown = out.copy()
+    grown[:, 1:] |= out[:, :-1]
+    grown[:, :-1] |= out[:, 1:]
+    return grown
+
+
+def hand_depth(hole, limit):
+    """onade.holes._depth as written by hand (erosions padded with True: the border is not outside)."""
+    depth = np.zeros(hole.shape, np.float32)
+    inside = hole.copy()
+    for d in range(1, limit + 2):
+        depth[inside] = d
+        padded = np.pad(inside, 1, constant_values=True)
+        eroded = inside.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                eroded &= padded[dy:dy + hole.shape[0], dx:dx + hole.shape[1]]
+        inside = eroded
+    return depth
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (2, 2), (16, 16), (13, 29)])
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.9, 1.0])
+def test_grow_and_depth_equal_the_hand_written_morphology(shape, density):
+    rng = np.random.default_rng(hash((shape, density)) % 2**32)
+    for _ in range(5):
+        mask = rng.random(shape) < density
+        mask[0, -1] |= density > 0.5  # a corner pixel, touching two borders
+        expect = mask
+        for times in range(4):
+            assert np.array_equal(_rank_filter(mask, ImageFilter.MaxFilter, times), expect), times
+            expect = hand_dilate(expect)
+        for limit in (0, 1, 3):
+            assert np.array_equal(_depth(mask, limit), hand_depth(mask, limit)), limit

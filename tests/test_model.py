@@ -1,6 +1,10 @@
+import math
+
+import pytest
 import torch
 
 import onade
+from onade.caption import AttentionMerger
 from onade.config import LAYOUTS, PRESETS, get_preset, receptive_field
 from tests.helpers import random_batch, tiny_model
 
@@ -132,3 +136,78 @@ def test_activation_checkpointing_keeps_no_rng_state(monkeypatch):
     model(x, mask, tokens, lengths).float().logsumexp(-1).mean().backward()
     assert saved == []
     assert all(p.grad is not None for p in model.blocks.parameters())
+
+
+def hand_attention(merger, f_BCHW, z_BTD, lengths_B):
+    """The merger as it was written by hand before it called F.scaled_dot_product_attention: the reference
+    the library call must reproduce."""
+    B, C, H, W = f_BCHW.shape
+    T, G = z_BTD.shape[1], merger.num_heads
+    f_BNC = f_BCHW.flatten(2).transpose(1, 2)
+    q_BGNd = (f_BNC @ merger.W).view(B, H * W, G, -1).transpose(1, 2)
+    k_BGTd = z_BTD.view(B, T, G, -1).transpose(1, 2)
+    score_BGNT = q_BGNd @ k_BGTd.transpose(-1, -2) / math.sqrt(q_BGNd.shape[-1])
+    valid_BT = torch.arange(T, device=z_BTD.device)[None, :] < lengths_B[:, None]
+    has_text_B = lengths_B > 0
+    hide_BT = ~valid_BT & has_text_B[:, None]
+    score_BGNT = score_BGNT.masked_fill(hide_BT[:, None, None, :], float("-inf"))
+    attn_BGNT = torch.softmax(score_BGNT, dim=-1) * has_text_B[:, None, None, None]
+    v_BGTc = merger.value(z_BTD).view(B, T, G, -1).transpose(1, 2)
+    out_BNC = (attn_BGNT @ v_BGTc).transpose(1, 2).reshape(B, H * W, C)
+    return f_BCHW + out_BNC.transpose(1, 2).reshape(B, C, H, W)
+
+
+def merger_inputs(lengths, width=16, text_dim=16, num_heads=2, T=6, seed=0):
+    torch.manual_seed(seed)
+    merger = AttentionMerger(width, text_dim, num_heads)
+    torch.nn.init.normal_(merger.W, std=0.5)
+    torch.nn.init.normal_(merger.value.weight, std=0.5)
+    torch.nn.init.normal_(merger.value.bias, std=0.5)
+    lengths_B = torch.tensor(lengths)
+    return merger, torch.randn(len(lengths), width, 5, 3), torch.randn(len(lengths), T, text_dim), lengths_B
+
+
+@pytest.mark.parametrize("lengths", [[3, 6, 1], [1], [0, 4], [0], [1, 1, 6]])  # one token; all but one padding; empty
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_attention_merger_equals_the_hand_written_attention(lengths, num_heads):
+    merger, f, z, lengths_B = merger_inputs(lengths, num_heads=num_heads)
+    z.requires_grad_(True)
+    out = merger(f, z, lengths_B)
+    torch.testing.assert_close(out, hand_attention(merger, f, z, lengths_B), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    for b, n in enumerate(lengths):
+        assert (z.grad[b, n:] == 0).all(), "a padded state must not reach the output"
+    empty = lengths_B == 0
+    assert torch.equal(out[empty], f[empty]), "an empty caption adds nothing"
+
+
+def test_attention_merger_ignores_padded_states():
+    merger, f, z, lengths_B = merger_inputs([2, 5, 1, 0])
+    z2 = z.clone()
+    for b, n in enumerate(lengths_B.tolist()):
+        z2[b, n:] = torch.randn_like(z2[b, n:]) * 100
+    assert not torch.equal(z, z2)
+    assert torch.equal(merger(f, z2, lengths_B), merger(f, z, lengths_B))
+
+
+def test_attention_merger_under_bf16_autocast():
+    merger, f, z, lengths_B = merger_inputs([3, 6, 1, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = merger(f.bfloat16(), z.bfloat16(), lengths_B)
+        ref = hand_attention(merger, f.bfloat16(), z.bfloat16(), lengths_B)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=5e-2)
+    assert torch.equal(out[3], f[3].bfloat16())
+
+
+def test_model_under_bf16_autocast_matches_fp32_within_bf16_rounding():
+    model = tiny_model()
+    x, mask, tokens, lengths = random_batch(3, 8)
+    lengths[0] = 0
+    with torch.no_grad():
+        ref = model(x, mask, tokens, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, mask, tokens, lengths)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()

@@ -13,13 +13,13 @@ from ray_jobs import engine as eng
 from ray_jobs.train import main as train_main
 
 
-def test_batch_plan_splits_one_global_batch():
-    assert eng.plan_batches(32, 2) == eng.BatchPlan(32, 16, 1, 2)
-    assert eng.plan_batches(32, 2, micro_batch=4) == eng.BatchPlan(32, 4, 4, 2)
+def test_split_batch_divides_one_global_batch():
+    assert eng.split_batch(32, 2) == eng.BatchSplit(32, 16, 1, 2)
+    assert eng.split_batch(32, 2, micro_batch=4) == eng.BatchSplit(32, 4, 4, 2)
     with pytest.raises(ConfigError, match="global_batch_size=30"):
-        eng.plan_batches(30, 4)
+        eng.split_batch(30, 4)
     with pytest.raises(ConfigError, match="micro_batch_size"):
-        eng.plan_batches(32, 2, micro_batch=3)
+        eng.split_batch(32, 2, micro_batch=3)
 
 
 def test_lr_schedule_warms_up_then_decays_to_min_ratio():
@@ -34,16 +34,16 @@ def test_zero_json_ships_no_derived_keys_and_rejects_them(tmp_path):
     for stage in (1, 2, 3):
         ds = eng.load_zero_json(stage)
         assert ds["zero_optimization"]["stage"] == stage
-    cfg = eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5, "fp32")
+    cfg = eng.deepspeed_config(eng.load_zero_json(2), eng.split_batch(16, 2, 4), 0.5, "fp32")
     sizes = (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"])
     assert sizes == (16, 4, 2)
     # bf16 is DeepSpeed's torch autocast around the module's forward; its weights stay fp32.
     assert "bf16" not in cfg and cfg["gradient_clipping"] == 0.5
     assert cfg["torch_autocast"]["enabled"] is False
-    bf16 = eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5, "bf16")["torch_autocast"]
+    bf16 = eng.deepspeed_config(eng.load_zero_json(2), eng.split_batch(16, 2, 4), 0.5, "bf16")["torch_autocast"]
     assert bf16 == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     with pytest.raises(ValueError, match="resolved precision"):
-        eng.deepspeed_config(eng.load_zero_json(2), eng.plan_batches(16, 2, 4), 0.5, "auto")
+        eng.deepspeed_config(eng.load_zero_json(2), eng.split_batch(16, 2, 4), 0.5, "auto")
     for key, value in (("train_batch_size", 8), ("torch_autocast", {"enabled": True})):
         (tmp_path / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}, key: value}))
         with pytest.raises(ValueError, match=key):
@@ -168,7 +168,7 @@ def tiny_engine(precision: str = "fp32", *sets: str, zero_stage: int = 2):
     from onade.model import build_model
 
     cfg = load_config("debug", sets=[*TINY, *sets])
-    plan = eng.plan_batches(cfg.data.global_batch_size, 1, cfg.train.micro_batch_size)
+    plan = eng.split_batch(cfg.data.global_batch_size, 1, cfg.train.micro_batch_size)
     ds = eng.deepspeed_config(eng.load_zero_json(zero_stage), plan, cfg.train.grad_clip, precision)
     return eng.build_engine(build_model(cfg), cfg, ds, torch.device("cpu")), cfg, plan
 
@@ -328,13 +328,13 @@ def test_workers_take_a_count_or_an_elastic_range():
 
 def test_an_elastic_range_needs_a_global_batch_that_splits_at_every_count():
     from onade.config import ConfigError, load_config
-    from ray_jobs.train import WorkerRange, check_batch_plans
+    from ray_jobs.train import WorkerRange, check_batch_splits
 
     cfg = load_config("debug", None, ["data.global_batch_size=8"])
-    check_batch_plans(cfg, WorkerRange(1, 2))
-    check_batch_plans(cfg, WorkerRange(4, 4))
+    check_batch_splits(cfg, WorkerRange(1, 2))
+    check_batch_splits(cfg, WorkerRange(4, 4))
     with pytest.raises(ConfigError, match=r"\[3\] worker.*multiple of 6.*global_batch_size=6"):
-        check_batch_plans(cfg, WorkerRange(1, 3))
+        check_batch_splits(cfg, WorkerRange(1, 3))
 
 
 def test_worker_flags_reach_ray_trains_scaling_config():

@@ -32,12 +32,12 @@ def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: boo
     from onade.masks import draw_masks
     from onade.model import build_model
     from ray_jobs import checkpoints
-    from ray_jobs.engine import build_engine, deepspeed_config, load_zero_json, plan_batches
+    from ray_jobs.engine import build_engine, deepspeed_config, load_zero_json, split_batch
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = load_config("debug", None, [f"model.image_size={SIZE}", f"train.zero_stage={stage}", "train.steps=20"])
     torch.manual_seed(0)
-    ds = deepspeed_config(load_zero_json(stage), plan_batches(GLOBAL_BATCH, world), 1.0, "fp32")
+    ds = deepspeed_config(load_zero_json(stage), split_batch(GLOBAL_BATCH, world), 1.0, "fp32")
     if load:
         ds["checkpoint"] = {"load_universal": True}
     engine = build_engine(build_model(cfg), cfg, ds)

@@ -430,7 +430,7 @@ def test_tar_members_with_bad_names_json_or_global_headers_are_skipped_rows(tmp_
     assert len(items) == 1 and "global pax headers" in items[0].skip
 
 
-def test_the_inpaint_plan_refuses_colliding_outputs_and_never_reads_its_own_output(tmp_path):
+def test_selecting_inpaint_work_refuses_colliding_outputs_and_never_reads_its_own_output(tmp_path):
     import argparse
 
     from ray_jobs import inpaint
@@ -440,12 +440,12 @@ def test_the_inpaint_plan_refuses_colliding_outputs_and_never_reads_its_own_outp
     for rel in ("a.jpg", "a.png/x.png", "results.jsonl/y.png", "B.png", "b.png", "x" * 190 + ".png",
                 "out/old.png"):
         (real / rel).parent.mkdir(parents=True, exist_ok=True)
-        (real / rel).write_bytes(b"not decoded by the plan")
+        (real / rel).write_bytes(b"not decoded when the work is selected")
     os.symlink(real, tmp_path / "via_link")
     args = argparse.Namespace(input=str(tmp_path / "via_link"), output=str(real / "out"), captions=None,
                               mask="center")
     opts = JobOptions(checkpoint="", output=args.output, image_size=8, input=args.input)
-    todo, known = inpaint.plan(args, opts, {})
+    todo, known = inpaint.select_work(args, opts, {})
     assert sorted(r["rel"] for r in todo) == ["B.png", "a.jpg"]  # sorted order decides who keeps a name
     errors = {r["rel"]: r["error"] for r in known}
     assert "a.png needs a folder" not in errors.get("a.jpg", "")
