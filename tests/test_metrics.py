@@ -45,7 +45,7 @@ def test_evaluate_batch_reports_every_metric():
     model = tiny_model()
     x, _, tokens, lengths = random_batch(4, 8)
     out = evaluate_batch(model, x, tokens, lengths, num_masks=2, generator=torch.Generator().manual_seed(0))
-    assert set(out) == {"bits_per_dim", "exact_bits_per_dim", "center_bits_true_caption",
+    assert set(out) == {"bits_per_dim", "exact_center_bits", "center_bits_true_caption",
                         "center_bits_shuffled_caption"}
     assert all(0 < v < 20 for v in out.values())
     assert out["center_bits_true_caption"] != out["center_bits_shuffled_caption"]

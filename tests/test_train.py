@@ -94,7 +94,7 @@ def trained(s3_server, ray_local, shards, truncated_shard):
 
 @pytest.mark.timeout(360)
 def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, truncated_shard):
-    from ray_jobs.checkpoints import list_checkpoints
+    from ray_jobs.train_checkpoints import list_checkpoints
 
     run, metrics, _ = trained
     assert metrics["step"] == STEPS
@@ -118,7 +118,7 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, trunca
     assert val[-1]["val_bits_per_dim"] < val[0]["val_bits_per_dim"]
     assert all(r["val_num_images"] == 8 for r in val)  # 1 batch of 4 on each of 2 workers
     # The costly exact NLL runs once, at the end, on the debug preset's val_exact_images (4: 2 per worker).
-    assert "val_exact_bits_per_dim" not in val[0] and val[-1]["val_exact_num_images"] == 4
+    assert "val_exact_center_bits" not in val[0] and val[-1]["val_exact_num_images"] == 4
     # So does the loss profile the export ships (its time is in val_s): non-increasing in what is known.
     assert "val_profile_bits_first" not in val[0]
     assert val[-1]["val_profile_bits_first"] >= val[-1]["val_profile_bits_last"] > 0
