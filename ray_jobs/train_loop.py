@@ -213,13 +213,15 @@ def train_loop_per_worker(config: dict) -> None:
     # at start-up through views that need the default layout (deepspeed/runtime/engine.py _broadcast_model).
     model = build_model(cfg)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
-    engine, ema, state, converted_from = resume(model, cfg, spec.zero, worker)
+    engine, ema, state, converted_from = restored_engine(model, cfg, spec.zero, worker)
 
     run = open_run_dir(spec.storage_fs, spec.run_path, worker.rank == 0)
     resumed = {} if converted_from is None else {"resumed_from_world_size": converted_from}
     if state.step and run.last_step is not None:  # logged before the restart, at log_every resolution
         resumed["steps_lost"] = max(0, run.last_step - state.step)
-    start_event = dict(step=state.step, **_placement(worker), **resumed, device=str(engine.device),
+    nodes = _node_ids(worker.world_size)
+    start_event = dict(step=state.step, world_size=worker.world_size, **resumed, num_nodes=len(set(nodes)),
+                       node_ids=nodes, device=str(engine.device),
                        micro_batch=worker.plan.micro_batch, grad_accum=worker.plan.grad_accum,
                        precision=worker.precision, zero_stage=cfg.train.zero_stage, parameters=num_params,
                        ema_decay=cfg.train.ema_decay, torch_threads=torch.get_num_threads(),
@@ -253,7 +255,7 @@ def join_run(cfg: Config) -> Worker:
                   resolve_precision(cfg.train.precision, device))
 
 
-def resume(model, cfg: Config, zero: dict, worker: Worker):
+def restored_engine(model, cfg: Config, zero: dict, worker: Worker):
     """(engine, EMA or None, TrainState, converted_from): `model`'s DeepSpeed engine with the run's latest
     checkpoint restored into it, from any worker count (ray_jobs.resume; a new run starts at step 0)."""
     import ray.train
@@ -270,13 +272,13 @@ def resume(model, cfg: Config, zero: dict, worker: Worker):
     return engine, ema, state, restore.converted_from
 
 
-def _placement(worker: Worker) -> dict:
-    """The world size and the nodes the workers run on (a collective: every rank calls it)."""
+def _node_ids(world_size: int) -> list[str]:
+    """The Ray node of every rank (a collective: every rank calls it)."""
     import ray
 
-    nodes = [None] * worker.world_size
+    nodes = [None] * world_size
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    return {"world_size": worker.world_size, "num_nodes": len(set(nodes)), "node_ids": nodes}
+    return nodes
 
 
 def _draw_stream(cfg: Config, worker: Worker, start_step: int, device) -> DrawStream:
