@@ -155,10 +155,11 @@ def test_the_console_shows_progress_and_the_bad_shard_not_ray_train_floods(train
 def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     import onade
     from onade.metrics import center_bits
+    from ray_jobs.train_checkpoints import load_export
 
     run, metrics, _ = trained
     assert metrics["export"] == storage.join(run, "export")
-    loaded = onade.load_checkpoint(metrics["export"])
+    loaded = load_export(metrics["export"])
     assert loaded.config.model.image_size == 16
     assert loaded.config.model.vocab_size == loaded.tokenizer.vocab_size
     # The loss profile of the exported (EMA) weights, measured at the end of training over the 8x8 centre hole
@@ -192,7 +193,7 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     again = storage.join(run, "export_again")
     assert main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--checkpoint-step", "100",
                  "--export-to", again])["export"] == again
-    reloaded = onade.load_checkpoint(again)
+    reloaded = load_export(again)
     assert reloaded.profile == loaded.profile
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
@@ -200,7 +201,7 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     raw_url = storage.join(run, "export_raw")
     main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--export-weights", "raw",
           "--export-to", raw_url])
-    raw_loaded = onade.load_checkpoint(raw_url)
+    raw_loaded = load_export(raw_url)
     raw = raw_loaded.model
     assert raw_loaded.profile is None  # the profile is the EMA's: it ships with the EMA weights only
     assert not torch.equal(raw.head_proj.weight, loaded.model.head_proj.weight)
