@@ -237,7 +237,7 @@ def check_evaluate(checks: Checks, export: str, shards: str, gpus: int) -> None:
     t0 = time.perf_counter()
     actors = ["--actors", str(gpus), "--gpus-per-actor", "1"] if gpus else ["--actors", "1"]
     result = main(["--checkpoint", export, "--data", shards, "--num-images", "64", "--exact-images", "2", *actors])
-    values = [result[k] for k in ("bits_per_dim", "center_bits_true_caption", "exact_bits_per_dim")]
+    values = [result[k] for k in ("bits_per_dim", "center_bits_true_caption", "exact_center_bits")]
     ok = result["num_images"] == 64 and all(0 < v < 9 for v in values)
     checks.add("evaluate", ok, f"{result['num_images']} images, {result['precision']}, bits/subpixel {values[0]:.3f}, "
                                f"exact {values[2]:.3f}, {time.perf_counter() - t0:.0f} s")

@@ -69,7 +69,8 @@ def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | N
     """Independent-Gibbs samples of the centre hole for the first validation images (one step per hole
     subpixel, the job's default before issue 10); on synthetic data, the share whose centre has the caption's colour."""
     import onade
-    from data.synthetic import centre_colour
+    from data.synthetic import COLOURS
+    from onade.metrics import centre_colour
     from onade.masks import center_mask
 
     loaded = onade.load_checkpoint(export)
@@ -83,7 +84,7 @@ def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | N
     seconds = time.perf_counter() - tic
     result = {"gibbs_images": len(paths), "gibbs_seconds": round(seconds, 1)}
     if colours:
-        got = centre_colour(samples.numpy())
+        got = centre_colour(samples.numpy(), COLOURS)
         result["gibbs_caption_colour_share"] = float(np.mean([g == colours[p.stem] for g, p in zip(got, paths)]))
     masked = torch.where(mask, x, torch.full_like(x, 128))
     scale = max(1, 96 // x.shape[1])
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "center_bits_true_caption": scored["center_bits_true_caption"],
         "center_bits_shuffled_caption": scored["center_bits_shuffled_caption"],
         "caption_worth_bits": scored["center_bits_shuffled_caption"] - scored["center_bits_true_caption"],
-        "exact_center_bits": scored.get("exact_bits_per_dim"), "num_images": scored["num_images"],
+        "exact_center_bits": scored.get("exact_center_bits"), "num_images": scored["num_images"],
         **sampled, **({"gallery": str(out / "index.html")} if sampled else {}),
     }
     if "floor_bits" in built:

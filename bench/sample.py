@@ -20,7 +20,7 @@
 4. With --quality, on a model trained on the synthetic `centre` variant (whose hole's colour only the
    caption tells; --checkpoint, or trained here): bits per hole subpixel of K-pass ancestral sampling
    (onade.metrics.budget_bits) with the DP plan and with equal chunks, K = 1 ... the hole size (the exact
-   NLL); caption adherence (data.synthetic.caption_adherence) and images/s of every budgeted strategy
+   NLL); caption adherence (onade.metrics.caption_adherence) and images/s of every budgeted strategy
    against K, guidance swept at --guidance-passes; independent Gibbs at one sweep per hole subpixel (the
    previous default); and ray_jobs.inpaint at its default against the previous default on one folder.
 
@@ -335,9 +335,11 @@ def _eval_images(loaded, n: int, start: int = 2 * 10 ** 6):
 
 
 def adherence(images: torch.Tensor, colours, backgrounds) -> dict:
-    from data.synthetic import caption_adherence
+    from data.synthetic import COLOURS, STRIPE
+    from onade.metrics import caption_adherence
 
-    return {k: round(v, 4) for k, v in caption_adherence(images.numpy(), colours, backgrounds).items()}
+    return {k: round(v, 4) for k, v in caption_adherence(images.numpy(), colours, backgrounds, COLOURS,
+                                                         (STRIPE,)).items()}
 
 
 def bench_budgets(args, ckpt: str) -> dict:
@@ -371,7 +373,7 @@ def bench_budgets(args, ckpt: str) -> dict:
         out["bits"].append({"passes": K, "dp_bits": round(dp, 4), "uniform_bits": round(uni, 4)})
         print(f"  {K:>6} {dp:>8.4f} {uni:>8.4f}", flush=True)
     exact = out["bits"][-1]["dp_bits"]
-    print(f"caption adherence against passes (data.synthetic.caption_adherence: hit = share of samples whose "
+    print(f"caption adherence against passes (onade.metrics.caption_adherence: hit = share of samples whose "
           f"hole shows the caption's colour most; purity = share of the shape's pixels in that colour); real "
           f"images: {adherence(x, colours, backgrounds)}")
     runs = [("ancestral-DP", dict(strategy="ancestral"), profile),

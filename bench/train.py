@@ -56,9 +56,10 @@ def load_batches(shards: str, cfg, batch_size: int) -> list[dict]:
     """Decode every shard sample into memory (the bare loop must not pay for decoding)."""
     from PIL import Image
 
+    from data.shard_spec import TOKENIZER
     from onade.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_file(os.path.join(shards, "tokenizer.model"))
+    tok = Tokenizer.from_file(os.path.join(shards, TOKENIZER))
     images, captions = [], []
     for tar in sorted(Path(shards).glob("*.tar")):
         with tarfile.open(tar) as tf:

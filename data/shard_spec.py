@@ -21,9 +21,10 @@ import sys
 import braceexpand
 
 from data import storage, untrusted
+# The tokenizer make_shards writes beside the shards is the file a checkpoint ships: training copies it there.
+from onade.export_format import TOKENIZER_FILE as TOKENIZER
 
 MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.model"
 MAX_EXPANDED = 1_000_000  # names one brace pattern may expand to
 _RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}")
 

@@ -204,58 +204,6 @@ def hole_is_determined(meta: SyntheticSample, image_size: int) -> bool:
     return True
 
 
-def centre_colour(image_BHWC: np.ndarray, side: int = 4) -> list[str]:
-    """Per image, the palette colour most of the central side x side pixels are nearest to: how the Gibbs
-    acceptance checks that a sample put the caption's colour in the centre (the offset variant's shapes
-    always cover the image centre)."""
-    x = np.asarray(image_BHWC)
-    H = x.shape[1]
-    lo = (H - side) // 2
-    patch = x[:, lo:lo + side, lo:lo + side].reshape(x.shape[0], -1, 3).astype(np.int32)
-    names = list(COLOURS)
-    palette = np.array([COLOURS[n] for n in names], np.int32)
-    nearest = ((patch[:, :, None, :] - palette[None, None]) ** 2).sum(-1).argmin(-1)
-    return [names[int(np.bincount(row, minlength=len(names)).argmax())] for row in nearest]
-
-
-def _nearest_in_hole(image_BHWC: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Index into the palette (COLOURS, then the stripes' grey) nearest to each centre-hole pixel [B, P]."""
-    x = np.asarray(image_BHWC)
-    left, top, right, bottom = centre_box(x.shape[1])
-    patch = x[:, top:bottom, left:right].reshape(x.shape[0], -1, 3).astype(np.int32)
-    names = list(COLOURS)
-    palette = np.array([COLOURS[n] for n in names] + [STRIPE], np.int32)
-    return ((patch[:, :, None, :] - palette[None, None]) ** 2).sum(-1).argmin(-1), names
-
-
-def hole_colour(image_BHWC: np.ndarray, backgrounds: list[str]) -> list[str]:
-    """Per image, the palette colour other than its background (and the stripes' grey) that most pixels of
-    the centre hole are nearest to: the shape's colour in the `centre` variant, which only the caption
-    tells."""
-    nearest, names = _nearest_in_hole(image_BHWC)
-    out = []
-    for row, bg in zip(nearest, backgrounds):
-        counts = np.bincount(row, minlength=len(names) + 1)[:len(names)]
-        counts[names.index(bg)] = -1
-        out.append(names[int(counts.argmax())])
-    return out
-
-
-def caption_adherence(image_BHWC: np.ndarray, colours: list[str], backgrounds: list[str]) -> dict[str, float]:
-    """How well `centre`-variant samples follow their captions, over the batch: `hit`, the share whose
-    hole_colour is the caption's colour; `purity`, the mean share of each hole's shape pixels (those
-    nearest to neither the background nor the stripes' grey) that are nearest to the caption's colour (a
-    hole with no shape pixel scores 0). Real images score 1 and 1; `purity` keeps telling samplers apart
-    when nearly every sample gets the majority colour right."""
-    nearest, names = _nearest_in_hole(image_BHWC)
-    hits = [g == c for g, c in zip(hole_colour(image_BHWC, backgrounds), colours)]
-    purity = []
-    for row, colour, bg in zip(nearest, colours, backgrounds):
-        shape = (row != names.index(bg)) & (row != len(names))
-        purity.append(float((row[shape] == names.index(colour)).mean()) if shape.any() else 0.0)
-    return {"hit": float(np.mean(hits)), "purity": float(np.mean(purity))}
-
-
 def write_synthetic(folder: str | Path, num_images: int, image_size: int = 32, seed: int = 0,
                     start: int = 0, variant: str = "centre") -> list[SyntheticSample]:
     """Write `img_XXXXX.png` and a sidecar `img_XXXXX.txt` (one caption per line) for each image."""

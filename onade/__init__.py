@@ -6,8 +6,8 @@ builder unpickle or import) does not pull in torch: about 1.3 s of every fresh d
 import importlib
 
 _HOME = {"Config": "config", "ConfigError": "config", "SampleConfig": "config", "get_preset": "config",
-         "load_config": "config", "ONADE": "model", "build_model": "model", "Loaded": "checkpoint",
-         "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "LossProfile": "plans",
+         "load_config": "config", "ONADE": "model", "build_model": "model", "Loaded": "export_format",
+         "load_checkpoint": "export_format", "save_checkpoint": "export_format", "LossProfile": "plans",
          "inpaint": "sampling", "resolve_precision": "precision"}
 
 __all__ = list(_HOME)

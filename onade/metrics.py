@@ -10,24 +10,41 @@
 - `budget_bits`: the NLL of a K-pass sampler: each pass's variables scored given only what earlier passes
   revealed (OA-ARDM's budgeted NLL); with one variable per pass it is `exact_hole_bits`.
 
+- `evaluate`: all but the loss profile over held-out batches, as training's validation and ray_jobs.evaluate
+  report them (the metric names are the keys of METRICS and EXACT_CENTER); `one_shot_fill`, the centre hole
+  filled in one forward pass, for the image grids.
+- `centre_colour`, `hole_colour`, `caption_adherence`: on synthetic data with a known palette
+  (data.synthetic), whether a sample's centre has the caption's colour.
+
 Random masks and orderings are drawn from a CPU generator and then moved to the model's device, so a
-given seed scores the same masks on CPU and GPU.
+given seed scores the same masks on CPU and GPU. Every function reads the caption once per batch and
+reuses the reader's states in each of its forward passes.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
-from onade.config import MaskConfig
+from onade.config import MaskConfig, num_hole_side
 from onade.loss import nade_loss
 from onade.masks import center_mask, sample_masks
+from onade.model import Caption
 from onade.plans import LossProfile, isotonic_decreasing
+from onade.precision import autocast
 
 LN2 = math.log(2)
+METRICS = ("bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption")  # `evaluate`'s cheap ones
+EXACT_CENTER = "exact_center_bits"  # the centre hole's exact chain-rule NLL (`exact_center_bits`)
+PROFILE_POINTS = 64  # values of t a loss profile measures (one forward pass per point per image)
+# `evaluate(seed=s)` draws its masks from s, the exact NLL's ordering from s + EXACT_SEED_OFFSET, and a loss
+# profile's ordering comes from s + PROFILE_SEED_OFFSET: ray_jobs.evaluate scores its budgets in the exact
+# NLL's ordering, so its full plan over the centre hole is that NLL.
+EXACT_SEED_OFFSET = 1
+PROFILE_SEED_OFFSET = 2
 
 
 @torch.no_grad()
@@ -49,6 +66,7 @@ def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int =
     order_BM, rank_BD, M = _random_order(mask_BHWC, generator, shared=True)
     device = x_BHWC.device
     chunk = max(1, min(chunk, max_batch // B if B <= max_batch else 1, M))
+    caption = model.read_caption(tokens_BT, lengths_B)
     nats = torch.zeros((), device=device, dtype=torch.float64)
     for j0 in range(0, M, chunk):
         js_J = torch.arange(j0, min(j0 + chunk, M), device=device)
@@ -59,13 +77,9 @@ def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int =
         pix_JB, ch_JB = target_JB // C, target_JB % C
         where_JBP = torch.zeros(J, B, H * W, dtype=torch.bool, device=device)
         where_JBP.scatter_(2, pix_JB[..., None], True)
-        logits_NCK = model.logits_at(
-            x_BHWC.expand(J, *x_BHWC.shape).reshape(J * B, H, W, C),
-            mask_JBD.view(J * B, H, W, C),
-            tokens_BT.expand(J, *tokens_BT.shape).reshape(J * B, -1),
-            lengths_B.expand(J, B).reshape(J * B),
-            where_JBP.view(J * B, H, W),
-        )
+        feats_NHWD = model.features(x_BHWC.expand(J, *x_BHWC.shape).reshape(J * B, H, W, C),
+                                    mask_JBD.view(J * B, H, W, C), _repeat(caption, J))
+        logits_NCK = model.head(feats_NHWD[where_JBP.view(J * B, H, W)]).float()
         logits_NK = logits_NCK[torch.arange(J * B, device=device), ch_JB.reshape(-1)]
         values_N = x_BHWC.flatten(1).gather(1, target_JB.T).T.reshape(-1).long()
         nats += torch.nn.functional.cross_entropy(logits_NK, values_N, reduction="sum").double()
@@ -94,18 +108,25 @@ def center_bits(model, x_BHWC, tokens_BT, lengths_B, shuffle_captions: bool = Fa
     return float(nats) / LN2
 
 
-def _hole_scores(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, known_NBD, target_NBD):
+def _repeat(caption: Caption, N: int) -> Caption:
+    """A batch's caption states for N copies of the batch (copy-major, like `x.expand(N, ...)`)."""
+    states = caption.states_BTE
+    if states is not None:
+        states = states.expand(N, *states.shape).reshape(N * states.shape[0], *states.shape[1:])
+    return Caption(states, caption.lengths_B.expand(N, -1).reshape(-1))
+
+
+def _hole_scores(model, x_BHWC, mask_BHWC, caption: Caption, known_NBD, target_NBD):
     """For N masks at once (each revealing `known_NBD` beside the observed subpixels): nats of the
-    subpixels target_NBD, per mask and example [N,B], from one batched forward pass."""
+    subpixels target_NBD, per mask and example [N,B], from one batched forward pass (`caption`: the batch's,
+    read once by the caller)."""
     N = known_NBD.shape[0]
     B, H, W, C = x_BHWC.shape
     # The head runs only at pixels holding a target (one pixel per pass when a pass is one variable).
     where_NBHW = target_NBD.view(N, B, H, W, C).any(-1)
-    logits_PCK = model.logits_at(
-        x_BHWC.expand(N, *x_BHWC.shape).reshape(N * B, H, W, C),
-        (mask_BHWC.flatten(1)[None] | known_NBD).view(N * B, H, W, C),
-        tokens_BT.expand(N, *tokens_BT.shape).reshape(N * B, -1),
-        lengths_B.expand(N, B).reshape(N * B), where_NBHW.reshape(N * B, H, W))
+    feats_NHWD = model.features(x_BHWC.expand(N, *x_BHWC.shape).reshape(N * B, H, W, C),
+                                (mask_BHWC.flatten(1)[None] | known_NBD).view(N * B, H, W, C), _repeat(caption, N))
+    logits_PCK = model.head(feats_NHWD[where_NBHW.reshape(N * B, H, W)]).float()
     values_PC = x_BHWC.expand(N, *x_BHWC.shape)[where_NBHW].long()
     nats_PC = -torch.log_softmax(logits_PCK, -1).gather(-1, values_PC[..., None]).squeeze(-1)
     nats_NBHWC = torch.zeros(N, B, H, W, C, device=x_BHWC.device)
@@ -148,13 +169,14 @@ def budget_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, plan: list[int],
         raise ValueError(f"plan must rise strictly from 0 to the hole's {M} subpixels, got {t[:4]}...{t[-2:]}")
     B = x_BHWC.shape[0]
     J = max(1, max_batch // B)
+    caption = model.read_caption(tokens_BT, lengths_B)
     nats = torch.zeros((), dtype=torch.float64, device=x_BHWC.device)
     for k0 in range(0, len(t) - 1, J):
         lo = torch.tensor(t[k0:k0 + J][:len(t) - 1 - k0], device=x_BHWC.device)
         hi = torch.tensor(t[k0 + 1:k0 + 1 + len(lo)], device=x_BHWC.device)
         known_NBD = rank_BD[None] < lo[:, None, None]
         target_NBD = ~known_NBD & (rank_BD[None] < hi[:, None, None])
-        nats += _hole_scores(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, known_NBD, target_NBD).sum().double()
+        nats += _hole_scores(model, x_BHWC, mask_BHWC, caption, known_NBD, target_NBD).sum().double()
     return float(nats) / (B * M) / LN2
 
 
@@ -183,11 +205,12 @@ def loss_profile(model, batches, hole_HW: torch.Tensor | None = None, num_points
                 points = np.unique(np.round(np.linspace(0, M - 1, min(num_points, M))).astype(int))
                 sums, counts = np.zeros(len(points)), np.zeros(len(points))
             J = max(1, max_batch // B)
+            caption = model.read_caption(tokens_BT, lengths_B)
             for j0 in range(0, len(points), J):
                 ts = torch.as_tensor(points[j0:j0 + J], device=x_BHWC.device)
                 known_NBD = rank_BD[None] < ts[:, None, None]
                 target_NBD = ~known_NBD & (rank_BD[None] < M)
-                nats_NB = _hole_scores(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, known_NBD, target_NBD)
+                nats_NB = _hole_scores(model, x_BHWC, mask_BHWC, caption, known_NBD, target_NBD)
                 per_var_NB = nats_NB / (M - ts)[:, None]
                 sums[j0:j0 + len(ts)] += per_var_NB.sum(1).double().cpu().numpy() / LN2
                 counts[j0:j0 + len(ts)] += B
@@ -208,14 +231,129 @@ def evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks: int = 4, gene
     was_training = model.training
     model.eval()
     try:
-        out = {
-            "bits_per_dim": orderless_bits(model, x_BHWC, tokens_BT, lengths_B, num_masks, generator),
-            "center_bits_true_caption": center_bits(model, x_BHWC, tokens_BT, lengths_B),
-            "center_bits_shuffled_caption": center_bits(model, x_BHWC, tokens_BT, lengths_B, shuffle_captions=True),
-        }
+        out = dict(zip(METRICS, (
+            orderless_bits(model, x_BHWC, tokens_BT, lengths_B, num_masks, generator),
+            center_bits(model, x_BHWC, tokens_BT, lengths_B),
+            center_bits(model, x_BHWC, tokens_BT, lengths_B, shuffle_captions=True),
+        )))
         if exact:
-            out["exact_bits_per_dim"] = exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator,
-                                                          exact_chunk)
+            out[EXACT_CENTER] = exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator, exact_chunk)
         return out
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model, batches, num_masks: int = 2, seed: int = 0, exact_images: int = 0,
+             precision: str = "fp32") -> dict[str, float]:
+    """`evaluate_batch`'s metrics averaged over the images of `batches` ((x_BHWC, tokens_BT, lengths_B) each,
+    moved to the model's device here), the exact NLL over the centre hole (EXACT_CENTER) over the first
+    `exact_images` of them only, under `precision`'s autocast. With a fixed seed the masks and orderings are
+    the same at every call and on any device (drawn on the CPU), so successive validations are comparable.
+    Also returns `num_images` and `exact_num_images`."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    exact_generator = torch.Generator().manual_seed(seed + EXACT_SEED_OFFSET)
+    sums: dict[str, float] = {}
+    num_images = num_exact = 0
+    was_training = model.training
+    model.eval()
+    with autocast(precision, device):
+        for batch in batches:
+            x_BHWC, tokens_BT, lengths_B = (t.to(device) for t in batch)
+            n = x_BHWC.shape[0]
+            metrics = evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks=num_masks,
+                                     generator=generator, exact=False)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            num_images += n
+            e = min(n, exact_images - num_exact)
+            if e > 0:
+                exact = exact_center_bits(model, x_BHWC[:e], tokens_BT[:e], lengths_B[:e], exact_generator)
+                sums[EXACT_CENTER] = sums.get(EXACT_CENTER, 0.0) + exact * e
+                num_exact += e
+    model.train(was_training)
+    out = {k: v / max(num_images, 1) for k, v in sums.items() if k != EXACT_CENTER}
+    if num_exact:
+        out[EXACT_CENTER] = sums[EXACT_CENTER] / num_exact
+    return {**out, "num_images": num_images, "exact_num_images": num_exact}
+
+
+@torch.no_grad()
+def one_shot_fill(model, x_BHWC, tokens_BT, lengths_B) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked, predicted) images for the centre hole: every hole subpixel set to its most likely value
+    given the border and caption, in a single forward pass. Hidden subpixels show as grey."""
+    was_training = model.training
+    model.eval()
+    try:
+        mask_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+        where_BHW = ~mask_BHWC.all(-1)
+        logits_PCK = model.logits_at(x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW)
+        predicted = x_BHWC.clone()
+        predicted[where_BHW] = logits_PCK.argmax(-1).to(x_BHWC.dtype)
+        masked = torch.where(mask_BHWC, x_BHWC, torch.full_like(x_BHWC, 128))
+        return masked, predicted
+    finally:
+        model.train(was_training)
+
+
+# ---- caption adherence on synthetic data --------------------------------------------------------
+# `palette` maps each colour a caption may name to its RGB (data.synthetic.COLOURS); `unnamed` are colours
+# an image may hold that no caption names (data.synthetic's stripes' grey).
+
+RGB = tuple[int, int, int]
+
+
+def centre_colour(image_BHWC: np.ndarray, palette: Mapping[str, RGB], side: int = 4) -> list[str]:
+    """Per image, the palette colour most of the central side x side pixels are nearest to: how the Gibbs
+    acceptance checks that a sample put the caption's colour in the centre (data.synthetic's offset
+    variant's shapes always cover the image centre)."""
+    x = np.asarray(image_BHWC)
+    H = x.shape[1]
+    lo = (H - side) // 2
+    patch = x[:, lo:lo + side, lo:lo + side].reshape(x.shape[0], -1, 3).astype(np.int32)
+    names = list(palette)
+    colours = np.array([palette[n] for n in names], np.int32)
+    nearest = ((patch[:, :, None, :] - colours[None, None]) ** 2).sum(-1).argmin(-1)
+    return [names[int(np.bincount(row, minlength=len(names)).argmax())] for row in nearest]
+
+
+def _nearest_in_hole(image_BHWC: np.ndarray, palette: Mapping[str, RGB], unnamed: Sequence[RGB]) -> np.ndarray:
+    """Index into the palette's colours, then the unnamed ones, nearest to each centre-hole pixel [B, P]."""
+    x = np.asarray(image_BHWC)
+    H = x.shape[1]
+    side = num_hole_side(H)
+    lo = (H - side) // 2  # the centre hole, as center_mask draws it
+    patch = x[:, lo:lo + side, lo:lo + side].reshape(x.shape[0], -1, 3).astype(np.int32)
+    colours = np.array([palette[n] for n in palette] + list(unnamed), np.int32)
+    return ((patch[:, :, None, :] - colours[None, None]) ** 2).sum(-1).argmin(-1)
+
+
+def hole_colour(image_BHWC: np.ndarray, backgrounds: list[str], palette: Mapping[str, RGB],
+                unnamed: Sequence[RGB] = ()) -> list[str]:
+    """Per image, the palette colour other than its background (and the unnamed ones) that most pixels of the
+    centre hole are nearest to: the shape's colour in data.synthetic's `centre` variant, which only the
+    caption tells."""
+    nearest, names = _nearest_in_hole(image_BHWC, palette, unnamed), list(palette)
+    out = []
+    for row, bg in zip(nearest, backgrounds):
+        counts = np.bincount(row, minlength=len(names) + len(unnamed))[:len(names)]
+        counts[names.index(bg)] = -1
+        out.append(names[int(counts.argmax())])
+    return out
+
+
+def caption_adherence(image_BHWC: np.ndarray, colours: list[str], backgrounds: list[str],
+                      palette: Mapping[str, RGB], unnamed: Sequence[RGB] = ()) -> dict[str, float]:
+    """How well `centre`-variant samples follow their captions, over the batch: `hit`, the share whose
+    hole_colour is the caption's colour; `purity`, the mean share of each hole's shape pixels (those
+    nearest to neither the background nor an unnamed colour) that are nearest to the caption's colour (a
+    hole with no shape pixel scores 0). Real images score 1 and 1; `purity` keeps telling samplers apart
+    when nearly every sample gets the majority colour right."""
+    nearest, names = _nearest_in_hole(image_BHWC, palette, unnamed), list(palette)
+    hits = [g == c for g, c in zip(hole_colour(image_BHWC, backgrounds, palette, unnamed), colours)]
+    purity = []
+    for row, colour, bg in zip(nearest, colours, backgrounds):
+        shape = (row != names.index(bg)) & (row < len(names))
+        purity.append(float((row[shape] == names.index(colour)).mean()) if shape.any() else 0.0)
+    return {"hit": float(np.mean(hits)), "purity": float(np.mean(purity))}

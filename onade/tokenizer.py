@@ -1,7 +1,7 @@
 """Caption tokenizer: a sentencepiece model trained on the captions that ship with the data.
 
-    tok = Tokenizer.train(captions, "tokenizer.model", vocab_size=512)   # writes the model file
-    tok = Tokenizer.from_file("tokenizer.model")
+    tok = Tokenizer.train(captions, "shards/tokenizer.model", vocab_size=512)   # writes the model file
+    tok = Tokenizer.from_file("shards/tokenizer.model")
     tokens_BT, lengths_B = tok.encode_batch(["a red circle", "a blue box"], max_tokens=32)
 
 Ids 0-3 are reserved: pad, unk, bos, eos. `encode` adds neither bos nor eos, so an empty caption has

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> str:
     from data import storage
     from data.make_shards import main as make_shards
     from data.synthetic import write_synthetic
+    from onade.export_format import EXPORT_DIR
     from ray_jobs import inpaint, train
 
     out = Path(args.out).resolve()
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> str:
                               "--steps", str(args.steps),
                               "--set", "train.log_every=50", "--set", f"train.val_every={args.steps}",
                               "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_batches=1"])
-        checkpoint = metrics.get("export") or storage.join(runs, "demo", "export")
+        checkpoint = metrics.get("export") or storage.join(runs, "demo", EXPORT_DIR)
         print(f"   {time.perf_counter() - t:.0f}s; checkpoint {checkpoint}", flush=True)
 
         t = stage("inpainting the held-back images")

@@ -18,13 +18,13 @@ On a cluster (8 actors with one A10G each; an autoscaling cluster adds the GPU n
         --actors 8 --gpus-per-actor 1 --accelerator-type A10G --budgets 1,4,16,64,256,full
 
 Ray Data decodes the shards; a pool of `--actors` actors, each loading the checkpoint once, scores batches
-with onade.metrics.evaluate_batch, in bf16 where the hardware runs it natively (`--precision`). An actor
-computes on CUDA exactly when it was granted a GPU (`--gpus-per-actor`, ray_jobs.devices); by default the
-pool has one actor per GPU in the cluster when the job starts (at least one), or on CPU one per CPU of the
-cluster, sharing out its CPUs and leaving some for decoding.
+with onade.metrics.evaluate (what training's validation reports), in bf16 where the hardware runs it
+natively (`--precision`). An actor computes on CUDA exactly when it was granted a GPU (`--gpus-per-actor`,
+ray_jobs.devices); by default the pool has one actor per GPU in the cluster when the job starts (at least
+one), or on CPU one per CPU of the cluster, sharing out its CPUs and leaving some for decoding.
 The JSON holds, averaged over images: `bits_per_dim` (orderless estimate over random masks),
 `center_bits_true_caption` and `center_bits_shuffled_caption` (one-shot centre NLL with each image's
-caption vs. another image's), `num_images`; and `exact_bits_per_dim` (chain rule over the centre hole in
+caption vs. another image's), `num_images`; and `exact_center_bits` (chain rule over the centre hole in
 one random ordering: one forward pass per hole subpixel per image, so it runs on the first
 `--exact-images` images only, default 64) with `exact_num_images`. Masks are seeded by each batch's
 content, so the numbers do not depend on how many actors ran. Damaged data does not stop the job:
@@ -57,11 +57,9 @@ import numpy as np
 import torch
 
 from onade.config import PRECISIONS
+from onade.metrics import EXACT_CENTER, EXACT_SEED_OFFSET, METRICS, PROFILE_POINTS, PROFILE_SEED_OFFSET
 from ray_jobs.devices import check_gpus_per_process
-from ray_jobs.train_loop import PROFILE_POINTS
 
-METRICS = ("bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption")
-EXACT = "exact_bits_per_dim"
 PROFILE = "profile_bits"  # per batch: the batch's loss profile [M]
 PLAN_BITS = "plan_bits"  # per batch: bits per hidden subpixel under each plan scored [P]
 FULL = "full"
@@ -163,50 +161,50 @@ class Scorer:
     def __init__(self, checkpoint: str, num_masks: int, seed: int, precision: str, threads: int,
                  exact: bool = False, profile: bool = False, plans: list[list[int]] = (), hole: str = "center"):
         import onade
-        from ray_jobs.train_loop import evaluate
-
         from ray_jobs.devices import actor_device
+        from ray_jobs.train_checkpoints import load_export
 
         self.device = actor_device()  # CUDA exactly when Ray granted this actor a GPU
         if self.device.type == "cpu" and threads > 0:
             torch.set_num_threads(threads)
-        self.model = onade.load_checkpoint(checkpoint, device=self.device).model
+        self.model = load_export(checkpoint, device=self.device).model
         self.precision = onade.resolve_precision(precision, self.device)
-        self.evaluate, self.num_masks, self.seed = evaluate, num_masks, seed
+        self.num_masks, self.seed = num_masks, seed
         self.exact, self.profile, self.plans = exact, profile, [list(p) for p in plans]
         self.cheap = not (exact or profile or self.plans)
         self.hole_HW = hole_pixels(hole, self.model.cfg.image_size).to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from onade.metrics import budget_bits, exact_center_bits, loss_profile
+        from onade.metrics import budget_bits, evaluate, exact_center_bits, loss_profile
         from onade.precision import autocast
 
-        tensors = {k: torch.from_numpy(np.array(batch[k])) for k in ("image", "tokens", "length")}
+        x, tokens, lengths = (torch.from_numpy(np.array(batch[k])).to(self.device, dtype)
+                              for k, dtype in (("image", torch.uint8), ("tokens", torch.long), ("length", torch.long)))
+        lengths = lengths.view(-1)
         # Seeded by the batch's content: masks differ across batches, and a rerun, with any number of actors,
         # gives the same numbers.
         seed = zlib.crc32(np.ascontiguousarray(batch["image"]).tobytes(), self.seed)
         n = len(batch["image"])
         out = {"num_images": np.array([n]), "precision": np.array([self.precision])}
         if self.cheap:
-            metrics = self.evaluate(self.model, [tensors], num_masks=self.num_masks, seed=seed,
-                                    precision=self.precision)
+            metrics = evaluate(self.model, [(x, tokens, lengths)], num_masks=self.num_masks, seed=seed,
+                               precision=self.precision)
             return {**{k: np.array([metrics[k]]) for k in METRICS}, **out}
-        # The costly metrics (the cheap ones came from the first pass). seed + 1 is the ordering
-        # train_loop.evaluate draws for the exact NLL; the budgets share it, so every plan is scored in the
-        # same ordering and the one-pass-per-subpixel plan over the centre hole is the exact NLL.
-        x, tokens, lengths = (tensors[k].to(self.device) for k in ("image", "tokens", "length"))
+        # The costly metrics (the cheap ones came from the first pass), in evaluate's orderings: the budgets
+        # share the exact NLL's, so every plan is scored in the same ordering and the one-pass-per-subpixel
+        # plan over the centre hole is the exact NLL.
         hidden_BHWC = ~self.hole_HW[None, :, :, None].expand(*x.shape)
         with autocast(self.precision, self.device):
             if self.exact:
-                out[EXACT] = np.array([exact_center_bits(self.model, x, tokens, lengths,
-                                                         torch.Generator().manual_seed(seed + 1))])
+                out[EXACT_CENTER] = np.array([exact_center_bits(
+                    self.model, x, tokens, lengths, torch.Generator().manual_seed(seed + EXACT_SEED_OFFSET))])
             if self.profile:
                 profile = loss_profile(self.model, [(x, tokens, lengths)], self.hole_HW, PROFILE_POINTS,
-                                       torch.Generator().manual_seed(seed + 2))
+                                       torch.Generator().manual_seed(seed + PROFILE_SEED_OFFSET))
                 out[PROFILE] = np.array([profile.bits])
             if self.plans:
                 out[PLAN_BITS] = np.array([[budget_bits(self.model, x, hidden_BHWC, tokens, lengths, plan,
-                                                        torch.Generator().manual_seed(seed + 1))
+                                                        torch.Generator().manual_seed(seed + EXACT_SEED_OFFSET))
                                             for plan in self.plans]])
         return out
 
@@ -300,15 +298,15 @@ def _print_budgets(rows: list[dict], hole: str, hole_size: int, num_images: int)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    import onade
     import ray
     import ray.data
 
     from onade.plans import LossProfile
     from ray_jobs.data import make_skip_counter, print_bad_shards, resolve_shards, shard_dataset, skip_summary
     from ray_jobs.ray_env import init_ray
+    from ray_jobs.train_checkpoints import load_export
 
-    loaded = onade.load_checkpoint(args.checkpoint)  # fails fast on a path that is not a checkpoint
+    loaded = load_export(args.checkpoint)  # fails fast on a path that is not a checkpoint
     cfg = loaded.config
     hole_size = 3 * int(hole_pixels(args.hole, cfg.model.image_size).sum())  # a bad --hole fails here too
     if args.budgets and not args.profile and loaded.profile is None:
@@ -349,8 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
         label = "exact NLL" + (" + profile" if args.profile else "") + (" + budgets" if plans else "")
         rows = _score(first, args, exact_images, label, exact=True, profile=bool(args.profile),
                       plans=_distinct_plans(plans, reuse_full))
-        exact = _mean(rows, (EXACT,))
-        result.update({EXACT: exact[EXACT], "exact_num_images": exact["num_images"]})
+        exact = _mean(rows, (EXACT_CENTER,))
+        result.update({EXACT_CENTER: exact[EXACT_CENTER], "exact_num_images": exact["num_images"]})
         if args.profile:
             profile = LossProfile(bits=[round(float(b), 5) for b in _mean_vector(rows, PROFILE)], mask=args.hole,
                                   image_size=cfg.model.image_size, num_images=exact["num_images"])
@@ -363,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if _distinct_plans(plans, reuse_full):
                     rows = _score(first, args, exact_images, "budgets", plans=_distinct_plans(plans, reuse_full))
         if plans:
-            result["budgets"] = _budget_rows(plans, rows, exact[EXACT] if reuse_full else None)
+            result["budgets"] = _budget_rows(plans, rows, exact[EXACT_CENTER] if reuse_full else None)
             _print_budgets(result["budgets"], args.hole, hole_size, exact["num_images"])
     result["checkpoint"] = args.checkpoint
     text = json.dumps(result, indent=2)

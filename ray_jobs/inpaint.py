@@ -60,7 +60,7 @@ import time
 
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
-from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig, config_from_dict
+from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig
 from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.inpaint_inputs import FITS, JobOptions, decode_batch, list_tree, mask_table, read_captions_jsonl
 from ray_jobs.outputs import INDEX, RESULTS, OutputClaims, OutputNames, error_record, write_batch, write_gallery
@@ -152,17 +152,6 @@ def describe(sample: SampleConfig) -> str:
 
 
 # ---- selecting the work (driver only, before any Ray work) ----------------------------------------
-
-def read_model_config(checkpoint: str):
-    """The checkpoint's config, without loading its weights (the driver never needs them)."""
-    from data import storage
-
-    url = storage.join(checkpoint, "config.json")
-    if not storage.exists(url):
-        raise ValueError(f"{checkpoint!r} is not an onade checkpoint (no config.json): pass the export folder "
-                         "that ray_jobs.train writes (RUN/export)")
-    return config_from_dict(json.loads(storage.read_bytes(url)))
-
 
 def _rel(url: str, root: str) -> str:
     from data import storage
@@ -372,13 +361,14 @@ def job_options(args):
     """The stages' JobOptions from the flags, once the folders, the checkpoint and --mask are checked."""
     from data import storage, untrusted
     from onade.holes import HoleSpec
+    from ray_jobs.train_checkpoints import read_config
 
     for flag in ("input", "output", "mask"):
         untrusted.check_s3_root(getattr(args, flag), f"--{flag}")
     if _same_or_inside(args.input, args.output):
         raise ValueError(f"--output {args.output!r} is --input or contains it: outputs could overwrite inputs and "
                          "be read as inputs next time; use another folder (one inside --input is fine)")
-    cfg = read_model_config(args.checkpoint)
+    cfg = read_config(args.checkpoint)  # the driver never needs the weights
     mask = args.mask
     if storage.is_s3(mask) or os.path.isdir(mask):
         mask = "dir"

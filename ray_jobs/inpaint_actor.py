@@ -35,12 +35,13 @@ class InpaintActor:
         import onade
 
         from ray_jobs.devices import actor_device
+        from ray_jobs.train_checkpoints import load_export
 
         self.opts = JobOptions(**opts)
         self.device = actor_device()  # CUDA exactly when Ray granted this actor a GPU
         if self.opts.threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(self.opts.threads)
-        loaded = onade.load_checkpoint(self.opts.checkpoint, device=self.device)
+        loaded = load_export(self.opts.checkpoint, device=self.device)
         self.model, self.tokenizer, self.config = loaded.model, loaded.tokenizer, loaded.config
         self.profile = loaded.profile  # plans the passes of a budgeted ancestral run (None: equal chunks)
         self.sample = self.opts.sample_config()

@@ -11,10 +11,11 @@ On a cluster:
         --name base1 --preset base --workers 16 --gpus-per-worker 1
 
 Running again with the same --output and --name resumes from the latest checkpoint (step, optimizer, LR
-schedule, data position); a crashed worker group restarts from it up to --max-failures times. At the end
-the latest checkpoint is exported to STORAGE/RUN/export/ (see ray_jobs.checkpoints); `--export-only
-[--checkpoint-step N]` exports a kept checkpoint without training. Run files: STORAGE/RUN/metrics.jsonl,
-tb/ (TensorBoard), samples/ (PNG grids: original, masked, one-shot prediction).
+schedule, data position; at any worker count, see ray_jobs.resume); a crashed worker group restarts from it
+up to --max-failures times. At the end the latest checkpoint is exported to STORAGE/RUN/export/ (see
+ray_jobs.train_checkpoints); `--export-only [--checkpoint-step N]` exports a kept checkpoint without
+training. Run files: STORAGE/RUN/metrics.jsonl, tb/ (TensorBoard), samples/ (PNG grids: original, masked,
+one-shot prediction).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 import uuid
 from typing import NamedTuple
 
-from onade.config import LAYOUT_KEYS, Config, ConfigError, PRESETS, load_config
+from onade.config import Config, ConfigError, PRESETS, load_config
 from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
 
@@ -149,38 +150,13 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
     return shards
 
 
-def check_resume(cfg: Config, run: str, workers: WorkerRange) -> int:
-    """The step a run with this name would resume from (0 if new). A changed model shape fails here, before
-    Ray starts, instead of in every restarted worker; layout-only settings (onade.config.LAYOUT_KEYS:
-    channels_last, activation checkpointing) may change, so a run started on CPUs resumes on GPUs and back."""
-    from ray_jobs.checkpoints import list_checkpoints, read_checkpoint_config, read_train_state
-
-    checkpoints = list_checkpoints(run)
-    if not checkpoints:
-        return 0
-    step, url = checkpoints[-1]
-    saved = read_checkpoint_config(url)["model"]
-    current = cfg.to_dict()["model"]
-    changed = sorted(k for k in current if k in saved and k not in LAYOUT_KEYS and _norm(saved[k]) != _norm(current[k]))
-    if changed:
-        raise ValueError(f"run {run} already has a checkpoint at step {step} with a different model ({changed}): "
-                         "use a new --name, or the same model settings to resume")
-    saved_workers = read_train_state(url).world_size
-    if workers != (saved_workers, saved_workers):
-        print(f"resuming {run} from step {step}, written by {saved_workers} worker(s): at another count, each "
-              "worker converts it to DeepSpeed's universal format (the stored checkpoint stays as it is)", flush=True)
-    return step
-
-
-def _norm(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = build_config(args)  # ConfigError names a bad key before anything starts
     from data import storage, untrusted
-    from ray_jobs.checkpoints import EXPORT_DIR, export_run, run_url
+    from onade.export_format import EXPORT_DIR
+    from ray_jobs.resume import check_resume
+    from ray_jobs.train_checkpoints import export_run, run_url
 
     untrusted.check_run_name(args.name)  # a run folder cannot climb out of the storage root
     for flag in ("output", "export_to"):
@@ -270,8 +246,8 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
     from ray.train.torch import TorchTrainer
 
     from data import storage
-    from ray_jobs.checkpoints import RunSpec
     from ray_jobs.data import make_skip_counter, print_bad_shards, shard_dataset, skip_summary
+    from ray_jobs.run_spec import RunSpec
     from ray_jobs.train_loop import train_loop_per_worker
 
     # Unreadable shards and samples are dropped and counted here; rank 0 logs them (train_loop). A name of its

@@ -1,10 +1,10 @@
 """What every Ray Train worker runs: `train_loop_per_worker(config)`, a plain loop read top to bottom.
 
-`train_step(engine, micro_batches, ...)` is one optimizer step and `evaluate(model, batches)` the held-out
-metrics; both are plain functions a test can call. The body runs under bf16 autocast where
-`train.precision` resolves to bf16 on the worker's device: DeepSpeed's engine opens it (its torch_autocast
-section, ray_jobs.engine), and the start event records the dtype the first convolution really computed in
-(`forward_dtype`). Weights, EMA, losses and metrics stay fp32.
+`train_step(engine, micro_batches, ...)` is one optimizer step, a plain function a test can call; the
+held-out metrics are onade.metrics.evaluate's (the same as ray_jobs.evaluate's), averaged here over the
+ranks. The body runs under bf16 autocast where `train.precision` resolves to bf16 on the worker's device:
+DeepSpeed's engine opens it (its torch_autocast section, ray_jobs.engine), and the start event records the
+dtype the first convolution really computed in (`forward_dtype`). Weights, EMA, losses and metrics stay fp32.
 
 Each worker computes on the device Ray granted it (ray_jobs.devices.train_device). The step never waits on
 the device: masks and dropped captions come from ray_jobs.train_draws (drawn on the CPU from the worker's
@@ -17,20 +17,20 @@ the masks a seed draws do not depend on the dropout rate.
 
 Validation costs little: every `val_every` steps the cheap metrics (orderless bits, one-shot centre bits
 with true and shuffled captions) on the same fixed batches and masks; at the end, once, on
-`val_exact_images` fixed images the exact chain-rule NLL, and on `profile_images` the loss profile over
-the centre hole (onade.metrics.loss_profile, PROFILE_POINTS forward passes per image), which the last
-checkpoint keeps for the export. With `train.ema_decay` > 0 validation scores the EMA weights, which
-checkpoints keep beside the raw ones and the export ships by default.
+`val_exact_images` fixed images the centre hole's exact chain-rule NLL (`exact_center_bits`), and on
+`profile_images` the loss profile over the centre hole (onade.metrics.loss_profile, PROFILE_POINTS forward
+passes per image), which the last checkpoint keeps for the export. With `train.ema_decay` > 0 validation
+scores the EMA weights, which checkpoints keep beside the raw ones and the export ships by default.
 
 Side effects (metrics files, TensorBoard, PNG grids, console) go through `ray_jobs.run_dir`, which is a
 no-op off rank 0. Launch with `python -m ray_jobs.train`.
 
-Resume and data position: checkpoints (ray_jobs.checkpoints) hold the DeepSpeed state of every rank
-(weights, optimizer, LR schedule) and a TrainState (step, epoch, samples consumed in that epoch), and load
-at any worker count. A resumed worker restarts its shard iterator at a fresh epoch and skips its share of
-the consumed samples, so the workers see as many new samples as an uninterrupted run. Whether they are the
-*same* samples depends on Ray Data: the streaming split hands blocks to workers as they become ready, so the
-exact order is not reproducible across restarts.
+Resume and data position: checkpoints (ray_jobs.train_checkpoints, restored by ray_jobs.resume) hold the
+DeepSpeed state of every rank (weights, optimizer, LR schedule) and a TrainState (step, epoch, samples
+consumed in that epoch), and load at any worker count. A resumed worker restarts its shard iterator at a
+fresh epoch and skips its share of the consumed samples, so the workers see as many new samples as an
+uninterrupted run. Whether they are the *same* samples depends on Ray Data: the streaming split hands
+blocks to workers as they become ready, so the exact order is not reproducible across restarts.
 """
 
 from __future__ import annotations
@@ -43,21 +43,37 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from onade.config import MASK_KINDS, config_from_dict
+from onade.config import MASK_KINDS, Config, config_from_dict
 from onade.ema import EMA
 from onade.loss import nade_loss, per_example_bits
-from onade.masks import center_mask
-from onade.metrics import evaluate_batch, exact_center_bits, loss_profile
+from onade.metrics import EXACT_CENTER, PROFILE_POINTS, PROFILE_SEED_OFFSET, evaluate, loss_profile, one_shot_fill
 from onade.model import build_model, num_parameters
 from onade.plans import LossProfile
 from onade.precision import ComputeDtype, autocast, resolve_precision
+from ray_jobs.engine import BatchSplit
+from ray_jobs.run_spec import RunSpec
 from ray_jobs.train_draws import Draws, DrawStream
 
 GRID_IMAGES = 8
-PROFILE_POINTS = 64  # values of t the end-of-run loss profile measures (one forward pass per point per image)
 # Offsets the caption-dropout generator's seed from the masks' one (both seeded from the worker's seed and
 # the step a run starts at): two streams that never share a seed.
 CAPTION_SEED_OFFSET = 1 << 40
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This worker's place in the run, and what follows from it."""
+    rank: int
+    world_size: int
+    seed: int  # train.seed * world_size + rank
+    device: torch.device  # the one Ray granted (ray_jobs.devices.train_device)
+    plan: BatchSplit  # the global batch split over this many workers
+    precision: str  # train.precision resolved on `device`
+
+    @property
+    def samples_per_micro_batch(self) -> int:
+        """Samples every worker together consumes in one micro-batch: the unit of the data position."""
+        return self.plan.micro_batch * self.world_size
 
 
 @dataclass
@@ -119,58 +135,6 @@ def train_step(engine, micro_batches: list[dict], draws: DrawStream, loss_kind: 
     return StepStats(loss_sum, len(micro_batches), kind_bits_K, kind_count_K)
 
 
-@torch.no_grad()
-def evaluate(model, batches: list[dict], num_masks: int = 2, seed: int = 0, exact_images: int = 0,
-             precision: str = "fp32") -> dict[str, float]:
-    """Bits-per-subpixel metrics (onade.metrics.evaluate_batch) averaged over images, the exact chain-rule
-    NLL over the first `exact_images` of them. With a fixed seed the masks and orderings are the same at
-    every call and on any device (drawn on the CPU), so successive validations are comparable."""
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    exact_generator = torch.Generator().manual_seed(seed + 1)
-    sums: dict[str, float] = {}
-    num_images = num_exact = 0
-    was_training = model.training
-    model.eval()
-    with autocast(precision, device):
-        for batch in batches:
-            x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
-            n = x_BHWC.shape[0]
-            metrics = evaluate_batch(model, x_BHWC, tokens_BT, lengths_B, num_masks=num_masks,
-                                     generator=generator, exact=False)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * n
-            num_images += n
-            e = min(n, exact_images - num_exact)
-            if e > 0:
-                exact = exact_center_bits(model, x_BHWC[:e], tokens_BT[:e], lengths_B[:e], exact_generator)
-                sums["exact_bits_per_dim"] = sums.get("exact_bits_per_dim", 0.0) + exact * e
-                num_exact += e
-    model.train(was_training)
-    out = {k: v / max(num_images, 1) for k, v in sums.items() if k != "exact_bits_per_dim"}
-    if num_exact:
-        out["exact_bits_per_dim"] = sums["exact_bits_per_dim"] / num_exact
-    return {**out, "num_images": num_images, "exact_num_images": num_exact}
-
-
-@torch.no_grad()
-def one_shot_fill(model, x_BHWC, tokens_BT, lengths_B) -> tuple[torch.Tensor, torch.Tensor]:
-    """(masked, predicted) images for the centre hole: every hole subpixel set to its most likely value
-    given the border and caption, in a single forward pass. Hidden subpixels show as grey."""
-    was_training = model.training
-    model.eval()
-    try:
-        mask_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
-        where_BHW = ~mask_BHWC.all(-1)
-        logits_PCK = model.logits_at(x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW)
-        predicted = x_BHWC.clone()
-        predicted[where_BHW] = logits_PCK.argmax(-1).to(x_BHWC.dtype)
-        masked = torch.where(mask_BHWC, x_BHWC, torch.full_like(x_BHWC, 128))
-        return masked, predicted
-    finally:
-        model.train(was_training)
-
-
 class ShardCursor:
     """Endless micro-batches from a Ray DataIterator, remembering (epoch, index within epoch)."""
 
@@ -212,15 +176,15 @@ def _all_reduce(values: list[float], device, op=dist.ReduceOp.SUM) -> list[float
     return t.tolist()
 
 
-def _val_batches(val_shard, batch_size: int, num_batches: int, device) -> list[dict]:
-    """The first `num_batches` batches of this worker's validation split, kept in memory and reused at every
-    validation so successive numbers are comparable. The split is read to its end once: a streaming split
-    left half-read would hold its blocks and stall the other workers. The count is cut to the smallest on
-    any rank, since ZeRO-3 needs every rank in each forward pass."""
-    batches: list[dict] = []
+def _val_batches(val_shard, batch_size: int, num_batches: int, device) -> list[tuple]:
+    """The first `num_batches` batches (x_BHWC, tokens_BT, lengths_B) of this worker's validation split, kept
+    on the device and reused at every validation so successive numbers are comparable. The split is read to
+    its end once: a streaming split left half-read would hold its blocks and stall the other workers. The
+    count is cut to the smallest on any rank, since ZeRO-3 needs every rank in each forward pass."""
+    batches: list[tuple] = []
     for batch in val_shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
         if len(batches) < num_batches:
-            batches.append(batch)
+            batches.append(_to_device(batch, device))
     (count,) = _all_reduce([len(batches)], device, dist.ReduceOp.MIN)
     return batches[: int(count)]
 
@@ -238,68 +202,112 @@ def optimizer_step_count(engine) -> int | None:
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    from ray_jobs import checkpoints
-    from ray_jobs.devices import train_device
-    from ray_jobs.engine import build_engine, deepspeed_config, split_batch
     from ray_jobs.run_dir import open_run_dir
 
     # DeepSpeed's ZeRO calls torch's deprecated all_gather_into_tensor alias on every step.
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
-    spec: checkpoints.RunSpec = config["run"]
+    spec: RunSpec = config["run"]
     cfg = config_from_dict(spec.config)
-    t = cfg.train
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    worker_seed = t.seed * world_size + rank
-    torch.manual_seed(worker_seed)
-    device = train_device()
-    plan = split_batch(cfg.data.global_batch_size, world_size, t.micro_batch_size)
-    precision = resolve_precision(t.precision, device)
-
+    worker = join_run(cfg)
     # model.channels_last makes the activations NHWC; the weights stay NCHW: DeepSpeed broadcasts parameters
     # at start-up through views that need the default layout (deepspeed/runtime/engine.py _broadcast_model).
     model = build_model(cfg)
     num_params = num_parameters(model)  # before ZeRO-3 partitions the tensors away
-    with checkpoints.restoring(ray.train.get_checkpoint(), world_size) as restore:
-        ds_config = {**deepspeed_config(spec.zero, plan, t.grad_clip, precision), **restore.deepspeed_section}
-        engine = build_engine(model, cfg, ds_config, device)
-        ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
-        state = restore.into(engine, ema)
-    start_step = state.step
-    # A resumed run must not replay the masks (or dropped captions) of the steps it already took.
-    generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step)
-    caption_generator = torch.Generator().manual_seed(worker_seed + 1_000_003 * start_step + CAPTION_SEED_OFFSET)
-    draws = DrawStream(cfg.masks, plan.micro_batch, cfg.model.image_size, generator, t.caption_dropout,
-                       caption_generator, engine.device)
+    engine, ema, state, converted_from = restored_engine(model, cfg, spec.zero, worker)
 
-    run = open_run_dir(spec.storage_fs, spec.run_path, rank == 0)
-    nodes = [None] * world_size
-    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    resumed = {} if restore.converted_from is None else {"resumed_from_world_size": restore.converted_from}
-    if start_step and run.last_step is not None:  # logged before the restart, at log_every resolution
-        resumed["steps_lost"] = max(0, run.last_step - start_step)
-    # Logged after the first step, with the dtype that step's forward computed in (`forward_dtype`: what the
-    # engine really ran, beside the `precision` asked for).
-    start_event = dict(step=start_step, world_size=world_size, **resumed, num_nodes=len(set(nodes)), node_ids=nodes,
-                       device=str(engine.device), micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-                       precision=precision, zero_stage=t.zero_stage, parameters=num_params, ema_decay=t.ema_decay,
-                       torch_threads=torch.get_num_threads(), adam_step=optimizer_step_count(engine),
-                       zero_optimization=spec.zero.get("zero_optimization"), **zero3_partitioned(engine.module))
-    probe = ComputeDtype(engine.module)
+    run = open_run_dir(spec.storage_fs, spec.run_path, worker.rank == 0)
+    resumed = {} if converted_from is None else {"resumed_from_world_size": converted_from}
+    if state.step and run.last_step is not None:  # logged before the restart, at log_every resolution
+        resumed["steps_lost"] = max(0, run.last_step - state.step)
+    nodes = _node_ids(worker.world_size)
+    start_event = dict(step=state.step, world_size=worker.world_size, **resumed, num_nodes=len(set(nodes)),
+                       node_ids=nodes, device=str(engine.device),
+                       micro_batch=worker.plan.micro_batch, grad_accum=worker.plan.grad_accum,
+                       precision=worker.precision, zero_stage=cfg.train.zero_stage, parameters=num_params,
+                       ema_decay=cfg.train.ema_decay, torch_threads=torch.get_num_threads(),
+                       adam_step=optimizer_step_count(engine), zero_optimization=spec.zero.get("zero_optimization"),
+                       **zero3_partitioned(engine.module))
 
-    samples_per_batch = plan.micro_batch * world_size  # one micro-batch on every worker
-    train = ShardCursor(ray.train.get_dataset_shard("train"), plan.micro_batch, state.epoch,
-                        state.epoch_samples // samples_per_batch)
+    train = ShardCursor(ray.train.get_dataset_shard("train"), worker.plan.micro_batch, state.epoch,
+                        state.epoch_samples // worker.samples_per_micro_batch)
     val = None
     if spec.has_val:
-        val = _val_batches(ray.train.get_dataset_shard("val"), plan.micro_batch, t.val_batches, engine.device)
+        val = _val_batches(ray.train.get_dataset_shard("val"), worker.plan.micro_batch, cfg.train.val_batches,
+                           engine.device)
+    step_loop(spec, cfg, worker, engine, ema, run, train, val, state.step, start_event)
+    run.close()
 
+
+def join_run(cfg: Config) -> Worker:
+    """This worker's rank, seed (seeding torch), device, batch split and precision."""
+    import ray.train
+
+    from ray_jobs.devices import train_device
+    from ray_jobs.engine import split_batch
+
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    seed = cfg.train.seed * world_size + rank
+    torch.manual_seed(seed)
+    device = train_device()
+    return Worker(rank, world_size, seed, device,
+                  split_batch(cfg.data.global_batch_size, world_size, cfg.train.micro_batch_size),
+                  resolve_precision(cfg.train.precision, device))
+
+
+def restored_engine(model, cfg: Config, zero: dict, worker: Worker):
+    """(engine, EMA or None, TrainState, converted_from): `model`'s DeepSpeed engine with the run's latest
+    checkpoint restored into it, from any worker count (ray_jobs.resume; a new run starts at step 0)."""
+    import ray.train
+
+    from ray_jobs.engine import build_engine, deepspeed_config
+    from ray_jobs.resume import restoring
+
+    t = cfg.train
+    with restoring(ray.train.get_checkpoint(), worker.world_size) as restore:
+        ds_config = {**deepspeed_config(zero, worker.plan, t.grad_clip, worker.precision), **restore.deepspeed_section}
+        engine = build_engine(model, cfg, ds_config, worker.device)
+        ema = EMA(engine.module, t.ema_decay) if t.ema_decay > 0 else None
+        state = restore.into(engine, ema)
+    return engine, ema, state, restore.converted_from
+
+
+def _node_ids(world_size: int) -> list[str]:
+    """The Ray node of every rank (a collective: every rank calls it)."""
+    import ray
+
+    nodes = [None] * world_size
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    return nodes
+
+
+def _draw_stream(cfg: Config, worker: Worker, start_step: int, device) -> DrawStream:
+    """The masks and dropped captions of the steps from `start_step` on: a resumed run must not replay those
+    of the steps it already took."""
+    generator = torch.Generator().manual_seed(worker.seed + 1_000_003 * start_step)
+    caption_generator = torch.Generator().manual_seed(worker.seed + 1_000_003 * start_step + CAPTION_SEED_OFFSET)
+    return DrawStream(cfg.masks, worker.plan.micro_batch, cfg.model.image_size, generator, cfg.train.caption_dropout,
+                      caption_generator, device)
+
+
+def step_loop(spec: RunSpec, cfg: Config, worker: Worker, engine, ema, run, train: "ShardCursor",
+              val: list[tuple] | None, start_step: int, start_event: dict) -> None:
+    """Optimizer steps from `start_step` to train.steps. Every log_every steps a log line, every val_every a
+    validation, every checkpoint_every a checkpoint, all three at the last step; a preemption notice
+    checkpoints at once and waits for the restart, and the stop file ends the run at a checkpoint."""
+    import ray.train
+
+    t = cfg.train
+    draws = _draw_stream(cfg, worker, start_step, engine.device)
+    # Logged after the first step, with the dtype that step's forward computed in (`forward_dtype`: what the
+    # engine really ran, beside the `precision` asked for).
+    probe = ComputeDtype(engine.module)
     step, window, profile, preempted = start_step, _Window(engine.device), None, False
     reported_shards: set[str] = set()
     timing = {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
     while step < t.steps:
         tic = time.perf_counter()
-        micro_batches = [train.next() for _ in range(plan.grad_accum)]
+        micro_batches = [train.next() for _ in range(worker.plan.grad_accum)]
         window.add(train_step(engine, micro_batches, draws, t.loss, ema), time.perf_counter() - tic)
         timing["train_s"] += time.perf_counter() - tic
         step += 1
@@ -318,32 +326,24 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         metrics: dict = {"step": step, "epoch": train.epoch}
         if do_log:
-            metrics.update(window.metrics(engine, world_size, plan.global_batch))
+            metrics.update(window.metrics(engine, worker.world_size, worker.plan.global_batch))
             window = _Window(engine.device)
-            if rank == 0:
+            if worker.rank == 0:
                 metrics.update(_skipped(spec.skip_counter, run, step, reported_shards))
         if do_val:
             tic = time.perf_counter()
-            validated = ema.model if ema else engine.module
-            exact_images = _common_images(val, math.ceil(t.val_exact_images / world_size), engine.device) if last else 0
-            metrics.update(_validate(validated, val, cfg, step, run, precision, exact_images))
-            profile_images = (_common_images(val, math.ceil(t.profile_images / world_size), engine.device)
-                              if last else 0)
-            if profile_images:
-                profile = _profile(validated, val, profile_images, t.seed, precision)
-                metrics.update(val_profile_bits_first=profile.bits[0], val_profile_bits_last=profile.bits[-1])
+            val_metrics, profile = _validate(ema.model if ema else engine.module, val, cfg, worker, step, run, last)
+            metrics.update(val_metrics)
             timing["val_s"] += time.perf_counter() - tic
         if last:
             metrics.update({k: round(v, 2) for k, v in timing.items()})
         run.log(step, {k: v for k, v in metrics.items() if k != "step"})
         if do_ckpt:
             tic = time.perf_counter()
-            state = checkpoints.TrainState(step=step, epoch=train.epoch, epoch_samples=train.index * samples_per_batch,
-                                           world_size=world_size, ema_updates=ema.num_updates if ema else 0)
-            checkpoints.save(engine, spec, state, metrics, rank, ema, profile)
+            _checkpoint(engine, ema, spec, worker, train, step, metrics, profile)
             timing["checkpoint_s"] += time.perf_counter() - tic
             run.event("checkpoint", step=step)
-            if not last and _stop_requested(spec.stop_file, rank, engine.device):
+            if not last and _stop_requested(spec.stop_file, worker.rank, engine.device):
                 run.event("stopped", step=step, stop_file=spec.stop_file)
                 break
         elif do_val:
@@ -359,7 +359,17 @@ def train_loop_per_worker(config: dict) -> None:
             run.sync()
             _await_teardown(notice.deadline_ms, spec.preemption_grace_s)
     draws.close()
-    run.close()
+
+
+def _checkpoint(engine, ema, spec: RunSpec, worker: Worker, train: "ShardCursor", step: int, metrics: dict,
+                profile: LossProfile | None) -> None:
+    """Save this step's checkpoint (every rank its part), registered with Ray Train with `metrics`."""
+    from ray_jobs import train_checkpoints
+
+    state = train_checkpoints.TrainState(step=step, epoch=train.epoch,
+                                         epoch_samples=train.index * worker.samples_per_micro_batch,
+                                         world_size=worker.world_size, ema_updates=ema.num_updates if ema else 0)
+    train_checkpoints.save(engine, state, metrics, worker.rank, spec.config, spec.tokenizer, ema, profile)
 
 
 def _skipped(counter_name: str, run, step: int, reported: set[str]) -> dict:
@@ -429,61 +439,67 @@ class _Window:
         return out
 
 
-def _common_images(val: list[dict], wanted: int, device) -> int:
+def _common_images(val: list[tuple], wanted: int, device) -> int:
     """`wanted`, cut to the fewest validation images any rank holds: every rank then scores the same
     number of images in the same batch shapes (only a split's last batch is short), so each runs the same
     forward passes, which ZeRO-3 needs."""
     if not wanted:
         return 0
-    (available,) = _all_reduce([sum(len(b["image"]) for b in val)], device, dist.ReduceOp.MIN)
+    (available,) = _all_reduce([sum(len(x_BHWC) for x_BHWC, _, _ in val)], device, dist.ReduceOp.MIN)
     return min(wanted, int(available))
 
 
-def _validate(model, val: list[dict], cfg, step: int, run, precision: str, exact_images: int) -> dict[str, float]:
-    """Held-out metrics averaged over every rank's images (the exact NLL over the first `exact_images` of
-    each rank's, a count _common_images agreed on), and a PNG grid from rank 0's first batch."""
-    device = next(model.parameters()).device
-    local = evaluate(model, val, seed=cfg.train.seed, exact_images=exact_images, precision=precision)
+def _validate(model, val: list[tuple], cfg: Config, worker: Worker, step: int, run,
+              last: bool) -> tuple[dict[str, float], LossProfile | None]:
+    """onade.metrics.evaluate's held-out metrics averaged over every rank's images, a PNG grid from rank 0's
+    first batch, and at the `last` step the exact NLL and the loss profile (None before), each over the first
+    images of every rank in a count _common_images agreed on."""
+    t, device = cfg.train, next(model.parameters()).device
+    exact_images = _common_images(val, math.ceil(t.val_exact_images / worker.world_size), device) if last else 0
+    local = evaluate(model, val, seed=t.seed, exact_images=exact_images, precision=worker.precision)
     n, ne = local.pop("num_images"), local.pop("exact_num_images")
     keys = sorted(local)
-    weights = [ne if k == "exact_bits_per_dim" else n for k in keys]
+    weights = [ne if k == EXACT_CENTER else n for k in keys]
     sums = _all_reduce([local[k] * w for k, w in zip(keys, weights)] + [n, ne], device)
     total, total_exact = sums[-2], sums[-1]
-    out = {f"val_{k}": s / max(total_exact if k == "exact_bits_per_dim" else total, 1) for k, s in zip(keys, sums)}
+    out = {f"val_{k}": s / max(total_exact if k == EXACT_CENTER else total, 1) for k, s in zip(keys, sums)}
     out["val_num_images"] = int(total)
     if total_exact:
         out["val_exact_num_images"] = int(total_exact)
     if val:
-        x_BHWC, tokens_BT, lengths_B = _to_device(val[0], device)
-        x_BHWC, tokens_BT, lengths_B = x_BHWC[:GRID_IMAGES], tokens_BT[:GRID_IMAGES], lengths_B[:GRID_IMAGES]
-        with autocast(precision, device):
+        x_BHWC, tokens_BT, lengths_B = (v[:GRID_IMAGES] for v in val[0])
+        with autocast(worker.precision, device):
             masked, predicted = one_shot_fill(model, x_BHWC, tokens_BT, lengths_B)
         run.save_grid(step, [x_BHWC, masked, predicted])
-    return out
+    profile_images = _common_images(val, math.ceil(t.profile_images / worker.world_size), device) if last else 0
+    profile = None
+    if profile_images:
+        profile = _profile(model, val, profile_images, t.seed, worker.precision)
+        out.update(val_profile_bits_first=profile.bits[0], val_profile_bits_last=profile.bits[-1])
+    return out, profile
 
 
 @torch.no_grad()
-def _profile(model, val: list[dict], num_images: int, seed: int, precision: str) -> LossProfile:
+def _profile(model, val: list[tuple], num_images: int, seed: int, precision: str) -> LossProfile:
     """The loss profile over the centre hole on the first `num_images` validation images of each rank (a
     count _common_images agreed on), averaged over ranks weighted by images. Each rank's profile is already
     non-increasing (loss_profile smooths it), and so is their average. Every rank runs it: ZeRO-3 gathers
     weights in each forward pass, so a rank-0-only pass would wait forever for the others."""
     device = next(model.parameters()).device
     batches, left = [], num_images
-    for batch in val:
+    for x_BHWC, tokens_BT, lengths_B in val:
         if left <= 0:
             break
-        x_BHWC, tokens_BT, lengths_B = _to_device(batch, device)
         batches.append((x_BHWC[:left], tokens_BT[:left], lengths_B[:left]))
         left -= len(batches[-1][0])
     with autocast(precision, device):
         local = loss_profile(model, batches, num_points=PROFILE_POINTS,
-                             generator=torch.Generator().manual_seed(seed + 2))
+                             generator=torch.Generator().manual_seed(seed + PROFILE_SEED_OFFSET))
     sums = _all_reduce([b * local.num_images for b in local.bits] + [local.num_images], device)
     total = sums[-1]
     return LossProfile(bits=[round(s / total, 5) for s in sums[:-1]], mask=local.mask, image_size=local.image_size,
                        num_images=int(total))
 
 
-__all__ = ["train_loop_per_worker", "train_step", "training_inputs", "evaluate", "one_shot_fill", "ShardCursor",
-           "StepStats", "PROFILE_POINTS", "optimizer_step_count"]
+__all__ = ["train_loop_per_worker", "train_step", "training_inputs", "ShardCursor", "StepStats", "Worker",
+           "optimizer_step_count"]

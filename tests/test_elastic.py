@@ -62,7 +62,7 @@ def _node_of_rank(cluster, rank_nodes: list[str], rank: int):
 def test_elastic_run_is_drained_grows_loses_a_node_and_finishes(elastic_cluster, local_shards, tmp_path):
     from ray.util.state import list_actors
 
-    from ray_jobs.checkpoints import list_checkpoints, read_train_state
+    from ray_jobs.train_checkpoints import list_checkpoints, read_train_state
     from ray_jobs.train import main
 
     cluster = elastic_cluster

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-METRIC_KEYS = {"bits_per_dim", "exact_bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption",
+METRIC_KEYS = {"bits_per_dim", "exact_center_bits", "center_bits_true_caption", "center_bits_shuffled_caption",
                "num_images", "exact_num_images"}
 
 
@@ -47,7 +47,7 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
 
     everything = main(["--checkpoint", export, "--data", local_shards["val"], "--batch-size", "16",
                        "--exact-images", "0"])
-    assert everything["num_images"] == 32 and "exact_bits_per_dim" not in everything  # whole set, no exact
+    assert everything["num_images"] == 32 and "exact_center_bits" not in everything  # whole set, no exact
 
 
 @pytest.mark.timeout(60)
@@ -66,7 +66,7 @@ EVAL_8 = ["--num-images", "8", "--batch-size", "4", "--exact-images", "8", "--pr
 def test_profile_and_budgets_from_it_and_from_the_checkpoint(ray_local, export, local_shards, tmp_path):
     import shutil
 
-    from onade.checkpoint import PROFILE_FILE
+    from onade.export_format import PROFILE_FILE
     from onade.plans import LossProfile
     from ray_jobs.evaluate import main
 
@@ -83,7 +83,7 @@ def test_profile_and_budgets_from_it_and_from_the_checkpoint(ray_local, export, 
     assert [r["passes"] for r in result["budgets"]] == [1, 4, 192]
     # One pass is the same plan either way: the one-shot NLL of the hole, whatever the ordering.
     assert one["dp_bits"] == one["uniform_bits"] == pytest.approx(result["center_bits_true_caption"], rel=1e-4)
-    assert full["dp_bits"] == full["uniform_bits"] == pytest.approx(result["exact_bits_per_dim"], abs=1e-3)
+    assert full["dp_bits"] == full["uniform_bits"] == pytest.approx(result["exact_center_bits"], abs=1e-3)
     assert all(0 < r[k] < 12 for r in result["budgets"] for k in ("dp_bits", "uniform_bits"))
 
     # The same profile shipped with the checkpoint plans the same passes over the (same) centre hole; the
@@ -94,7 +94,7 @@ def test_profile_and_budgets_from_it_and_from_the_checkpoint(ray_local, export, 
     again = main(["--checkpoint", str(shipped), "--data", local_shards["val"], *EVAL_8, "--budgets", "4,full"])
     assert [r["passes"] for r in again["budgets"]] == [4, 192] and "profile_bits_first" not in again
     assert again["budgets"][0] == pytest.approx(four, rel=1e-5)
-    assert again["budgets"][1]["dp_bits"] == again["budgets"][1]["uniform_bits"] == again["exact_bits_per_dim"]
+    assert again["budgets"][1]["dp_bits"] == again["budgets"][1]["uniform_bits"] == again["exact_center_bits"]
 
 
 @pytest.mark.timeout(60)

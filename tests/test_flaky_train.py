@@ -61,7 +61,7 @@ def snapshot(prefix: str) -> dict[str, bytes]:
 def test_a_file_smaller_than_an_s3_error_is_read_back_through_a_503(flaky_s3_endpoint, tmp_path):
     """pyarrow's copy_files (Ray's Checkpoint.as_directory) gives up on a file smaller than the 503's XML at the
     first 503; storage.download_from_fs retries it. When pyarrow fixes this, the first half fails: then
-    checkpoints.restoring can go back to Checkpoint.as_directory."""
+    resume.restoring can go back to Checkpoint.as_directory."""
     import pyarrow.fs as pafs
 
     flaky = flaky_s3_endpoint
@@ -115,7 +115,8 @@ def test_a_run_on_a_flaky_store_reaches_a_clean_runs_weights(flaky_run, flaky_s3
     """The same STEPS steps without faults: the consolidated weights of both step-STEPS checkpoints agree."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from ray_jobs.checkpoints import DS_TAG, list_checkpoints
+    from onade.export_format import DS_TAG
+    from ray_jobs.train_checkpoints import list_checkpoints
     from ray_jobs.train import main
 
     run, _ = flaky_run
@@ -135,7 +136,7 @@ def test_a_run_on_a_flaky_store_reaches_a_clean_runs_weights(flaky_run, flaky_s3
 
 @pytest.mark.timeout(300)
 def test_training_on_a_flaky_store_checkpoints_resumes_and_learns(flaky_run):
-    from ray_jobs.checkpoints import list_checkpoints, read_train_state
+    from ray_jobs.train_checkpoints import list_checkpoints, read_train_state
 
     run, faults = flaky_run
     assert sum(faults["train"].get(k, 0) for k in ("drop", "500", "503")) > 0, faults
@@ -160,7 +161,7 @@ def test_training_on_a_flaky_store_checkpoints_resumes_and_learns(flaky_run):
 @pytest.mark.parametrize("weights", ["ema", "raw"])
 def test_a_checkpoint_exported_on_a_flaky_store_equals_its_clean_export(flaky_run, flaky_s3_endpoint, weights):
     """"raw" consolidates the trained weights from the ZeRO files (zero_to_fp32); "ema" ships the average."""
-    from ray_jobs.checkpoints import export_checkpoint, list_checkpoints
+    from ray_jobs.train_checkpoints import export_checkpoint, list_checkpoints
 
     flaky = flaky_s3_endpoint
     run, _ = flaky_run

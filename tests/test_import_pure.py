@@ -1,16 +1,20 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ('ray', 'deepspeed', 'boto3', 'botocore', 'webdataset', 'pyarrow')
+REPOSITORY = ('data', 'ray_jobs')  # the repository's job folders: the library ships without them
+ONADE = Path(__file__).resolve().parent.parent / "onade"
 
 BLOCKER = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in HEAVY:
+        if name.split('.')[0] in HEAVY + REPOSITORY:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import onade, onade.masks, onade.loss, onade.metrics, onade.checkpoint, onade.config
+import onade, onade.masks, onade.loss, onade.metrics, onade.export_format, onade.config
 import pkgutil, importlib
 for m in pkgutil.iter_modules(onade.__path__):
     importlib.import_module('onade.' + m.name)
@@ -19,7 +23,7 @@ print('ok', sorted(k for k in sys.modules if k.split('.')[0] in HEAVY))
 """
 
 # A local checkpoint is read by onade itself: with boto3 and the repository's data/ present but not blocked,
-# neither is imported. An s3:// one without data/ on the path (onade installed alone) names the way out.
+# neither is imported. An s3:// one is refused without reaching for data/, naming the ways out.
 LOAD = """
 import sys, tempfile
 import onade
@@ -43,7 +47,8 @@ except ValueError as e:
 
 
 def run(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\nREPOSITORY = {REPOSITORY!r}\n" + code],
+                         capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -53,10 +58,26 @@ def test_onade_imports_without_ray_deepspeed_boto3_webdataset():
     assert run(BLOCKER).strip() == "ok []"
 
 
-def test_loading_a_local_checkpoint_imports_no_s3_client_and_s3_needs_the_repository():
+def test_onade_imports_nothing_from_the_repositorys_job_folders():
+    """Read statically, so an import inside a function (which the blocker above never runs) counts too."""
+    found = []
+    for path in sorted(ONADE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in REPOSITORY]
+    assert len(list(ONADE.glob("*.py"))) > 10 and found == []
+
+
+def test_loading_a_local_checkpoint_imports_no_s3_client_and_s3_names_the_ways_out():
     first, s3 = run(LOAD).strip().splitlines()
     assert first == "ok []"
     assert "aws s3 cp --recursive s3://bucket/runs/x/export" in s3 and "repository root" in s3
+    assert "ray_jobs.train_checkpoints.load_export" in s3
 
 
 def test_data_tasks_load_without_torch():

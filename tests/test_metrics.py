@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,7 +46,7 @@ def test_evaluate_batch_reports_every_metric():
     model = tiny_model()
     x, _, tokens, lengths = random_batch(4, 8)
     out = evaluate_batch(model, x, tokens, lengths, num_masks=2, generator=torch.Generator().manual_seed(0))
-    assert set(out) == {"bits_per_dim", "exact_bits_per_dim", "center_bits_true_caption",
+    assert set(out) == {"bits_per_dim", "exact_center_bits", "center_bits_true_caption",
                         "center_bits_shuffled_caption"}
     assert all(0 < v < 20 for v in out.values())
     assert out["center_bits_true_caption"] != out["center_bits_shuffled_caption"]
@@ -136,3 +137,75 @@ def test_loss_profile_is_non_increasing_and_starts_at_the_one_shot_nll():
     box = torch.zeros(8, 8, dtype=torch.bool)
     box[0:2, 0:3] = True
     assert loss_profile(model, [(x, tokens, lengths)], hole_HW=box, num_points=4).hole_size == 18
+
+
+def test_the_hole_metrics_read_the_caption_once_per_batch():
+    """Every forward pass of a batch reuses the reader's states (the sampler does the same): the chain rule
+    over a 12-subpixel hole, one subpixel per pass, runs the caption reader once, not twelve times."""
+    from onade.metrics import budget_bits, loss_profile
+
+    model = tiny_model(image_size=4, dilations=(1, 2), num_blocks=2)
+    x, _, tokens, lengths = random_batch(2, 4)
+    mask = center_mask(2, 4)
+    reads = []
+    model.reader.register_forward_hook(lambda *_: reads.append(1))
+    exact_hole_bits(model, x, mask, tokens, lengths, chunk=1)
+    budget_bits(model, x, mask, tokens, lengths, list(range(13)), max_batch=2)
+    loss_profile(model, [(x, tokens, lengths)], num_points=12, max_batch=2)
+    assert len(reads) == 3
+
+
+# ---- caption adherence on synthetic images (palette from data.synthetic) ---------------------------
+
+@pytest.fixture(scope="module")
+def samples():
+    from data.synthetic import make_sample
+
+    return [make_sample(i, 32, seed=3) for i in range(240)]
+
+
+@pytest.fixture(scope="module")
+def offset_samples():
+    from data.synthetic import make_sample
+
+    return [make_sample(i, 32, seed=4, variant="offset") for i in range(160)]
+
+
+def test_centre_colour_reads_the_caption_colour_off_a_noisy_image(offset_samples):
+    from data.synthetic import COLOURS
+    from onade.metrics import centre_colour
+
+    images = np.stack([img for img, _ in offset_samples])
+    assert centre_colour(images, COLOURS) == [m.colour for _, m in offset_samples]
+    # A background-coloured centre is read as the background, not the caption.
+    flat = np.stack([np.broadcast_to(np.array(COLOURS[m.background], np.uint8), (32, 32, 3))
+                     for _, m in offset_samples[:5]])
+    assert centre_colour(flat, COLOURS) == [m.background for _, m in offset_samples[:5]]
+
+
+def test_caption_adherence_scores_real_images_one_and_wrong_captions_low(samples):
+    from data.synthetic import COLOURS, STRIPE, centre_box
+    from onade.metrics import caption_adherence
+
+    def adherence(images, colours, backgrounds):
+        return caption_adherence(images, colours, backgrounds, COLOURS, (STRIPE,))
+
+    images = np.stack([img for img, _ in samples])
+    metas = [m for _, m in samples]
+    colours, backgrounds = [m.colour for m in metas], [m.background for m in metas]
+    assert adherence(images, colours, backgrounds) == {"hit": 1.0, "purity": 1.0}
+    # Another image's caption colour: only right where the two colours happen to agree.
+    wrong = colours[1:] + colours[:1]
+    agree = np.mean([a == b for a, b in zip(colours, wrong)])
+    got = adherence(images, wrong, backgrounds)
+    assert got["hit"] == pytest.approx(agree) and got["purity"] == pytest.approx(agree)
+    # Speckle: about half the shape's pixels turned to a third palette colour halve the purity.
+    noisy = images.copy()
+    left, top, right, bottom = centre_box(32)
+    for img, m in zip(noisy, metas):
+        third = next(c for c in COLOURS if c not in (m.colour, m.background))
+        hole = img[top:bottom, left:right]
+        ys, xs = np.nonzero((hole == np.array(COLOURS[m.colour], np.uint8)).all(-1))
+        pick = (ys + xs) % 2 == 0
+        hole[ys[pick], xs[pick]] = COLOURS[third]
+    assert 0.4 < adherence(noisy, colours, backgrounds)["purity"] < 0.6

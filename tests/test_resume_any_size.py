@@ -66,7 +66,7 @@ def two_worker_run(ray_local, local_shards, zero3_json, tmp_path_factory):
 def test_a_two_worker_checkpoint_resumes_on_another_worker_count(two_worker_run, workers, local_shards,
                                                                  zero3_json):
     from onade.config import load_config
-    from ray_jobs.checkpoints import list_checkpoints, read_train_state
+    from ray_jobs.train_checkpoints import list_checkpoints, read_train_state
     from ray_jobs.train import main
 
     out = two_worker_run

@@ -154,39 +154,6 @@ def test_offset_border_and_caption_determine_the_hole(offset_samples):
     assert all(hole_is_determined(m, 32) for _, m in offset_samples)
 
 
-def test_centre_colour_reads_the_caption_colour_off_a_noisy_image(offset_samples):
-    from data.synthetic import centre_colour
-
-    images = np.stack([img for img, _ in offset_samples])
-    assert centre_colour(images) == [m.colour for _, m in offset_samples]
-    # A background-coloured centre is read as the background, not the caption.
-    flat = np.stack([np.broadcast_to(np.array(COLOURS[m.background], np.uint8), (32, 32, 3))
-                     for _, m in offset_samples[:5]])
-    assert centre_colour(flat) == [m.background for _, m in offset_samples[:5]]
-
-
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="variant"):
         make_sample(0, 32, variant="shifted")
-
-
-def test_caption_adherence_scores_real_images_one_and_wrong_captions_low(samples):
-    images = np.stack([img for img, _ in samples])
-    metas = [m for _, m in samples]
-    colours, backgrounds = [m.colour for m in metas], [m.background for m in metas]
-    assert synthetic.caption_adherence(images, colours, backgrounds) == {"hit": 1.0, "purity": 1.0}
-    # Another image's caption colour: only right where the two colours happen to agree.
-    wrong = colours[1:] + colours[:1]
-    agree = np.mean([a == b for a, b in zip(colours, wrong)])
-    got = synthetic.caption_adherence(images, wrong, backgrounds)
-    assert got["hit"] == pytest.approx(agree) and got["purity"] == pytest.approx(agree)
-    # Speckle: about half the shape's pixels turned to a third palette colour halve the purity.
-    noisy = images.copy()
-    left, top, right, bottom = centre_box(32)
-    for img, m in zip(noisy, metas):
-        third = next(c for c in COLOURS if c not in (m.colour, m.background))
-        hole = img[top:bottom, left:right]
-        ys, xs = np.nonzero((hole == np.array(COLOURS[m.colour], np.uint8)).all(-1))
-        pick = (ys + xs) % 2 == 0
-        hole[ys[pick], xs[pick]] = COLOURS[third]
-    assert 0.4 < synthetic.caption_adherence(noisy, colours, backgrounds)["purity"] < 0.6

@@ -96,7 +96,7 @@ def trained(s3_server, ray_local, shards, truncated_shard):
 
 @pytest.mark.timeout(360)
 def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, truncated_shard):
-    from ray_jobs.checkpoints import list_checkpoints
+    from ray_jobs.train_checkpoints import list_checkpoints
 
     run, metrics, _ = trained
     assert metrics["step"] == STEPS
@@ -120,7 +120,7 @@ def test_two_workers_zero2_loss_falls_and_everything_lands_in_s3(trained, trunca
     assert val[-1]["val_bits_per_dim"] < val[0]["val_bits_per_dim"]
     assert all(r["val_num_images"] == 8 for r in val)  # 1 batch of 4 on each of 2 workers
     # The costly exact NLL runs once, at the end, on the debug preset's val_exact_images (4: 2 per worker).
-    assert "val_exact_bits_per_dim" not in val[0] and val[-1]["val_exact_num_images"] == 4
+    assert "val_exact_center_bits" not in val[0] and val[-1]["val_exact_num_images"] == 4
     # So does the loss profile the export ships (its time is in val_s): non-increasing in what is known.
     assert "val_profile_bits_first" not in val[0]
     assert val[-1]["val_profile_bits_first"] >= val[-1]["val_profile_bits_last"] > 0
@@ -157,10 +157,11 @@ def test_the_console_shows_progress_and_the_bad_shard_not_ray_train_floods(train
 def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     import onade
     from onade.metrics import center_bits
+    from ray_jobs.train_checkpoints import load_export
 
     run, metrics, _ = trained
     assert metrics["export"] == storage.join(run, "export")
-    loaded = onade.load_checkpoint(metrics["export"])
+    loaded = load_export(metrics["export"])
     assert loaded.config.model.image_size == 16
     assert loaded.config.model.vocab_size == loaded.tokenizer.vocab_size
     # The loss profile of the exported (EMA) weights, measured at the end of training over the 8x8 centre hole
@@ -194,7 +195,7 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     again = storage.join(run, "export_again")
     assert main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--checkpoint-step", "100",
                  "--export-to", again])["export"] == again
-    reloaded = onade.load_checkpoint(again)
+    reloaded = load_export(again)
     assert reloaded.profile == loaded.profile
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
@@ -202,7 +203,7 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     raw_url = storage.join(run, "export_raw")
     main(["--output", storage.dirname(run), "--name", "e2e", "--export-only", "--export-weights", "raw",
           "--export-to", raw_url])
-    raw_loaded = onade.load_checkpoint(raw_url)
+    raw_loaded = load_export(raw_url)
     raw = raw_loaded.model
     assert raw_loaded.profile is None  # the profile is the EMA's: it ships with the EMA weights only
     assert not torch.equal(raw.head_proj.weight, loaded.model.head_proj.weight)

@@ -1,4 +1,4 @@
-"""ray_jobs.checkpoints.to_universal without Ray: DeepSpeed ZeRO-1 and ZeRO-2 engines on real gloo process
+"""ray_jobs.resume.to_universal without Ray: DeepSpeed ZeRO-1 and ZeRO-2 engines on real gloo process
 groups (torch.multiprocessing), saved by 2 ranks, converted, loaded by 1 or 3. The continued run takes the
 same steps as the uninterrupted one, to float rounding (same global batch, same masks). ZeRO-3 goes through
 the whole job in test_resume_any_size.py, and the elastic run (tests/test_elastic.py) resumes ZeRO-2
@@ -31,7 +31,7 @@ def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: boo
     from onade.loss import nade_loss
     from onade.masks import draw_masks
     from onade.model import build_model
-    from ray_jobs import checkpoints
+    from onade.export_format import DS_TAG
     from ray_jobs.engine import build_engine, deepspeed_config, load_zero_json, split_batch
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -42,7 +42,7 @@ def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: boo
         ds["checkpoint"] = {"load_universal": True}
     engine = build_engine(build_model(cfg), cfg, ds)
     if load:
-        engine.load_checkpoint(str(Path(folder, "universal")), tag=checkpoints.DS_TAG)
+        engine.load_checkpoint(str(Path(folder, "universal")), tag=DS_TAG)
     data = torch.randint(0, 256, (GLOBAL_BATCH, SIZE, SIZE, 3), generator=torch.Generator().manual_seed(5),
                          dtype=torch.uint8)
     tokens, lengths = torch.zeros(GLOBAL_BATCH, 4, dtype=torch.long), torch.ones(GLOBAL_BATCH, dtype=torch.long)
@@ -61,7 +61,7 @@ def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: boo
     if not load:
         for i in range(5):
             step(i)
-        engine.save_checkpoint(str(Path(folder, "saved")), tag=checkpoints.DS_TAG)
+        engine.save_checkpoint(str(Path(folder, "saved")), tag=DS_TAG)
     losses = [step(i) for i in range(5, 8)]
     if rank == 0:
         out.put({"start": start, "losses": losses, "lr": engine.get_lr()[0]})
@@ -82,7 +82,7 @@ def _run(world: int, stage: int, folder: Path, load: bool) -> dict:
 def saved_by_two_ranks(tmp_path_factory):
     """stage -> (folder, losses): 2 ranks take 5 steps, save (converted to universal) and take 3 more steps.
     Made once per stage."""
-    from ray_jobs.checkpoints import to_universal
+    from ray_jobs.resume import to_universal
 
     made: dict[int, tuple[Path, dict]] = {}
 
