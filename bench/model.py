@@ -24,7 +24,7 @@ import torch
 
 from onade.config import get_preset
 from onade.loss import nade_loss
-from onade.masks import sample_masks
+from onade.masks import draw_observed
 from onade.model import build_model, num_parameters
 from onade.precision import autocast
 
@@ -44,11 +44,11 @@ def build_variant(model_cfg, compare: str, variant: str):
 
 
 def step_time(model, batch, opt, precision: str = "fp32") -> float:
-    x, mask, tokens, lengths = batch
+    x, observed, tokens, lengths = batch
     t = time.perf_counter()
     with autocast(precision, x.device):
-        logits = model(x, mask, tokens, lengths)
-    loss = nade_loss(logits, x, mask)
+        logits = model(x, observed, tokens, lengths)
+    loss = nade_loss(logits, x, observed)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -107,10 +107,10 @@ def main(argv=None) -> None:
         opts = {m: torch.optim.AdamW(models[m].parameters(), lr=1e-4) for m in models}
         S, B = cfg.model.image_size, args.batch_size
         x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, device=args.device)
-        mask = sample_masks(cfg.masks, B, S, device=args.device)
+        observed = draw_observed(cfg.masks, B, S, device=args.device)[0]
         tokens = torch.randint(4, cfg.model.vocab_size, (B, 16), device=args.device)
         lengths = torch.full((B,), 12, device=args.device)
-        batch = (x, mask, tokens, lengths)
+        batch = (x, observed, tokens, lengths)
         for m in models:  # warm-up
             step_time(models[m], batch, opts[m], args.precision)
         times = {m: [] for m in models}

@@ -71,22 +71,23 @@ def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | N
     import onade
     from data.synthetic import COLOURS
     from onade.metrics import centre_colour
-    from onade.masks import center_mask
+    from onade.masks import observed_except_center
 
     loaded = onade.load_checkpoint(export)
     paths = sorted(val_dir.glob("*.png"))[: args.gibbs_images]
     x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
     captions = [p.with_suffix(".txt").read_text(encoding="utf-8").splitlines()[0] for p in paths]
     tokens, lengths = loaded.tokenizer.encode_batch(captions, loaded.config.data.max_tokens)
-    mask = center_mask(len(paths), x.shape[1])
+    observed = observed_except_center(len(paths), x.shape[1])
     tic = time.perf_counter()
-    samples, _ = onade.inpaint(loaded.model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=0, seed=0)
+    samples, _ = onade.inpaint(loaded.model, x, observed, tokens, lengths, strategy="independent-gibbs", steps=0,
+                               seed=0)
     seconds = time.perf_counter() - tic
     result = {"gibbs_images": len(paths), "gibbs_seconds": round(seconds, 1)}
     if colours:
         got = centre_colour(samples.numpy(), COLOURS)
         result["gibbs_caption_colour_share"] = float(np.mean([g == colours[p.stem] for g, p in zip(got, paths)]))
-    masked = torch.where(mask, x, torch.full_like(x, 128))
+    masked = torch.where(observed, x, torch.full_like(x, 128))
     scale = max(1, 96 // x.shape[1])
     (out / "gallery").mkdir(exist_ok=True)
     rows = []

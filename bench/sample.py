@@ -50,7 +50,7 @@ import torch
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import onade  # noqa: E402
-from onade.masks import center_mask  # noqa: E402
+from onade.masks import observed_except_center  # noqa: E402
 from onade.precision import autocast, resolve_precision  # noqa: E402
 
 STRATEGY_RUNS = {
@@ -90,10 +90,10 @@ def bench_samplers(args) -> list[tuple[str, float, float, float]]:
     S, B = model.cfg.image_size, args.batch_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g).to(device)
-    mask = center_mask(B, S, device=device)
+    observed = observed_except_center(B, S, device=device)
     tokens = torch.randint(4, model.cfg.vocab_size, (B, 12), generator=g).to(device)
     lengths = torch.full((B,), 12).to(device)
-    batch = (x, mask, tokens, lengths)
+    batch = (x, observed, tokens, lengths)
     passes = []
     hook = model.stem.register_forward_hook(lambda *a: passes.append(1))
     rows = []
@@ -131,8 +131,8 @@ def bench_precision(args) -> dict:
         S, B = model.cfg.image_size, args.batch_size
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g).to(device)
-        batch = (x, center_mask(B, S, device=device), torch.randint(4, model.cfg.vocab_size, (B, 12), generator=g),
-                 torch.full((B,), 12))
+        tokens = torch.randint(4, model.cfg.vocab_size, (B, 12), generator=g)
+        batch = (x, observed_except_center(B, S, device=device), tokens, torch.full((B,), 12))
         best = {"fp32": 0.0, "bf16": 0.0}
         for _ in range(args.rounds):
             for precision in best:
@@ -351,8 +351,8 @@ def bench_budgets(args, ckpt: str) -> dict:
     loaded = onade.load_checkpoint(ckpt)
     model, S = loaded.model, loaded.config.model.image_size
     x, tokens, lengths, colours, backgrounds = _eval_images(loaded, args.quality_images)
-    mask = center_mask(len(x), S)
-    M = int((~mask[0]).sum())
+    observed = observed_except_center(len(x), S)
+    M = int((~observed[0]).sum())
     profile = loaded.profile
     if profile is None:
         px, pt, pl, _, _ = _eval_images(loaded, 16, start=3 * 10 ** 6)
@@ -361,7 +361,7 @@ def bench_budgets(args, ckpt: str) -> dict:
     print(f"bits per hole subpixel against forward passes ({args.bits_images} images, {M}-subpixel centre hole):")
     print(f"  {'passes':>6} {'DP plan':>8} {'uniform':>8}")
     n = args.bits_images
-    batches = [(x[i:i + 16], mask[i:i + 16], tokens[i:i + 16], lengths[i:i + 16]) for i in range(0, n, 16)]
+    batches = [(x[i:i + 16], observed[i:i + 16], tokens[i:i + 16], lengths[i:i + 16]) for i in range(0, n, 16)]
 
     def bits(plan):
         with autocast(resolve_precision("auto", "cpu"), torch.device("cpu")):
@@ -384,7 +384,7 @@ def bench_budgets(args, ckpt: str) -> dict:
         for K in [int(k) for k in args.adherence_passes.split(",")]:
             for s in [float(g) for g in args.guidance.split(",")] if K == args.guidance_passes else [1.0]:
                 t = time.perf_counter()
-                images, _ = onade.inpaint(model, x, mask, tokens, lengths, steps=K, guidance=s, seed=0,
+                images, _ = onade.inpaint(model, x, observed, tokens, lengths, steps=K, guidance=s, seed=0,
                                           profile=prof, **kw)
                 row = {"strategy": name, "passes": K, "guidance": s,
                        "adherence": adherence(images, colours, backgrounds),
@@ -393,7 +393,7 @@ def bench_budgets(args, ckpt: str) -> dict:
                 print(f"  {name:18s} {K:>5} passes  guidance {s:<4} hit {row['adherence']['hit']:.3f} purity "
                       f"{row['adherence']['purity']:.3f}  {row['images_per_s']:8.2f} images/s", flush=True)
     t = time.perf_counter()
-    images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=M, seed=0)
+    images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="independent-gibbs", steps=M, seed=0)
     base = {"strategy": "independent-gibbs", "passes": M, "guidance": 1.0,
             "adherence": adherence(images, colours, backgrounds),
             "images_per_s": round(len(x) / (time.perf_counter() - t), 2)}

@@ -76,7 +76,7 @@ def load_batches(shards: str, cfg, batch_size: int) -> list[dict]:
 
 def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str, precision: str | None = None) -> float:
     from onade.loss import nade_loss
-    from onade.masks import sample_masks
+    from onade.masks import draw_observed
     from onade.model import build_model
     from onade.precision import autocast, resolve_precision
     from ray_jobs.engine import lr_factor, make_optimizer
@@ -92,10 +92,10 @@ def bare_loop(cfg, batches: list[dict], steps: int, log_every: int, device: str,
     for step in range(1, steps + 1):
         b = batches[(step - 1) % len(batches)]
         x, tokens, lengths = b["image"].to(device), b["tokens"].to(device), b["length"].to(device)
-        mask = sample_masks(cfg.masks, x.shape[0], x.shape[1], gen).to(device)
+        observed = draw_observed(cfg.masks, x.shape[0], x.shape[1], gen)[0].to(device)
         with autocast(precision, device):
-            logits = model(x, mask, tokens, lengths)
-        loss = nade_loss(logits, x, mask, kind=t.loss)
+            logits = model(x, observed, tokens, lengths)
+        loss = nade_loss(logits, x, observed, kind=t.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)

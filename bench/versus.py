@@ -34,7 +34,7 @@ def measure_sample(presets: list[str], reps: int, batch: int) -> dict[str, float
 
     import onade
     from onade.config import get_preset
-    from onade.masks import center_mask
+    from onade.masks import observed_except_center
 
     out = {}
     for preset in presets:
@@ -48,7 +48,7 @@ def measure_sample(presets: list[str], reps: int, batch: int) -> dict[str, float
             best = 0.0
             for _ in range(reps):
                 tic = time.perf_counter()
-                onade.inpaint(model, x, center_mask(batch, S), tokens, lengths, seed=0, **kw)
+                onade.inpaint(model, x, observed_except_center(batch, S), tokens, lengths, seed=0, **kw)
                 best = max(best, batch / (time.perf_counter() - tic))
             out[f"{preset} {name} images/s"] = best
     return out

@@ -17,27 +17,27 @@ import torch.nn.functional as F
 LOSS_KINDS = ("orderless", "mean")
 
 
-def hidden_nats(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
+def hidden_nats(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
     """Cross-entropy in nats of every hidden subpixel [B,H,W,3]; zero where observed."""
     ce = F.cross_entropy(logits_BHWCK.float().flatten(0, -2), x_BHWC.long().flatten(), reduction="none")
-    return ce.view(x_BHWC.shape) * (~mask_BHWC)
+    return ce.view(x_BHWC.shape) * (~observed_BHWC)
 
 
-def per_example_bits(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
+def per_example_bits(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
     """Each example's mean cross-entropy over its hidden subpixels, in bits [B] (0 where nothing is hidden).
     For an orderless mask this is the unbiased per-subpixel NLL estimate; for a whole centre hole it is the
     one-shot centre NLL."""
-    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, mask_BHWC)
-    num_hidden_B = (~mask_BHWC).flatten(1).sum(1)
+    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, observed_BHWC)
+    num_hidden_B = (~observed_BHWC).flatten(1).sum(1)
     return nats_BHWC.flatten(1).sum(1) / num_hidden_B.clamp(min=1) / math.log(2)
 
 
-def nade_loss(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor,
+def nade_loss(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor,
               kind: str = "orderless") -> torch.Tensor:
     """Scalar loss in bits per subpixel; see the module docstring for the two kinds."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
     if kind == "orderless":
-        return per_example_bits(logits_BHWCK, x_BHWC, mask_BHWC).mean()
-    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, mask_BHWC)
-    return nats_BHWC.sum() / (~mask_BHWC).sum().clamp(min=1) / math.log(2)
+        return per_example_bits(logits_BHWCK, x_BHWC, observed_BHWC).mean()
+    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, observed_BHWC)
+    return nats_BHWC.sum() / (~observed_BHWC).sum().clamp(min=1) / math.log(2)

@@ -1,4 +1,6 @@
-"""Mask samplers for training and inpainting. Every mask is bool [B,H,W,3], True where observed.
+"""Mask samplers for training and inpainting. Names carry their polarity: an `observed_*` mask is True
+where a subpixel is observed (what the model and the samplers take), a `*_hidden` one True where it is
+hidden. Both are bool [B,H,W,3]; training draws them with `draw_observed`.
 
 Kinds: orderless (number hidden uniform in 1..D, then a uniform subset: the orderless-NADE training
 distribution), bernoulli (hiding rate drawn per example), box (a contiguous box at a random place),
@@ -11,9 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onade.config import MASK_KINDS, MaskConfig, num_hole_side
-
-C = 3
+from onade.config import MASK_KINDS, NUM_CHANNELS, MaskConfig, num_hole_side
 
 
 def _rand(shape, generator, device) -> torch.Tensor:
@@ -22,12 +22,12 @@ def _rand(shape, generator, device) -> torch.Tensor:
 
 def _expand(hidden_BHWc: torch.Tensor) -> torch.Tensor:
     """A per-pixel mask [B,H,W,1] broadcast to the three channels."""
-    return hidden_BHWc.expand(*hidden_BHWc.shape[:3], C).contiguous()
+    return hidden_BHWc.expand(*hidden_BHWc.shape[:3], NUM_CHANNELS).contiguous()
 
 
 def orderless_hidden(batch: int, image_size: int, per_pixel: bool, generator=None, device="cpu") -> torch.Tensor:
     """Hidden [B,H,W,3]: d ~ U{1..D} hidden variables, then a uniform subset of that size."""
-    c = 1 if per_pixel else C
+    c = 1 if per_pixel else NUM_CHANNELS
     D = image_size * image_size * c
     num_hidden_B = torch.randint(1, D + 1, (batch,), generator=generator, device=device)
     # The rank of a uniform random key is a uniform random permutation; hide the first d of it.
@@ -37,7 +37,7 @@ def orderless_hidden(batch: int, image_size: int, per_pixel: bool, generator=Non
 
 
 def bernoulli_hidden(batch, image_size, per_pixel, generator=None, device="cpu") -> torch.Tensor:
-    c = 1 if per_pixel else C
+    c = 1 if per_pixel else NUM_CHANNELS
     rate_B = _rand((batch,), generator, device)
     hidden = _rand((batch, image_size, image_size, c), generator, device) < rate_B[:, None, None, None]
     return _expand(hidden) if per_pixel else hidden
@@ -60,7 +60,7 @@ def contiguish_hidden(batch, image_size, size, per_pixel, generator=None, device
     """The seed's "contiguish" mask: a variable stays observed only if a Bernoulli draw is 1 at every site
     of its size x size neighbourhood, so hidden variables come in blobs. The hidden fraction q is drawn
     uniformly per example, and the per-site keep rate (1-q)^(1/size^2) makes it the expected fraction."""
-    c = 1 if per_pixel else C
+    c = 1 if per_pixel else NUM_CHANNELS
     keep_rate_B = (1 - _rand((batch,), generator, device)) ** (1.0 / (size * size))
     draws = (_rand((batch, c, image_size, image_size), generator, device)
              < keep_rate_B[:, None, None, None]).float()
@@ -70,36 +70,32 @@ def contiguish_hidden(batch, image_size, size, per_pixel, generator=None, device
     return _expand(hidden) if per_pixel else hidden.contiguous()
 
 
-def center_mask(batch: int, image_size: int, hole: int | None = None, device="cpu") -> torch.Tensor:
+def observed_except_center(batch: int, image_size: int, hole: int | None = None, device="cpu") -> torch.Tensor:
     """Observed everywhere except the central hole x hole square (default: half the side)."""
     hole = num_hole_side(image_size) if hole is None else hole
     start = (image_size - hole) // 2
-    return box_mask(batch, image_size, start, start, hole, hole, device=device)
+    return observed_except_box(batch, image_size, start, start, hole, hole, device=device)
 
 
-def box_mask(batch: int, image_size: int, x: int, y: int, w: int, h: int, device="cpu") -> torch.Tensor:
+def observed_except_box(batch: int, image_size: int, x: int, y: int, w: int, h: int, device="cpu") -> torch.Tensor:
     """Observed everywhere except the box with top-left (x, y), width w and height h."""
     if w < 1 or h < 1 or x < 0 or y < 0 or x + w > image_size or y + h > image_size:
         raise ValueError(f"box x={x} y={y} w={w} h={h} does not fit inside a {image_size}x{image_size} image")
-    mask = torch.ones(batch, image_size, image_size, C, dtype=torch.bool, device=device)
-    mask[:, y:y + h, x:x + w] = False
-    return mask
+    observed = torch.ones(batch, image_size, image_size, NUM_CHANNELS, dtype=torch.bool, device=device)
+    observed[:, y:y + h, x:x + w] = False
+    return observed
 
 
-def sample_masks(cfg: MaskConfig, batch: int, image_size: int, generator=None, device="cpu") -> torch.Tensor:
-    """A batch of training masks drawn from the mixture in `cfg.weights` (each example picks its own kind)."""
-    return draw_masks(cfg, batch, image_size, generator, device)[0]
-
-
-def draw_masks(cfg: MaskConfig, batch: int, image_size: int, generator=None,
+def draw_observed(cfg: MaskConfig, batch: int, image_size: int, generator=None,
                device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(masks [B,H,W,3], kind_B): each example's mask and the index into MASK_KINDS of the kind it drew."""
+    """(observed_BHWC, kind_B): a batch of training masks drawn from the mixture in `cfg.weights`, each
+    example's own kind (kind_B: its index into MASK_KINDS)."""
     kinds = [k for k in MASK_KINDS if cfg.weights.get(k, 0) > 0]
     if not kinds:
         raise ValueError("masks.weights gives no mask kind a positive weight")
     probs = torch.tensor([float(cfg.weights[k]) for k in kinds])
     choice_B = torch.multinomial(probs, batch, replacement=True, generator=_cpu(generator)).to(device)
-    hidden = torch.zeros(batch, image_size, image_size, C, dtype=torch.bool, device=device)
+    hidden = torch.zeros(batch, image_size, image_size, NUM_CHANNELS, dtype=torch.bool, device=device)
     kind_B = torch.zeros(batch, dtype=torch.long, device=device)
     for i, kind in enumerate(kinds):
         sel = choice_B == i
@@ -114,7 +110,7 @@ def draw_masks(cfg: MaskConfig, batch: int, image_size: int, generator=None,
             h = box_hidden(n, image_size, cfg.min_box_fraction, cfg.max_box_fraction, generator, device)
             h = _partly_revealed(h, cfg, generator, device)
         elif kind == "center":
-            h = _partly_revealed(~center_mask(n, image_size, device=device), cfg, generator, device)
+            h = _partly_revealed(~observed_except_center(n, image_size, device=device), cfg, generator, device)
         else:
             h = contiguish_hidden(n, image_size, cfg.contiguish_size, cfg.per_pixel, generator, device)
         hidden[sel] = h

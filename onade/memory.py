@@ -1,7 +1,7 @@
 """How many examples fit in one forward pass, and inpainting a batch in pieces that fit.
 
     limit = forward_batch_limit(model.cfg, device)              # rows per forward pass (None: no cap known)
-    run = inpaint_in_pieces(model, x, mask, tokens, lengths, config, seeds=seeds, max_rows=limit)
+    run = inpaint_in_pieces(model, x, observed, tokens, lengths, config, seeds=seeds, max_rows=limit)
     run.images_BHWC, run.chain_FBHWC, run.rows_per_pass    # the last: what fitted; pass it on next time
 
 A "row" is one example in the network's batch: a guided example (SampleConfig.guidance != 1) is two, its
@@ -97,8 +97,8 @@ class PieceRun:
     splits: int  # out-of-memory errors recovered from
 
 
-def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
-                      lengths_B: torch.Tensor, config: SampleConfig, *, seeds: Sequence[int], max_rows: int | None,
+def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor,
+                      tokens_BT: torch.Tensor, lengths_B: torch.Tensor, config: SampleConfig, *, seeds: Sequence[int], max_rows: int | None,
                       record_every: int = 0, profile=None) -> PieceRun:
     """onade.inpaint over the batch in pieces of at most `max_rows` rows (None: the whole batch at first),
     halving a piece that runs out of memory. `seeds` has one int per example (onade.sampling.example_seeds):
@@ -116,7 +116,7 @@ def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: t
         stats: dict = {}
         failed = None
         try:
-            out, chain = inpaint(model, x_BHWC[start:end], mask_BHWC[start:end], tokens_BT[start:end],
+            out, chain = inpaint(model, x_BHWC[start:end], observed_BHWC[start:end], tokens_BT[start:end],
                                  lengths_B[start:end], config, seed=list(seeds[start:end]),
                                  record_every=record_every, profile=profile, stats=stats)
         except RuntimeError as e:  # torch.OutOfMemoryError is one

@@ -31,7 +31,7 @@ import torch
 
 from onade.config import MaskConfig, num_hole_side
 from onade.loss import nade_loss
-from onade.masks import center_mask, sample_masks
+from onade.masks import draw_observed, observed_except_center
 from onade.model import Caption
 from onade.plans import LossProfile, isotonic_decreasing
 from onade.precision import autocast
@@ -52,18 +52,18 @@ def orderless_bits(model, x_BHWC, tokens_BT, lengths_B, num_masks: int = 4, gene
     cfg = MaskConfig(weights={"orderless": 1.0})
     total = 0.0
     for _ in range(num_masks):
-        mask_BHWC = sample_masks(cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator).to(x_BHWC.device)
-        total += float(nade_loss(model(x_BHWC, mask_BHWC, tokens_BT, lengths_B), x_BHWC, mask_BHWC))
+        observed_BHWC = draw_observed(cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator)[0].to(x_BHWC.device)
+        total += float(nade_loss(model(x_BHWC, observed_BHWC, tokens_BT, lengths_B), x_BHWC, observed_BHWC))
     return total / num_masks
 
 
 @torch.no_grad()
-def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int = 64, generator=None,
+def exact_hole_bits(model, x_BHWC, observed_BHWC, tokens_BT, lengths_B, chunk: int = 64, generator=None,
                     max_batch: int = 256) -> float:
-    """Exact NLL of the hidden subpixels of `mask_BHWC` under one random ordering (shared by the batch),
+    """Exact NLL of the hidden subpixels of `observed_BHWC` under one random ordering (shared by the batch),
     in bits per hidden subpixel. Every example must hide the same number of subpixels."""
     B, H, W, C = x_BHWC.shape
-    order_BM, rank_BD, M = _random_order(mask_BHWC, generator, shared=True)
+    order_BM, rank_BD, M = _random_order(observed_BHWC, generator, shared=True)
     device = x_BHWC.device
     chunk = max(1, min(chunk, max_batch // B if B <= max_batch else 1, M))
     caption = model.read_caption(tokens_BT, lengths_B)
@@ -72,7 +72,7 @@ def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int =
         js_J = torch.arange(j0, min(j0 + chunk, M), device=device)
         J = js_J.shape[0]
         # Prefix j reveals the hole variables of rank < j; its target is the variable of rank j.
-        mask_JBD = mask_BHWC.flatten(1)[None] | (rank_BD[None] < js_J[:, None, None])
+        mask_JBD = observed_BHWC.flatten(1)[None] | (rank_BD[None] < js_J[:, None, None])
         target_JB = order_BM[:, js_J].T
         pix_JB, ch_JB = target_JB // C, target_JB % C
         where_JBP = torch.zeros(J, B, H * W, dtype=torch.bool, device=device)
@@ -89,7 +89,7 @@ def exact_hole_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, chunk: int =
 @torch.no_grad()
 def exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator=None, chunk: int = 64) -> float:
     """`exact_hole_bits` over the centre hole (the model should be in eval mode)."""
-    hole_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+    hole_BHWC = observed_except_center(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
     return exact_hole_bits(model, x_BHWC, hole_BHWC, tokens_BT, lengths_B, chunk, generator)
 
 
@@ -100,9 +100,9 @@ def center_bits(model, x_BHWC, tokens_BT, lengths_B, shuffle_captions: bool = Fa
     if shuffle_captions and B > 1:
         # A cyclic shift is a derangement: no image keeps its own caption.
         tokens_BT, lengths_B = tokens_BT.roll(1, 0), lengths_B.roll(1, 0)
-    mask_BHWC = center_mask(B, H, device=x_BHWC.device)
-    where_BHW = ~mask_BHWC.all(-1)
-    logits_PCK = model.logits_at(x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW)
+    observed_BHWC = observed_except_center(B, H, device=x_BHWC.device)
+    where_BHW = ~observed_BHWC.all(-1)
+    logits_PCK = model.logits_at(x_BHWC, observed_BHWC, tokens_BT, lengths_B, where_BHW)
     targets_PC = x_BHWC[where_BHW].long()
     nats = torch.nn.functional.cross_entropy(logits_PCK.flatten(0, 1), targets_PC.flatten(), reduction="mean")
     return float(nats) / LN2
@@ -116,7 +116,7 @@ def _repeat(caption: Caption, N: int) -> Caption:
     return Caption(states, caption.lengths_B.expand(N, -1).reshape(-1))
 
 
-def _hole_scores(model, x_BHWC, mask_BHWC, caption: Caption, known_NBD, target_NBD):
+def _hole_scores(model, x_BHWC, observed_BHWC, caption: Caption, known_NBD, target_NBD):
     """For N masks at once (each revealing `known_NBD` beside the observed subpixels): nats of the
     subpixels target_NBD, per mask and example [N,B], from one batched forward pass (`caption`: the batch's,
     read once by the caller)."""
@@ -125,7 +125,7 @@ def _hole_scores(model, x_BHWC, mask_BHWC, caption: Caption, known_NBD, target_N
     # The head runs only at pixels holding a target (one pixel per pass when a pass is one variable).
     where_NBHW = target_NBD.view(N, B, H, W, C).any(-1)
     feats_NHWD = model.features(x_BHWC.expand(N, *x_BHWC.shape).reshape(N * B, H, W, C),
-                                (mask_BHWC.flatten(1)[None] | known_NBD).view(N * B, H, W, C), _repeat(caption, N))
+                                (observed_BHWC.flatten(1)[None] | known_NBD).view(N * B, H, W, C), _repeat(caption, N))
     logits_PCK = model.head(feats_NHWD[where_NBHW.reshape(N * B, H, W)]).float()
     values_PC = x_BHWC.expand(N, *x_BHWC.shape)[where_NBHW].long()
     nats_PC = -torch.log_softmax(logits_PCK, -1).gather(-1, values_PC[..., None]).squeeze(-1)
@@ -134,22 +134,22 @@ def _hole_scores(model, x_BHWC, mask_BHWC, caption: Caption, known_NBD, target_N
     return nats_NBHWC.flatten(2).sum(-1)
 
 
-def _random_order(mask_BHWC, generator, shared: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _random_order(observed_BHWC, generator, shared: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
     """A uniformly random order of each example's hole: (order_BM, the flat subpixel index of the j-th
     variable; rank_BD, each hidden subpixel's place in it, observed subpixels M; M). One order for the
     whole batch when `shared`. Every example must hide the same number M > 0 of subpixels."""
-    B = mask_BHWC.shape[0]
-    D = mask_BHWC[0].numel()
-    num_hidden_B = (~mask_BHWC).flatten(1).sum(1)
+    B = observed_BHWC.shape[0]
+    D = observed_BHWC[0].numel()
+    num_hidden_B = (~observed_BHWC).flatten(1).sum(1)
     if bool((num_hidden_B != num_hidden_B[0]).any()):
         raise ValueError("every example must hide the same number of subpixels")
     M = int(num_hidden_B[0])
     if M == 0:
         raise ValueError("the mask must hide at least one subpixel")
-    device = mask_BHWC.device
+    device = observed_BHWC.device
     key_BD = (torch.rand(D, generator=generator).expand(B, D) if shared
               else torch.rand((B, D), generator=generator)).to(device)
-    key_BD = key_BD.masked_fill(mask_BHWC.flatten(1), float("inf"))
+    key_BD = key_BD.masked_fill(observed_BHWC.flatten(1), float("inf"))
     order_BM = key_BD.argsort(dim=1)[:, :M]
     rank_BD = torch.full((B, D), M, device=device, dtype=torch.long)
     rank_BD.scatter_(1, order_BM, torch.arange(M, device=device).expand(B, M))
@@ -157,13 +157,13 @@ def _random_order(mask_BHWC, generator, shared: bool) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def budget_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, plan: list[int], generator=None,
+def budget_bits(model, x_BHWC, observed_BHWC, tokens_BT, lengths_B, plan: list[int], generator=None,
                 max_batch: int = 256) -> float:
     """Bits per hidden subpixel when the hole is generated in the passes of `plan` (boundaries 0 = t_0 < ...
     < t_K = M, onade.plans): pass k's variables, those of ranks t_k .. t_{k+1}-1 in one random ordering
     shared by the batch (drawn as exact_hole_bits draws it), are each scored given the observed subpixels
     and the t_k revealed before the pass. K forward passes per image; with K = M it is the exact NLL."""
-    _, rank_BD, M = _random_order(mask_BHWC, generator, shared=True)
+    _, rank_BD, M = _random_order(observed_BHWC, generator, shared=True)
     t = list(plan)
     if t[0] != 0 or t[-1] != M or any(a >= b for a, b in zip(t, t[1:])):
         raise ValueError(f"plan must rise strictly from 0 to the hole's {M} subpixels, got {t[:4]}...{t[-2:]}")
@@ -176,7 +176,7 @@ def budget_bits(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, plan: list[int],
         hi = torch.tensor(t[k0 + 1:k0 + 1 + len(lo)], device=x_BHWC.device)
         known_NBD = rank_BD[None] < lo[:, None, None]
         target_NBD = ~known_NBD & (rank_BD[None] < hi[:, None, None])
-        nats += _hole_scores(model, x_BHWC, mask_BHWC, caption, known_NBD, target_NBD).sum().double()
+        nats += _hole_scores(model, x_BHWC, observed_BHWC, caption, known_NBD, target_NBD).sum().double()
     return float(nats) / (B * M) / LN2
 
 
@@ -195,12 +195,12 @@ def loss_profile(model, batches, hole_HW: torch.Tensor | None = None, num_points
     try:
         for x_BHWC, tokens_BT, lengths_B in batches:
             B, H = x_BHWC.shape[:2]
-            hole = hole_HW if hole_HW is not None else ~center_mask(1, H)[0].all(-1)
+            hole = hole_HW if hole_HW is not None else ~observed_except_center(1, H)[0].all(-1)
             hole = hole.to(x_BHWC.device)
             if hole.shape != (H, H) or not bool(hole.any()):
                 raise ValueError(f"the profile's hole must be a non-empty bool [{H},{H}] pixel mask")
-            mask_BHWC = ~hole[None, :, :, None].expand(B, H, H, 3)
-            _, rank_BD, M = _random_order(mask_BHWC, generator, shared=False)
+            observed_BHWC = ~hole[None, :, :, None].expand(B, H, H, 3)
+            _, rank_BD, M = _random_order(observed_BHWC, generator, shared=False)
             if sums is None:
                 points = np.unique(np.round(np.linspace(0, M - 1, min(num_points, M))).astype(int))
                 sums, counts = np.zeros(len(points)), np.zeros(len(points))
@@ -210,7 +210,7 @@ def loss_profile(model, batches, hole_HW: torch.Tensor | None = None, num_points
                 ts = torch.as_tensor(points[j0:j0 + J], device=x_BHWC.device)
                 known_NBD = rank_BD[None] < ts[:, None, None]
                 target_NBD = ~known_NBD & (rank_BD[None] < M)
-                nats_NB = _hole_scores(model, x_BHWC, mask_BHWC, caption, known_NBD, target_NBD)
+                nats_NB = _hole_scores(model, x_BHWC, observed_BHWC, caption, known_NBD, target_NBD)
                 per_var_NB = nats_NB / (M - ts)[:, None]
                 sums[j0:j0 + len(ts)] += per_var_NB.sum(1).double().cpu().numpy() / LN2
                 counts[j0:j0 + len(ts)] += B
@@ -286,12 +286,12 @@ def one_shot_fill(model, x_BHWC, tokens_BT, lengths_B) -> tuple[torch.Tensor, to
     was_training = model.training
     model.eval()
     try:
-        mask_BHWC = center_mask(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
-        where_BHW = ~mask_BHWC.all(-1)
-        logits_PCK = model.logits_at(x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW)
+        observed_BHWC = observed_except_center(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+        where_BHW = ~observed_BHWC.all(-1)
+        logits_PCK = model.logits_at(x_BHWC, observed_BHWC, tokens_BT, lengths_B, where_BHW)
         predicted = x_BHWC.clone()
         predicted[where_BHW] = logits_PCK.argmax(-1).to(x_BHWC.dtype)
-        masked = torch.where(mask_BHWC, x_BHWC, torch.full_like(x_BHWC, 128))
+        masked = torch.where(observed_BHWC, x_BHWC, torch.full_like(x_BHWC, 128))
         return masked, predicted
     finally:
         model.train(was_training)
@@ -323,7 +323,7 @@ def _nearest_in_hole(image_BHWC: np.ndarray, palette: Mapping[str, RGB], unnamed
     x = np.asarray(image_BHWC)
     H = x.shape[1]
     side = num_hole_side(H)
-    lo = (H - side) // 2  # the centre hole, as center_mask draws it
+    lo = (H - side) // 2  # the centre hole, as observed_except_center draws it
     patch = x[:, lo:lo + side, lo:lo + side].reshape(x.shape[0], -1, 3).astype(np.int32)
     colours = np.array([palette[n] for n in palette] + list(unnamed), np.int32)
     return ((patch[:, :, None, :] - colours[None, None]) ** 2).sum(-1).argmin(-1)

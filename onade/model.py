@@ -3,7 +3,7 @@
 It knows nothing of how masks are drawn, of losses or of samplers.
 
 Shapes: B batch, H/W image side, C = 3 colour channels, K = 256 levels, D conv width, T tokens,
-P selected pixels. `mask_BHWC` is True where a subpixel is observed.
+P selected pixels. `observed_BHWC` is True where a subpixel is observed.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class ValueEmbedding(nn.Module):
         offsets = torch.arange(NUM_CHANNELS) * (NUM_LEVELS + 1)
         self.register_buffer("offsets_C", offsets, persistent=False)
 
-    def forward(self, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
-        idx_BHWC = torch.where(mask_BHWC, x_BHWC.long(), NUM_LEVELS) + self.offsets_C
+    def forward(self, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
+        idx_BHWC = torch.where(observed_BHWC, x_BHWC.long(), NUM_LEVELS) + self.offsets_C
         e_BHWCE = self.table(idx_BHWC)
         return e_BHWCE.flatten(3).permute(0, 3, 1, 2)
 
@@ -44,9 +44,9 @@ class OneHotInput(nn.Module):
 
     out_channels = NUM_CHANNELS * NUM_LEVELS + NUM_CHANNELS
 
-    def forward(self, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor) -> torch.Tensor:
-        m_BHWC = mask_BHWC.to(torch.float32)
-        onehot_BHWCK = F.one_hot(torch.where(mask_BHWC, x_BHWC.long(), 0), NUM_LEVELS) * m_BHWC[..., None]
+    def forward(self, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
+        m_BHWC = observed_BHWC.to(torch.float32)
+        onehot_BHWCK = F.one_hot(torch.where(observed_BHWC, x_BHWC.long(), 0), NUM_LEVELS) * m_BHWC[..., None]
         return torch.cat([onehot_BHWCK.flatten(3), m_BHWC], dim=-1).permute(0, 3, 1, 2)
 
 
@@ -101,9 +101,9 @@ class ONADE(nn.Module):
         """The caption states every merger attends to. A sampler reads them once and reuses them every pass."""
         return Caption(self.reader(tokens_BT, lengths_B) if self.reader is not None else None, lengths_B)
 
-    def features(self, x_BHWC, mask_BHWC, caption: Caption) -> torch.Tensor:
+    def features(self, x_BHWC, observed_BHWC, caption: Caption) -> torch.Tensor:
         """Per-pixel features [B,H,W,D] before the output head."""
-        h = self.input(x_BHWC, mask_BHWC).to(self.stem.weight.dtype)
+        h = self.input(x_BHWC, observed_BHWC).to(self.stem.weight.dtype)
         if self.cfg.coord_channels:
             h = torch.cat([h, self._coords(h)], dim=1)
         if nhwc(self.cfg.channels_last, h.device):
@@ -125,23 +125,23 @@ class ONADE(nn.Module):
         """Features [..., D] -> logits [..., 3, 256]."""
         return self.head_proj(feats_xD).unflatten(-1, (NUM_CHANNELS, NUM_LEVELS))
 
-    def forward(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
-        self._check_inputs(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-        return self.head(self.features(x_BHWC, mask_BHWC, self.read_caption(tokens_BT, lengths_B))).float()
+    def forward(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
+        self._check_inputs(x_BHWC, observed_BHWC, tokens_BT, lengths_B)
+        return self.head(self.features(x_BHWC, observed_BHWC, self.read_caption(tokens_BT, lengths_B))).float()
 
-    def logits_at(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B, where_BHW) -> torch.Tensor:
+    def logits_at(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B, where_BHW) -> torch.Tensor:
         """Logits [P,3,256] only at the pixels where `where_BHW` is True (in `nonzero()` order). The head is
         the most expensive layer when few subpixels are hidden, so samplers and losses use this."""
-        self._check_inputs(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
-        feats_BHWD = self.features(x_BHWC, mask_BHWC, self.read_caption(tokens_BT, lengths_B))
+        self._check_inputs(x_BHWC, observed_BHWC, tokens_BT, lengths_B)
+        feats_BHWD = self.features(x_BHWC, observed_BHWC, self.read_caption(tokens_BT, lengths_B))
         return self.head(feats_BHWD[where_BHW]).float()
 
-    def _check_inputs(self, x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> None:
+    def _check_inputs(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B) -> None:
         if x_BHWC.dim() != 4 or x_BHWC.shape[-1] != NUM_CHANNELS:
             raise ValueError(f"x must be [B,H,W,3] uint8, got shape {tuple(x_BHWC.shape)}")
-        if mask_BHWC.shape != x_BHWC.shape or mask_BHWC.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor shaped like x {tuple(x_BHWC.shape)}, "
-                             f"got {mask_BHWC.dtype} {tuple(mask_BHWC.shape)}")
+        if observed_BHWC.shape != x_BHWC.shape or observed_BHWC.dtype != torch.bool:
+            raise ValueError(f"observed must be a bool tensor shaped like x {tuple(x_BHWC.shape)} (True = observed), "
+                             f"got {observed_BHWC.dtype} {tuple(observed_BHWC.shape)}")
         if tokens_BT.dim() != 2 or lengths_B.shape != (x_BHWC.shape[0],):
             raise ValueError(f"tokens must be [B,T] and lengths [B] with B={x_BHWC.shape[0]}, "
                              f"got {tuple(tokens_BT.shape)} and {tuple(lengths_B.shape)}")

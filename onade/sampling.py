@@ -1,12 +1,12 @@
 """Inpainting samplers: fill the hidden subpixels of a batch from a trained orderless NADE.
 
-    images_BHWC, chain_FBHWC = onade.inpaint(model, x_BHWC, mask_BHWC, tokens_BT, lengths_B,
+    images_BHWC, chain_FBHWC = onade.inpaint(model, x_BHWC, observed_BHWC, tokens_BT, lengths_B,
                                              strategy="ancestral", steps=32, profile=loaded.profile)
 
 Every setting comes from one `SampleConfig` (onade.config): `inpaint(..., config=cfg)`, with keyword
 arguments naming SampleConfig fields overriding it for this call. `steps` is the budget of forward passes.
 
-Strategies (onade.config.STRATEGIES); the hole is every subpixel where `mask_BHWC` is False:
+Strategies (onade.config.STRATEGIES); the hole is every subpixel where `observed_BHWC` is False:
 - independent-gibbs (Yao et al. 2014): fill the hole (one-shot model sample, or uniform noise), then for
   n = 0..N-1 hide each hole subpixel with probability p_n = gibbs_schedule(n, N, ...) and resample all the
   hidden ones at once from the model's conditionals. p_n is the fraction *resampled*, falling from pmax to
@@ -107,11 +107,11 @@ def example_seeds(seed: int | Sequence[int], batch_size: int) -> list[int]:
     return [checked(s, f"seed[{b}]") for b, s in enumerate(seed)]
 
 
-def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
+def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
             lengths_B: torch.Tensor, config: SampleConfig | None = None, *, seed: int | Sequence[int] = 0,
             record_every: int = 0, profile: LossProfile | None = None, stats: dict | None = None,
             **settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inpaint the hidden subpixels (mask False) of a batch.
+    """Inpaint the hidden subpixels (observed_BHWC False) of a batch.
 
     Settings come from `config` (a SampleConfig; its defaults when None); keyword arguments naming its
     fields (strategy=, steps=, temperature=, guidance=, ...) override them for this call, and any other
@@ -131,11 +131,11 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, mask_BHWC: torch.Tenso
     if profile is not None and not isinstance(profile, LossProfile):
         raise ValueError(f"profile must be an onade.plans.LossProfile (Loaded.profile), got {type(profile).__name__}")
     device = next(model.parameters()).device
-    _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B)
+    _check_batch(x_BHWC, observed_BHWC, tokens_BT, lengths_B)
     seeds = example_seeds(seed, x_BHWC.shape[0])
     resolved = resolve_precision(cfg.precision, device)
     with torch.inference_mode(), autocast(resolved, device):
-        sampler = _Sampler(model, x_BHWC.to(device), mask_BHWC.to(device), tokens_BT.to(device),
+        sampler = _Sampler(model, x_BHWC.to(device), observed_BHWC.to(device), tokens_BT.to(device),
                            lengths_B.to(device), cfg, seeds, record_every, profile)
         images_BHWC = sampler.run()
         chain = sampler.frames
@@ -176,12 +176,12 @@ def planned_passes(config: SampleConfig, hole_size: int) -> int:
     return min(o.steps, hole_size) if o.steps else math.ceil(hole_size / o.chunk)
 
 
-def _check_batch(x_BHWC, mask_BHWC, tokens_BT, lengths_B) -> None:
+def _check_batch(x_BHWC, observed_BHWC, tokens_BT, lengths_B) -> None:
     if x_BHWC.dim() != 4 or x_BHWC.shape[-1] != NUM_CHANNELS or x_BHWC.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 [B,H,W,3], got {x_BHWC.dtype} {tuple(x_BHWC.shape)}")
-    if mask_BHWC.shape != x_BHWC.shape or mask_BHWC.dtype != torch.bool:
-        raise ValueError(f"mask must be bool shaped like the images {tuple(x_BHWC.shape)} (True = observed), "
-                         f"got {mask_BHWC.dtype} {tuple(mask_BHWC.shape)}")
+    if observed_BHWC.shape != x_BHWC.shape or observed_BHWC.dtype != torch.bool:
+        raise ValueError(f"observed must be bool shaped like the images {tuple(x_BHWC.shape)} (True = observed), "
+                         f"got {observed_BHWC.dtype} {tuple(observed_BHWC.shape)}")
     if tokens_BT.dim() != 2 or tokens_BT.shape[0] != x_BHWC.shape[0] or lengths_B.shape != (x_BHWC.shape[0],):
         raise ValueError(f"tokens must be [B,T] and lengths [B] with B={x_BHWC.shape[0]}, "
                          f"got {tuple(tokens_BT.shape)} and {tuple(lengths_B.shape)}")
@@ -223,7 +223,7 @@ def _set(t_BD: torch.Tensor, sub_BM: torch.Tensor, valid_BM: torch.Tensor, value
 
 
 class _Sampler:
-    def __init__(self, model, x_BHWC, mask_BHWC, tokens_BT, lengths_B, cfg: SampleConfig, seeds: list[int],
+    def __init__(self, model, x_BHWC, observed_BHWC, tokens_BT, lengths_B, cfg: SampleConfig, seeds: list[int],
                  record_every: int, profile: LossProfile | None):
         self.model, self.cfg, self.record_every, self.profile = model, cfg, record_every, profile
         self.shape = x_BHWC.shape
@@ -235,7 +235,7 @@ class _Sampler:
         else:  # captioned rows, then the same rows with the empty caption: one forward of 2B
             self.tokens_BT = torch.cat([tokens_BT, tokens_BT])
             self.lengths_B = torch.cat([lengths_B, torch.zeros_like(lengths_B)])
-        self.mask_BD = mask_BHWC.reshape(B, -1)
+        self.observed_BD = observed_BHWC.reshape(B, -1)
         self.x_in_BD = x_BHWC.reshape(B, -1)
         self.device = x_BHWC.device
         self.caption = model.read_caption(self.tokens_BT, self.lengths_B)  # once: every pass reuses it
@@ -249,24 +249,24 @@ class _Sampler:
         self.frames: list[torch.Tensor] = []
         self.passes = 0
         # The hole of every example as a padded list of subpixel indices [B,S]; the one host sync of a run.
-        hidden_BD = ~self.mask_BD
+        hidden_BD = ~self.observed_BD
         self.hole_count = hidden_BD.sum(1).tolist()
         S = max(self.hole_count) if self.hole_count else 0
         self.hole_BS = torch.argsort((~hidden_BD).to(torch.uint8), dim=1, stable=True)[:, :S]
         self.hole_valid_BS = torch.arange(S, device=self.device)[None] < hidden_BD.sum(1)[:, None]
         self.num_hole = S
-        self.x_BD = torch.where(self.mask_BD, self.x_in_BD, torch.full_like(self.x_in_BD, _UNKNOWN_VALUE))
+        self.x_BD = torch.where(self.observed_BD, self.x_in_BD, torch.full_like(self.x_in_BD, _UNKNOWN_VALUE))
 
     # ---- pieces ---------------------------------------------------------------------------------------
 
-    def pixel_logits(self, mask_BD: torch.Tensor, pix_BM: torch.Tensor) -> torch.Tensor:
+    def pixel_logits(self, observed_BD: torch.Tensor, pix_BM: torch.Tensor) -> torch.Tensor:
         """One forward pass of the body; the head runs only at the pixels pix_BM. -> fp32 logits [B,M,C,K]."""
         B, H, W, C = self.shape
-        x_BHWC, mask_BHWC = self.x_BD.view(self.shape), mask_BD.view(self.shape)
+        x_BHWC, observed_BHWC = self.x_BD.view(self.shape), observed_BD.view(self.shape)
         guided = self.tokens_BT.shape[0] != B
         if guided:
-            x_BHWC, mask_BHWC, pix_BM = (torch.cat([t, t]) for t in (x_BHWC, mask_BHWC, pix_BM))
-        feats_BHWE = self.model.features(x_BHWC, mask_BHWC, self.caption)
+            x_BHWC, observed_BHWC, pix_BM = (torch.cat([t, t]) for t in (x_BHWC, observed_BHWC, pix_BM))
+        feats_BHWE = self.model.features(x_BHWC, observed_BHWC, self.caption)
         self.passes += 1
         E = feats_BHWE.shape[-1]
         f_BME = feats_BHWE.reshape(-1, H * W, E).gather(1, pix_BM[..., None].expand(-1, -1, E))
@@ -276,11 +276,11 @@ class _Sampler:
         cond, uncond = logits_BMCK[:B], logits_BMCK[B:]
         return uncond + self.cfg.guidance * (cond - uncond)
 
-    def logits(self, mask_BD: torch.Tensor, sub_BM: torch.Tensor) -> torch.Tensor:
+    def logits(self, observed_BD: torch.Tensor, sub_BM: torch.Tensor) -> torch.Tensor:
         """Logits [B,M,K] of the subpixels sub_BM, from one forward pass."""
         B, M = sub_BM.shape
         pix_BM = torch.div(sub_BM, NUM_CHANNELS, rounding_mode="floor")
-        logits_NK = self.pixel_logits(mask_BD, pix_BM).reshape(-1, NUM_LEVELS)
+        logits_NK = self.pixel_logits(observed_BD, pix_BM).reshape(-1, NUM_LEVELS)
         # Row (b, m, c) of the flattened [B*M*C, K] logits; selecting whole rows is a cheap contiguous copy.
         row_N = torch.arange(B * M, device=sub_BM.device) * NUM_CHANNELS + (sub_BM - pix_BM * NUM_CHANNELS).flatten()
         return logits_NK.index_select(0, row_N).view(B, M, NUM_LEVELS)
@@ -313,10 +313,10 @@ class _Sampler:
             return dict(temperature=drawing.pop() if drawing else self.cfg.temperature)
         return dict(inv_temperature_N=self.inv_temperature_NB[n][:, None].expand(-1, width).flatten())
 
-    def sample(self, mask_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None, j: int = 0) -> None:
-        """Resample the subpixels sub_BM (where valid: the first counts[b] of row b) given everything mask_BD
+    def sample(self, observed_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None, j: int = 0) -> None:
+        """Resample the subpixels sub_BM (where valid: the first counts[b] of row b) given everything observed_BD
         shows, at step n's temperatures (chunk j of the step)."""
-        logits_BMK = self.logits(mask_BD, sub_BM)
+        logits_BMK = self.logits(observed_BD, sub_BM)
         u_BM = self.uniforms(sub_BM.shape[1], "sample", -1 if n is None else n, j)
         v_BM = _draw(logits_BMK.reshape(-1, NUM_LEVELS), u_BM.flatten(),
                      **self.draw_settings(n, counts, sub_BM.shape[1])).view(sub_BM.shape)
@@ -388,7 +388,7 @@ class _Sampler:
         if self.record_every and (not self.frames or not torch.equal(self.frames[-1], self.x_BD.view(self.shape))):
             self.record(0, force=True)
         # Observed subpixels are only ever written with their own values; this makes it a guarantee.
-        return torch.where(self.mask_BD, self.x_in_BD, self.x_BD).view(self.shape)
+        return torch.where(self.observed_BD, self.x_in_BD, self.x_BD).view(self.shape)
 
     def initial_fill(self) -> None:
         valid_BS = self.hole_valid_BS
@@ -396,7 +396,7 @@ class _Sampler:
             noise_BS = (self.uniforms(self.num_hole, "noise") * NUM_LEVELS).to(torch.uint8)
             _set(self.x_BD, self.hole_BS, valid_BS, noise_BS)
         else:
-            self.sample(self.mask_BD, self.hole_BS, valid_BS, self.hole_count, None)
+            self.sample(self.observed_BD, self.hole_BS, valid_BS, self.hole_count, None)
 
     def gibbs(self, block_chunk: int | None) -> None:
         num_steps_B = [self.cfg.steps or m for m in self.hole_count]  # N_b: steps 0 means the example's hole
@@ -414,14 +414,14 @@ class _Sampler:
             block_BM = self.random_order(n)[:, :M]
             in_block_BM = arange_S[None, :M] < m_dev_NB[n][:, None]
             # The network sees everything but the block: observed subpixels and the current hole values.
-            mask_BD = torch.ones_like(self.mask_BD)
-            _set(mask_BD, block_BM, in_block_BM, False)
+            observed_BD = torch.ones_like(self.observed_BD)
+            _set(observed_BD, block_BM, in_block_BM, False)
             k = M if block_chunk is None else block_chunk
             for j in range(0, M, k):
                 sub_Bk, valid_Bk = block_BM[:, j:j + k], in_block_BM[:, j:j + k]
-                self.sample(mask_BD, sub_Bk, valid_Bk, np.clip(m_NB[n] - j, 0, k).tolist(), n, j)
+                self.sample(observed_BD, sub_Bk, valid_Bk, np.clip(m_NB[n] - j, 0, k).tolist(), n, j)
                 if block_chunk is not None:
-                    _set(mask_BD, sub_Bk, valid_Bk, True)
+                    _set(observed_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
 
     def ancestral(self) -> None:
@@ -430,7 +430,7 @@ class _Sampler:
         self.anneal(num_passes_B)
         start_dev_BK = torch.as_tensor(bounds_BK, device=self.device)
         order_BS = self.random_order()
-        mask_BD = self.mask_BD.clone()
+        observed_BD = self.observed_BD.clone()
         self.record(0)
         for n in range(bounds_BK.shape[1] - 1):
             # Pass n samples ranks bounds[b, n] .. bounds[b, n+1]-1 of example b's order.
@@ -442,8 +442,8 @@ class _Sampler:
             rank_BW = start_dev_BK[:, n:n + 1] + offset_W
             valid_BW = rank_BW < start_dev_BK[:, n + 1:n + 2]
             sub_BW = order_BS.gather(1, rank_BW.clamp(max=S - 1))
-            self.sample(mask_BD, sub_BW, valid_BW, counts_B.tolist(), n)
-            _set(mask_BD, sub_BW, valid_BW, True)
+            self.sample(observed_BD, sub_BW, valid_BW, counts_B.tolist(), n)
+            _set(observed_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
 
     def confidence(self, strategy: str) -> None:
@@ -458,25 +458,25 @@ class _Sampler:
         noise_KB = torch.tensor([[o.confidence_noise * (1 - (n + 1) / K) if K else 0.0 for K in num_passes_B]
                                  for n in range(counts_BK.shape[1])], device=self.device)
         count_dev_BK = torch.as_tensor(counts_BK, device=self.device)
-        mask_BD = self.mask_BD.clone()
+        observed_BD = self.observed_BD.clone()
         # The head runs once per hole pixel (not per subpixel): rows R = P*C are the subpixels of the
         # hole's pixels, some of which may be observed (a partly hidden pixel). Example b's are the first
         # rows_B[b] of its row.
-        hidden_BP = (~mask_BD).view(B, -1, NUM_CHANNELS).any(-1)
+        hidden_BP = (~observed_BD).view(B, -1, NUM_CHANNELS).any(-1)
         rows_B = [NUM_CHANNELS * p for p in hidden_BP.sum(1).tolist()]
         P = max(rows_B) // NUM_CHANNELS
         pix_BP = torch.argsort((~hidden_BP).to(torch.uint8), dim=1, stable=True)[:, :P]
         sub_BR = (pix_BP[..., None] * NUM_CHANNELS + torch.arange(NUM_CHANNELS, device=self.device)).flatten(1)
         R = sub_BR.shape[1]
-        in_hole_BR = ~mask_BD.gather(1, sub_BR)
+        in_hole_BR = ~observed_BD.gather(1, sub_BR)
         self.record(0)
         for n in range(counts_BK.shape[1]):
             counts_B = counts_BK[:, n].tolist()
             width = max(counts_B)
             if width == 0:
                 continue
-            logits_BRK = self.pixel_logits(mask_BD, pix_BP).flatten(1, 2)
-            pending_BR = in_hole_BR & ~mask_BD.gather(1, sub_BR)
+            logits_BRK = self.pixel_logits(observed_BD, pix_BP).flatten(1, 2)
+            pending_BR = in_hole_BR & ~observed_BD.gather(1, sub_BR)
             if strategy == "maskgit":
                 # One draw holds both the samples' uniforms and the Gumbel noise's: [B, R, 2].
                 u_BR2 = self.uniforms(2 * R, "confidence", n).view(B, R, 2)
@@ -504,7 +504,7 @@ class _Sampler:
                 v_Bk = _draw(picked_BkK.reshape(-1, NUM_LEVELS), self.uniforms(width, "confidence", n).flatten(),
                              **self.draw_settings(n, counts_B, width)).view(sub_Bk.shape)
             _set(self.x_BD, sub_Bk, valid_Bk, v_Bk.to(torch.uint8))
-            _set(mask_BD, sub_Bk, valid_Bk, True)
+            _set(observed_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
 
 

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from onade.config import NUM_CHANNELS
 from onade.memory import forward_batch_limit, inpaint_in_pieces, rows_per_example
 from ray_jobs.inpaint_inputs import JobOptions, image_seeds
 from ray_jobs.outputs import gif_bytes
@@ -57,7 +58,7 @@ class InpaintActor:
         o, n, S = self.opts, len(batch["input"]), self.opts.image_size
         errors = [str(e) for e in batch["error"]]
         good = [i for i in range(n) if not errors[i]]
-        samples = np.zeros((n, o.samples, S, S, 3), np.uint8)
+        samples = np.zeros((n, o.samples, S, S, NUM_CHANNELS), np.uint8)
         gifs = [b""] * n
         model_seconds = 0.0
         if good:
@@ -88,7 +89,7 @@ class InpaintActor:
         """The forward passes that inpainted this input's hole (its own run, not its batch's longest)."""
         from onade.sampling import planned_passes
 
-        return planned_passes(self.sample, 3 * int(hidden_SS.sum()))
+        return planned_passes(self.sample, NUM_CHANNELS * int(hidden_SS.sum()))
 
     def inpaint(self, batch, good: list[int]):
         """-> (samples [G,K,S,S,3], frames [G,F,K,S,S,3] or None) of the rows `good`."""
@@ -98,16 +99,18 @@ class InpaintActor:
 
         o, K = self.opts, self.opts.samples
         x = torch.from_numpy(np.stack([batch["image"][i] for i in good])).repeat_interleave(K, 0)
-        hidden = torch.from_numpy(np.stack([batch["hidden"][i] for i in good]))
-        hidden = hidden[..., None].expand(-1, -1, -1, 3).repeat_interleave(K, 0)
+        hidden_BHW = torch.from_numpy(np.stack([batch["hidden"][i] for i in good]))
+        observed_BHWC = ~hidden_BHW[..., None].expand(-1, -1, -1, NUM_CHANNELS).repeat_interleave(K, 0)
         tokens, lengths = self.tokenizer.encode_batch([str(batch["caption"][i]) for i in good],
                                                       self.config.data.max_tokens)
         tokens, lengths = tokens.repeat_interleave(K, 0), lengths.repeat_interleave(K, 0)
         seeds = [s for i in good for s in image_seeds(o.seed, str(batch["rel"][i]), K)]
         # Frames every so many passes of the largest possible hole: the same for every batch.
-        record_every = max(1, planned_passes(self.sample, 3 * o.image_size ** 2) // o.frames) if o.animate else 0
-        run = inpaint_in_pieces(self.model, x.to(self.device), (~hidden).to(self.device), tokens, lengths, self.sample,
-                                seeds=seeds, max_rows=self.max_rows, record_every=record_every, profile=self.profile)
+        largest = NUM_CHANNELS * o.image_size ** 2
+        record_every = max(1, planned_passes(self.sample, largest) // o.frames) if o.animate else 0
+        run = inpaint_in_pieces(self.model, x.to(self.device), observed_BHWC.to(self.device), tokens, lengths,
+                                self.sample, seeds=seeds, max_rows=self.max_rows, record_every=record_every,
+                                profile=self.profile)
         if run.splits:
             print(f"out of memory at {self.max_rows or len(seeds) * rows_per_example(self.sample)} rows per forward "
                   f"pass: went on with {run.rows_per_pass} (--max-forward-batch sets it)", flush=True)

@@ -107,7 +107,7 @@ def prepare(data: bytes, mask_data: bytes | None, rel: str, o: JobOptions) -> Pr
     if mask_data is None:
         hidden_HW = HoleSpec.parse(o.mask).hidden(w, h, key=rel)
     else:
-        hidden_HW = mask_from_png(mask_data, (w, h))
+        hidden_HW = hole_from_png(mask_data, (w, h))
     if not hidden_HW.any():
         raise ImageSkip("the mask hides nothing (white = hide)")
     if o.fit == "context":
@@ -120,7 +120,7 @@ def prepare(data: bytes, mask_data: bytes | None, rel: str, o: JobOptions) -> Pr
     return Prepared(source_HWC, rgb_HWC, hidden_HW, window)
 
 
-def mask_from_png(data: bytes, image_size: tuple[int, int]) -> np.ndarray:
+def hole_from_png(data: bytes, image_size: tuple[int, int]) -> np.ndarray:
     """A mask image (white = hide) of the image's upright size (w, h) -> bool [H, W]. Its size is checked from
     the header before anything is decoded (reading a PNG's EXIF orientation may decode it)."""
     from PIL import Image, ImageOps
@@ -252,5 +252,5 @@ def mask_table(mask_dir: str) -> tuple[dict[str, str], dict[str, str]]:
             {os.path.splitext(rel)[0]: why for rel, (_, why) in bad.items()})
 
 
-__all__ = ["FITS", "JobOptions", "Prepared", "prepare", "read_input", "mask_from_png", "image_seeds",
+__all__ = ["FITS", "JobOptions", "Prepared", "prepare", "read_input", "hole_from_png", "image_seeds",
            "input_digest", "decode_batch", "list_tree", "read_captions_jsonl", "mask_table"]

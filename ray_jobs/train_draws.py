@@ -22,22 +22,22 @@ import torch
 
 from onade.caption import caption_drops
 from onade.config import MaskConfig
-from onade.masks import draw_masks
+from onade.masks import draw_observed
 
 
 @dataclass
 class Draws:
-    mask_BHWC: torch.Tensor  # True where observed
+    observed_BHWC: torch.Tensor  # True where observed
     kind_B: torch.Tensor  # index into onade.config.MASK_KINDS
     drop_B: torch.Tensor | None  # captions replaced by the empty one; None without caption dropout
 
     def to(self, device: torch.device) -> "Draws":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Draws(move(self.mask_BHWC), move(self.kind_B), move(self.drop_B))
+        return Draws(move(self.observed_BHWC), move(self.kind_B), move(self.drop_B))
 
     def pinned(self) -> "Draws":
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Draws(pin(self.mask_BHWC), pin(self.kind_B), pin(self.drop_B))
+        return Draws(pin(self.observed_BHWC), pin(self.kind_B), pin(self.drop_B))
 
 
 class DrawStream:
@@ -54,8 +54,8 @@ class DrawStream:
 
     def draw(self) -> Draws:
         """The next micro-batch's draws, on the CPU."""
-        mask_BHWC, kind_B = draw_masks(self.mask_cfg, self.batch_size, self.image_size, self.generator)
-        d = Draws(mask_BHWC, kind_B, caption_drops(self.batch_size, self.caption_dropout, self.caption_generator))
+        observed_BHWC, kind_B = draw_observed(self.mask_cfg, self.batch_size, self.image_size, self.generator)
+        d = Draws(observed_BHWC, kind_B, caption_drops(self.batch_size, self.caption_dropout, self.caption_generator))
         return d.pinned() if self.pin else d
 
     def next(self) -> Draws:

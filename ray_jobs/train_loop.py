@@ -117,14 +117,14 @@ def train_step(engine, micro_batches: list[dict], draws: DrawStream, loss_kind: 
     for batch in micro_batches:
         d = draws.next()
         x_BHWC, tokens_BT, lengths_B = training_inputs(batch, engine.device, d)
-        logits = engine(x_BHWC, d.mask_BHWC, tokens_BT, lengths_B)
+        logits = engine(x_BHWC, d.observed_BHWC, tokens_BT, lengths_B)
         # The orderless loss is the mean of the per-example bits the per-kind statistics need: computed once.
         if loss_kind == "orderless":
-            bits_B = per_example_bits(logits, x_BHWC, d.mask_BHWC)
+            bits_B = per_example_bits(logits, x_BHWC, d.observed_BHWC)
             loss = bits_B.mean()
         else:
-            bits_B = per_example_bits(logits.detach(), x_BHWC, d.mask_BHWC)
-            loss = nade_loss(logits, x_BHWC, d.mask_BHWC, kind=loss_kind)
+            bits_B = per_example_bits(logits.detach(), x_BHWC, d.observed_BHWC)
+            loss = nade_loss(logits, x_BHWC, d.observed_BHWC, kind=loss_kind)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()

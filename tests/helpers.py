@@ -24,10 +24,10 @@ def tiny_model(image_size: int = 8, seed: int = 0, **overrides) -> torch.nn.Modu
 def random_batch(batch: int, image_size: int, seq: int = 6, vocab: int = 20, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (batch, image_size, image_size, 3), generator=g, dtype=torch.uint8)
-    mask = torch.rand(batch, image_size, image_size, 3, generator=g) < 0.5
+    observed = torch.rand(batch, image_size, image_size, 3, generator=g) < 0.5
     tokens = torch.randint(4, vocab, (batch, seq), generator=g)
     lengths = torch.randint(1, seq + 1, (batch,), generator=g)
-    return x, mask, tokens, lengths
+    return x, observed, tokens, lengths
 
 
 def tar_bytes(members: list[tuple[str, bytes]], cut_inside: str | None = None) -> bytes:

@@ -61,13 +61,13 @@ def test_mean_kind_pools_the_batch_and_orderless_averages_examples():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 2, 2, 3, 256, generator=g)
     x = torch.randint(0, 256, (2, 2, 2, 3), generator=g, dtype=torch.uint8)
-    mask = torch.ones(2, 2, 2, 3, dtype=torch.bool)
-    mask[0, 0, 0, 0] = False
-    mask[1] = False
+    observed = torch.ones(2, 2, 2, 3, dtype=torch.bool)
+    observed[0, 0, 0, 0] = False
+    observed[1] = False
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, -2), x.long().flatten(), reduction="none").view(2, -1)
     orderless = (ce[0, 0] + ce[1].mean()) / 2 / math.log(2)
     pooled = (ce[0, 0] + ce[1].sum()) / 13 / math.log(2)
-    assert torch.isclose(nade_loss(logits, x, mask, "orderless"), orderless)
-    assert torch.isclose(nade_loss(logits, x, mask, "mean"), pooled)
+    assert torch.isclose(nade_loss(logits, x, observed, "orderless"), orderless)
+    assert torch.isclose(nade_loss(logits, x, observed, "mean"), pooled)
     with pytest.raises(ValueError, match="loss kind"):
-        nade_loss(logits, x, mask, "sum")
+        nade_loss(logits, x, observed, "sum")

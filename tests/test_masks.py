@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from onade.config import MASK_KINDS, MaskConfig
-from onade.masks import box_mask, center_mask, draw_masks, sample_masks
+from onade.masks import draw_observed, observed_except_box, observed_except_center
 
 
 def _chi2_pvalue(observed, expected):
@@ -19,8 +19,8 @@ def test_orderless_count_is_uniform_in_1_to_D():
     g = torch.Generator().manual_seed(0)
     side, n = 2, 24000
     D = side * side * 3
-    mask = sample_masks(MaskConfig(weights={"orderless": 1}), n, side, g)
-    hidden = (~mask).flatten(1).sum(1)
+    observed = draw_observed(MaskConfig(weights={"orderless": 1}), n, side, g)[0]
+    hidden = (~observed).flatten(1).sum(1)
     assert hidden.min() >= 1 and hidden.max() <= D
     counts = torch.bincount(hidden, minlength=D + 1)[1:].double()
     assert _chi2_pvalue(counts, torch.full_like(counts, n / D)) > 1e-3
@@ -29,56 +29,56 @@ def test_orderless_count_is_uniform_in_1_to_D():
 
 def test_orderless_subset_is_uniform_given_its_size():
     g = torch.Generator().manual_seed(1)
-    mask = sample_masks(MaskConfig(weights={"orderless": 1}), 20000, 2, g)
-    one_hidden = (~mask).flatten(1)[(~mask).flatten(1).sum(1) == 1]
+    observed = draw_observed(MaskConfig(weights={"orderless": 1}), 20000, 2, g)[0]
+    one_hidden = (~observed).flatten(1)[(~observed).flatten(1).sum(1) == 1]
     counts = one_hidden.sum(0).double()
     assert _chi2_pvalue(counts, torch.full_like(counts, counts.sum() / 12)) > 1e-3
 
 
 def test_orderless_per_pixel_hides_whole_pixels():
     g = torch.Generator().manual_seed(2)
-    mask = sample_masks(MaskConfig(weights={"orderless": 1}, per_pixel=True), 500, 4, g)
-    assert torch.equal(mask.all(-1), mask.any(-1))
-    hidden = (~mask.all(-1)).flatten(1).sum(1)
+    observed = draw_observed(MaskConfig(weights={"orderless": 1}, per_pixel=True), 500, 4, g)[0]
+    assert torch.equal(observed.all(-1), observed.any(-1))
+    hidden = (~observed.all(-1)).flatten(1).sum(1)
     assert hidden.min() >= 1 and hidden.max() <= 16
 
 
 def test_bernoulli_rate_is_uniform_per_example():
     g = torch.Generator().manual_seed(3)
-    mask = sample_masks(MaskConfig(weights={"bernoulli": 1}), 4000, 16, g)
-    frac = (~mask).float().flatten(1).mean(1)
+    observed = draw_observed(MaskConfig(weights={"bernoulli": 1}), 4000, 16, g)[0]
+    frac = (~observed).float().flatten(1).mean(1)
     assert abs(frac.mean() - 0.5) < 0.02 and abs(frac.var() - 1 / 12) < 0.01
 
 
 def test_box_is_one_contiguous_rectangle():
     g = torch.Generator().manual_seed(4)
     cfg = MaskConfig(weights={"box": 1}, min_box_fraction=0.25, max_box_fraction=0.5, hole_orderless=0)
-    mask = sample_masks(cfg, 200, 16, g)
-    for m in mask:
+    observed = draw_observed(cfg, 200, 16, g)[0]
+    for m in observed:
         hidden = ~m[..., 0]
         rows, cols = hidden.any(1).nonzero().flatten(), hidden.any(0).nonzero().flatten()
         assert 4 <= len(rows) <= 8 and 4 <= len(cols) <= 8
         assert hidden[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
         assert int(hidden.sum()) == len(rows) * len(cols)
-    assert torch.equal(mask.all(-1), mask.any(-1))
+    assert torch.equal(observed.all(-1), observed.any(-1))
 
 
 def test_center_is_half_the_side():
-    m = center_mask(2, 64)
+    m = observed_except_center(2, 64)
     assert int((~m).sum()) == 2 * 32 * 32 * 3
     assert not m[:, 16:48, 16:48].any() and m[:, :16].all() and m[:, 48:].all()
 
 
 def test_box_mask_rejects_boxes_outside_the_image():
     with pytest.raises(ValueError, match="does not fit"):
-        box_mask(1, 8, 6, 0, 4, 2)
+        observed_except_box(1, 8, 6, 0, 4, 2)
 
 
 def test_contiguish_hides_blobs():
     g = torch.Generator().manual_seed(5)
 
     def hidden_neighbour_fraction(kind):
-        hidden = (~sample_masks(MaskConfig(weights={kind: 1}), 300, 16, g)).float().permute(0, 3, 1, 2)
+        hidden = (~draw_observed(MaskConfig(weights={kind: 1}), 300, 16, g)[0]).float().permute(0, 3, 1, 2)
         neighbours = torch.nn.functional.avg_pool2d(hidden, 3, 1, 1)
         return float(hidden.mean()), float((neighbours * hidden).sum() / hidden.sum())
 
@@ -91,8 +91,8 @@ def test_contiguish_hides_blobs():
 
 def test_mixture_follows_weights():
     g = torch.Generator().manual_seed(6)
-    mask, kind_B = draw_masks(MaskConfig(weights={"center": 3, "orderless": 1}, hole_orderless=0), 4000, 8, g)
-    is_center = (mask == center_mask(1, 8)).flatten(1).all(1)
+    observed, kind_B = draw_observed(MaskConfig(weights={"center": 3, "orderless": 1}, hole_orderless=0), 4000, 8, g)
+    is_center = (observed == observed_except_center(1, 8)).flatten(1).all(1)
     assert abs(float(is_center.float().mean()) - 0.75) < 0.03
     # The reported kind is the one drawn (an orderless mask equal to the centre hole is vanishingly rare).
     assert torch.equal(is_center, kind_B == MASK_KINDS.index("center"))
@@ -101,11 +101,11 @@ def test_mixture_follows_weights():
 def test_partly_revealed_holes_hide_a_uniform_number_inside_the_hole():
     g = torch.Generator().manual_seed(7)
     side, n = 4, 20000
-    mask, kind_B = draw_masks(MaskConfig(weights={"center": 1}, hole_orderless=0.5), n, side, g)
-    hole = ~center_mask(1, side)[0]
+    observed, kind_B = draw_observed(MaskConfig(weights={"center": 1}, hole_orderless=0.5), n, side, g)
+    hole = ~observed_except_center(1, side)[0]
     assert bool((kind_B == MASK_KINDS.index("center")).all())
-    assert not bool((~mask & ~hole).any())  # nothing outside the hole is ever hidden
-    num_hidden = (~mask).flatten(1).sum(1)
+    assert not bool((~observed & ~hole).any())  # nothing outside the hole is ever hidden
+    num_hidden = (~observed).flatten(1).sum(1)
     M = int(hole.sum())  # 2x2 pixels x 3 = 12
     whole = num_hidden == M
     # Half hide the whole hole; the other half d ~ U{1..M} (which is M with probability 1/M).
@@ -113,5 +113,5 @@ def test_partly_revealed_holes_hide_a_uniform_number_inside_the_hole():
     counts = torch.bincount(num_hidden, minlength=M + 1)[1:M].float() / (0.5 * n)
     assert float((counts - 1 / M).abs().max()) < 0.01
     # Given d, every subpixel of the hole is equally likely to be the hidden one.
-    per_site = (~mask[num_hidden == 1]).flatten(1).float().mean(0)[hole.flatten()]
+    per_site = (~observed[num_hidden == 1]).flatten(1).float().mean(0)[hole.flatten()]
     assert float(per_site.max() - per_site.min()) < 0.06

@@ -6,7 +6,7 @@ import torch
 
 import onade
 from onade.config import SampleConfig, get_preset
-from onade.masks import center_mask
+from onade.masks import observed_except_center
 from onade.memory import (OutOfMemoryAtOneExample, forward_batch_limit, forward_bytes_per_row, inpaint_in_pieces,
                           is_out_of_memory)
 from onade.sampling import example_seeds
@@ -24,7 +24,7 @@ def cpu_peak_bytes(model, batch: int) -> int:
     with torch.inference_mode(), onade.precision.autocast("fp32"):
         caption = model.read_caption(tokens, lengths)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            feats = model.features(x, center_mask(batch, S), caption)
+            feats = model.features(x, observed_except_center(batch, S), caption)
             logits = model.head(feats.reshape(batch, -1, feats.shape[-1])).float()
             cdf = torch.softmax(logits, -1).cumsum_(-1)
             del feats, logits, cdf
@@ -70,17 +70,17 @@ class InjectedOOM:
 def test_a_split_run_gives_the_same_bytes_as_an_unsplit_one(guidance):
     model = tiny_model(8)
     x, _, tokens, lengths = random_batch(7, 8)
-    mask = center_mask(7, 8)
-    mask[0] = True  # one example with nothing to fill: a piece of its own finishes at once
+    observed = observed_except_center(7, 8)
+    observed[0] = True  # one example with nothing to fill: a piece of its own finishes at once
     seeds = example_seeds(3, 7)
     cfg = SampleConfig(strategy="ancestral", steps=5, guidance=guidance, precision="bf16")
-    whole = inpaint_in_pieces(model, x, mask, tokens, lengths, cfg, seeds=seeds, max_rows=None, record_every=1)
-    capped = inpaint_in_pieces(model, x, mask, tokens, lengths, cfg, seeds=seeds, max_rows=3 * (1 + (guidance != 1)),
-                               record_every=1)
+    whole = inpaint_in_pieces(model, x, observed, tokens, lengths, cfg, seeds=seeds, max_rows=None, record_every=1)
+    rows = 3 * (1 + (guidance != 1))
+    capped = inpaint_in_pieces(model, x, observed, tokens, lengths, cfg, seeds=seeds, max_rows=rows, record_every=1)
     oom = InjectedOOM(model, rows=2 * (1 + (guidance != 1)))
-    split = inpaint_in_pieces(model, x, mask, tokens, lengths, cfg, seeds=seeds, max_rows=None, record_every=1)
+    split = inpaint_in_pieces(model, x, observed, tokens, lengths, cfg, seeds=seeds, max_rows=None, record_every=1)
     oom.handle.remove()
-    direct, _ = onade.inpaint(model, x, mask, tokens, lengths, cfg, seed=seeds)
+    direct, _ = onade.inpaint(model, x, observed, tokens, lengths, cfg, seed=seeds)
     for run in (capped, split):
         assert torch.equal(run.images_BHWC, whole.images_BHWC)
         assert torch.equal(run.chain_FBHWC, whole.chain_FBHWC)
@@ -96,9 +96,9 @@ def test_out_of_memory_at_one_example_is_a_clear_error_and_other_errors_pass_thr
     cfg = SampleConfig(steps=3)
     oom = InjectedOOM(model, rows=0)
     with pytest.raises(OutOfMemoryAtOneExample, match="one example .* per forward pass: CUDA out of memory"):
-        inpaint_in_pieces(model, x, center_mask(2, 8), tokens, lengths, cfg, seeds=[1, 2], max_rows=None)
+        inpaint_in_pieces(model, x, observed_except_center(2, 8), tokens, lengths, cfg, seeds=[1, 2], max_rows=None)
     oom.handle.remove()
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     with pytest.raises(ValueError, match="one seed per example"):
-        inpaint_in_pieces(model, x, center_mask(2, 8), tokens, lengths, cfg, seeds=[1], max_rows=None)
+        inpaint_in_pieces(model, x, observed_except_center(2, 8), tokens, lengths, cfg, seeds=[1], max_rows=None)

@@ -6,7 +6,7 @@ import torch
 
 from onade.config import MaskConfig, ModelConfig
 from onade.loss import nade_loss
-from onade.masks import center_mask, sample_masks
+from onade.masks import draw_observed, observed_except_center
 from onade.metrics import center_bits, evaluate_batch, exact_hole_bits
 from onade.model import build_model
 from tests.helpers import random_batch, tiny_model
@@ -16,15 +16,15 @@ from tests.helpers import random_batch, tiny_model
 def test_exact_nll_is_the_chain_rule_and_does_not_depend_on_chunking():
     model = tiny_model(image_size=4, dilations=(1, 2), num_blocks=2)
     x, _, tokens, lengths = random_batch(2, 4)
-    mask = center_mask(2, 4)  # hides a 2x2x3 = 12-subpixel hole
-    bits = [exact_hole_bits(model, x, mask, tokens, lengths, chunk=c, generator=torch.Generator().manual_seed(0))
+    observed = observed_except_center(2, 4)  # hides a 2x2x3 = 12-subpixel hole
+    bits = [exact_hole_bits(model, x, observed, tokens, lengths, chunk=c, generator=torch.Generator().manual_seed(0))
             for c in (1, 5, 64)]
     assert bits[0] == pytest.approx(bits[1], rel=1e-5) and bits[0] == pytest.approx(bits[2], rel=1e-5)
 
     # By hand: reveal the hole in the same order (same generator draw), one subpixel at a time.
     key = torch.rand(4 * 4 * 3, generator=torch.Generator().manual_seed(0))
-    order = [int(i) for i in key.masked_fill(mask[0].flatten(), float("inf")).argsort()[:12]]
-    m, nats = mask.clone(), 0.0
+    order = [int(i) for i in key.masked_fill(observed[0].flatten(), float("inf")).argsort()[:12]]
+    m, nats = observed.clone(), 0.0
     for flat in order:
         h, w, c = flat // 12, (flat // 3) % 4, flat % 3
         logits = model(x, m, tokens, lengths)[:, h, w, c]
@@ -36,10 +36,10 @@ def test_exact_nll_is_the_chain_rule_and_does_not_depend_on_chunking():
 def test_exact_nll_rejects_unequal_holes():
     model = tiny_model(image_size=4, dilations=(1, 2), num_blocks=2)
     x, _, tokens, lengths = random_batch(2, 4)
-    mask = center_mask(2, 4)
-    mask[1, 0, 0, 0] = False
+    observed = observed_except_center(2, 4)
+    observed[1, 0, 0, 0] = False
     with pytest.raises(ValueError, match="same number"):
-        exact_hole_bits(model, x, mask, tokens, lengths)
+        exact_hole_bits(model, x, observed, tokens, lengths)
 
 
 def test_evaluate_batch_reports_every_metric():
@@ -65,7 +65,7 @@ def test_trained_model_reaches_the_known_entropy_and_never_beats_it():
     steps = 400
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=steps)
-    hole = ~center_mask(1, side)[0]
+    hole = ~observed_except_center(1, side)[0]
     g = torch.Generator().manual_seed(0)
 
     def batch(k_B, with_caption_B):
@@ -78,8 +78,9 @@ def test_trained_model_reaches_the_known_entropy_and_never_beats_it():
         k = torch.randint(0, K, (32,), generator=g)
         x, tokens, lengths = batch(k, torch.rand(32, generator=g) < 0.5)
         # Orderless masks within the hole, border observed: the conditionals the exact hole NLL asks for.
-        mask = sample_masks(MaskConfig(weights={"orderless": 1}), 32, side, g) | center_mask(32, side)
-        loss = nade_loss(model(x, mask, tokens, lengths), x, mask)
+        orderless = draw_observed(MaskConfig(weights={"orderless": 1}), 32, side, g)[0]
+        observed = orderless | observed_except_center(32, side)
+        loss = nade_loss(model(x, observed, tokens, lengths), x, observed)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -90,7 +91,7 @@ def test_trained_model_reaches_the_known_entropy_and_never_beats_it():
     num_hole = int(hole.sum())
     for with_caption, entropy_bits in ((False, math.log2(K)), (True, 0.0)):
         x, tokens, lengths = batch(k, torch.full((K,), with_caption))
-        bits = exact_hole_bits(model, x, center_mask(K, side), tokens, lengths, chunk=16,
+        bits = exact_hole_bits(model, x, observed_except_center(K, side), tokens, lengths, chunk=16,
                                generator=torch.Generator().manual_seed(1))
         floor = entropy_bits / num_hole
         # Same ordering for every image: the average is a cross-entropy, so Gibbs' inequality bounds it below.
@@ -108,18 +109,20 @@ def test_budget_bits_spans_one_shot_to_exact():
 
     model = tiny_model(8)
     x, _, tokens, lengths = random_batch(3, 8)
-    mask = center_mask(3, 8)
+    observed = observed_except_center(3, 8)
     M = 48
-    exact = exact_hole_bits(model, x, mask, tokens, lengths, chunk=7, generator=torch.Generator().manual_seed(4))
-    full = budget_bits(model, x, mask, tokens, lengths, list(range(M + 1)), generator=torch.Generator().manual_seed(4))
+    exact = exact_hole_bits(model, x, observed, tokens, lengths, chunk=7, generator=torch.Generator().manual_seed(4))
+    full = budget_bits(model, x, observed, tokens, lengths, list(range(M + 1)),
+                       generator=torch.Generator().manual_seed(4))
     assert full == pytest.approx(exact, abs=1e-4)
-    one = budget_bits(model, x, mask, tokens, lengths, [0, M])
+    one = budget_bits(model, x, observed, tokens, lengths, [0, M])
     assert one == pytest.approx(center_bits(model, x, tokens, lengths), abs=1e-4)
     # Passes in between score each variable given a prefix of the same ordering: a different number.
-    four = budget_bits(model, x, mask, tokens, lengths, uniform_plan(M, 4), generator=torch.Generator().manual_seed(4))
+    four = budget_bits(model, x, observed, tokens, lengths, uniform_plan(M, 4),
+                       generator=torch.Generator().manual_seed(4))
     assert four not in (pytest.approx(one, abs=1e-6), pytest.approx(full, abs=1e-6))
     with pytest.raises(ValueError, match="plan"):
-        budget_bits(model, x, mask, tokens, lengths, [0, 10, 10, M])
+        budget_bits(model, x, observed, tokens, lengths, [0, 10, 10, M])
 
 
 def test_loss_profile_is_non_increasing_and_starts_at_the_one_shot_nll():
@@ -146,11 +149,11 @@ def test_the_hole_metrics_read_the_caption_once_per_batch():
 
     model = tiny_model(image_size=4, dilations=(1, 2), num_blocks=2)
     x, _, tokens, lengths = random_batch(2, 4)
-    mask = center_mask(2, 4)
+    observed = observed_except_center(2, 4)
     reads = []
     model.reader.register_forward_hook(lambda *_: reads.append(1))
-    exact_hole_bits(model, x, mask, tokens, lengths, chunk=1)
-    budget_bits(model, x, mask, tokens, lengths, list(range(13)), max_batch=2)
+    exact_hole_bits(model, x, observed, tokens, lengths, chunk=1)
+    budget_bits(model, x, observed, tokens, lengths, list(range(13)), max_batch=2)
     loss_profile(model, [(x, tokens, lengths)], num_points=12, max_batch=2)
     assert len(reads) == 3
 

@@ -11,28 +11,28 @@ from tests.helpers import random_batch, tiny_model
 
 def test_output_shape_and_dtype():
     model = onade.build_model("debug")
-    x, mask, tokens, lengths = random_batch(2, 32, vocab=model.cfg.vocab_size)
-    logits = model(x, mask, tokens, lengths)
+    x, observed, tokens, lengths = random_batch(2, 32, vocab=model.cfg.vocab_size)
+    logits = model(x, observed, tokens, lengths)
     assert logits.shape == (2, 32, 32, 3, 256) and logits.dtype == torch.float32
 
 
 def test_hidden_values_never_influence_any_logit():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(3, 8)
-    before = model(x, mask, tokens, lengths)
+    x, observed, tokens, lengths = random_batch(3, 8)
+    before = model(x, observed, tokens, lengths)
     g = torch.Generator().manual_seed(1)
-    x2 = torch.where(mask, x, torch.randint(0, 256, x.shape, generator=g, dtype=torch.uint8))
+    x2 = torch.where(observed, x, torch.randint(0, 256, x.shape, generator=g, dtype=torch.uint8))
     assert not torch.equal(x2, x)
-    assert torch.equal(model(x2, mask, tokens, lengths), before)
+    assert torch.equal(model(x2, observed, tokens, lengths), before)
 
 
 def test_observed_values_do_influence_logits_across_the_whole_image():
     model = tiny_model(image_size=8)
     x, _, tokens, lengths = random_batch(1, 8)
-    mask = torch.ones_like(x, dtype=torch.bool)
+    observed = torch.ones_like(x, dtype=torch.bool)
     x2 = x.clone()
     x2[0, 0, 0, 0] ^= 0xFF  # opposite corner from (7, 7)
-    diff = (model(x, mask, tokens, lengths) - model(x2, mask, tokens, lengths)).abs()
+    diff = (model(x, observed, tokens, lengths) - model(x2, observed, tokens, lengths)).abs()
     assert diff[0, 7, 7].max() > 1e-6, "the receptive field must cover the image corner to corner"
 
 
@@ -44,59 +44,60 @@ def test_presets_cover_their_image():
 
 def test_caption_padding_changes_nothing():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(3, 8, seq=5)
-    before = model(x, mask, tokens, lengths)
+    x, observed, tokens, lengths = random_batch(3, 8, seq=5)
+    before = model(x, observed, tokens, lengths)
     junk = torch.randint(4, 20, (3, 7))
     padded = torch.cat([tokens, junk], dim=1)  # positions >= length are padding, whatever they hold
-    assert torch.allclose(model(x, mask, padded, lengths), before, atol=1e-5)
+    assert torch.allclose(model(x, observed, padded, lengths), before, atol=1e-5)
 
 
 def test_caption_changes_logits():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     other = (tokens + 1).clamp(max=19)
-    assert not torch.allclose(model(x, mask, tokens, lengths), model(x, mask, other, lengths))
+    assert not torch.allclose(model(x, observed, tokens, lengths), model(x, observed, other, lengths))
 
 
 def test_empty_caption_adds_nothing():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     zero = torch.zeros_like(lengths)
-    out = model(x, mask, tokens, zero)
+    out = model(x, observed, tokens, zero)
     assert torch.isfinite(out).all()
-    assert torch.equal(out, model(x, mask, torch.randint(4, 20, tokens.shape), zero))
+    assert torch.equal(out, model(x, observed, torch.randint(4, 20, tokens.shape), zero))
     no_text = tiny_model(merge_every=0)
     no_text.load_state_dict({k: v for k, v in model.state_dict().items() if k in no_text.state_dict()})
-    assert torch.allclose(out, no_text(x, mask, tokens, zero), atol=1e-5)
+    assert torch.allclose(out, no_text(x, observed, tokens, zero), atol=1e-5)
 
 
 def test_empty_caption_gradients_are_finite():
     model = tiny_model().train()
-    x, mask, tokens, lengths = random_batch(2, 8)
-    model(x, mask, tokens, torch.tensor([0, 3])).logsumexp(-1).mean().backward()
+    x, observed, tokens, lengths = random_batch(2, 8)
+    model(x, observed, tokens, torch.tensor([0, 3])).logsumexp(-1).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_logits_at_matches_forward():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(2, 8)
-    where = ~mask.all(-1)
-    full = model(x, mask, tokens, lengths)
-    assert torch.allclose(model.logits_at(x, mask, tokens, lengths, where), full[where], atol=1e-5)
+    x, observed, tokens, lengths = random_batch(2, 8)
+    where = ~observed.all(-1)
+    full = model(x, observed, tokens, lengths)
+    assert torch.allclose(model.logits_at(x, observed, tokens, lengths, where), full[where], atol=1e-5)
 
 
 def test_onehot_input_matches_its_definition_and_hides_values():
     model = tiny_model(input_mode="onehot")
-    x, mask, tokens, lengths = random_batch(2, 8)
-    x2 = torch.where(mask, x, 255 - x)
-    assert torch.equal(model(x, mask, tokens, lengths), model(x2, mask, tokens, lengths))
+    x, observed, tokens, lengths = random_batch(2, 8)
+    x2 = torch.where(observed, x, 255 - x)
+    assert torch.equal(model(x, observed, tokens, lengths), model(x2, observed, tokens, lengths))
 
 
 def test_bad_inputs_raise_clear_errors():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(2, 8)
-    for args, needle in [((x, mask.float(), tokens, lengths), "mask"), ((x[..., :2], mask, tokens, lengths), "x must"),
-                         ((x, mask, tokens, lengths[:1]), "lengths")]:
+    x, observed, tokens, lengths = random_batch(2, 8)
+    for args, needle in [((x, observed.float(), tokens, lengths), "observed must"),
+                         ((x[..., :2], observed, tokens, lengths), "x must"),
+                         ((x, observed, tokens, lengths[:1]), "lengths")]:
         try:
             model(*args)
         except ValueError as e:
@@ -110,7 +111,7 @@ def test_channels_last_auto_means_nhwc_on_cpu_only_and_never_changes_the_functio
 
     assert nhwc("auto", torch.device("cpu")) and not nhwc("auto", torch.device("cuda", 0))
     assert nhwc("on", torch.device("cuda", 0)) and not nhwc("off", torch.device("cpu"))
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     outs = []
     for layout in LAYOUTS:
         model = tiny_model(8, channels_last=layout)
@@ -118,7 +119,7 @@ def test_channels_last_auto_means_nhwc_on_cpu_only_and_never_changes_the_functio
         handle = model.blocks[0].conv1.register_forward_hook(
             lambda mod, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
         with torch.no_grad():
-            outs.append(model(x, mask, tokens, lengths))
+            outs.append(model(x, observed, tokens, lengths))
         handle.remove()
         assert seen == [layout != "off"]  # on the CPU, auto is NHWC
     for other in outs[1:]:
@@ -132,8 +133,8 @@ def test_activation_checkpointing_keeps_no_rng_state(monkeypatch):
     real = torch.get_rng_state
     monkeypatch.setattr(torch, "get_rng_state", lambda: saved.append(1) or real())
     model = tiny_model(8, activation_checkpointing=True).train()
-    x, mask, tokens, lengths = random_batch(2, 8)
-    model(x, mask, tokens, lengths).float().logsumexp(-1).mean().backward()
+    x, observed, tokens, lengths = random_batch(2, 8)
+    model(x, observed, tokens, lengths).float().logsumexp(-1).mean().backward()
     assert saved == []
     assert all(p.grad is not None for p in model.blocks.parameters())
 
@@ -203,11 +204,11 @@ def test_attention_merger_under_bf16_autocast():
 
 def test_model_under_bf16_autocast_matches_fp32_within_bf16_rounding():
     model = tiny_model()
-    x, mask, tokens, lengths = random_batch(3, 8)
+    x, observed, tokens, lengths = random_batch(3, 8)
     lengths[0] = 0
     with torch.no_grad():
-        ref = model(x, mask, tokens, lengths)
+        ref = model(x, observed, tokens, lengths)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x, mask, tokens, lengths)
+            out = model(x, observed, tokens, lengths)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from onade.loss import nade_loss
-from onade.masks import center_mask
+from onade.masks import observed_except_center
 from onade.precision import autocast, cpu_has_fast_bf16, resolve_precision
 from tests.helpers import random_batch, tiny_model
 
@@ -20,27 +20,27 @@ def test_auto_follows_the_cpu_capability_and_explicit_choices_are_kept():
 def test_bf16_runs_the_body_in_bf16_and_returns_fp32_logits():
     model = tiny_model(8)
     x, _, tokens, lengths = random_batch(4, 8)
-    mask = center_mask(4, 8)
+    observed = observed_except_center(4, 8)
     seen = []
     model.stem.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
     with torch.no_grad():
-        ref = model(x, mask, tokens, lengths)
+        ref = model(x, observed, tokens, lengths)
         with autocast("bf16", "cpu"):
-            low = model(x, mask, tokens, lengths)
+            low = model(x, observed, tokens, lengths)
     assert seen == [torch.float32, torch.bfloat16]
     assert low.dtype == torch.float32 and ref.dtype == torch.float32
     assert not torch.equal(low, ref)
     # bf16 keeps ~3 significant digits: the loss moves by far less than a hundredth of a bit.
-    assert float(nade_loss(low, x, mask)) == pytest.approx(float(nade_loss(ref, x, mask)), abs=0.02)
+    assert float(nade_loss(low, x, observed)) == pytest.approx(float(nade_loss(ref, x, observed)), abs=0.02)
 
 
 def test_fp32_context_changes_nothing():
     model = tiny_model(8)
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     with torch.no_grad():
-        ref = model(x, mask, tokens, lengths)
+        ref = model(x, observed, tokens, lengths)
         with autocast("fp32", "cpu"):
-            same = model(x, mask, tokens, lengths)
+            same = model(x, observed, tokens, lengths)
     assert torch.equal(ref, same)
 
 

@@ -9,7 +9,7 @@ import torch
 
 import onade
 from onade.config import STRATEGIES
-from onade.masks import box_mask, center_mask
+from onade.masks import observed_except_box, observed_except_center
 from onade.plans import LossProfile, cosine_plan, step_plan, uniform_plan
 from onade.precision import resolve_precision
 from onade.sampling import _draw, _set, example_seeds, gibbs_schedule, temperature_schedule
@@ -52,46 +52,46 @@ def model():
 
 def ragged_batch(batch=4, size=8):
     """Random per-subpixel masks (holes of different sizes, partly hidden pixels) plus one empty hole."""
-    x, mask, tokens, lengths = random_batch(batch, size)
-    mask[-1] = True
-    return x, mask, tokens, lengths
+    x, observed, tokens, lengths = random_batch(batch, size)
+    observed[-1] = True
+    return x, observed, tokens, lengths
 
 
 @PRECISIONS
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_observed_subpixels_never_change_and_hole_is_filled(model, strategy, precision):
-    x, mask, tokens, lengths = ragged_batch()
-    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, record_every=1,
+    x, observed, tokens, lengths = ragged_batch()
+    images, chain = onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, record_every=1,
                                   precision=precision, **fast(strategy))
     assert images.dtype == torch.uint8 and images.shape == x.shape
-    assert torch.equal(images[mask], x[mask])
+    assert torch.equal(images[observed], x[observed])
     # Every frame of the chain keeps the observed subpixels too, and the last frame is the result.
-    assert torch.equal(chain[:, mask], x[mask].expand(chain.shape[0], -1))
+    assert torch.equal(chain[:, observed], x[observed].expand(chain.shape[0], -1))
     assert torch.equal(chain[-1], images)
     # The hole holds samples, not the grey placeholder of unknown subpixels (with 2 of 256 levels
     # allowed to coincide by chance).
-    assert (images[~mask] == 127).float().mean() < 0.05
+    assert (images[~observed] == 127).float().mean() < 0.05
 
 
 @PRECISIONS
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_hidden_true_values_never_reach_the_result(model, strategy, precision):
-    x, mask, tokens, lengths = ragged_batch()
-    other = torch.where(mask, x, 255 - x)
+    x, observed, tokens, lengths = ragged_batch()
+    other = torch.where(observed, x, 255 - x)
     kw = dict(strategy=strategy, seed=3, precision=precision, **fast(strategy))
-    a, _ = onade.inpaint(model, x, mask, tokens, lengths, **kw)
-    b, _ = onade.inpaint(model, other, mask, tokens, lengths, **kw)
+    a, _ = onade.inpaint(model, x, observed, tokens, lengths, **kw)
+    b, _ = onade.inpaint(model, other, observed, tokens, lengths, **kw)
     assert torch.equal(a, b)
 
 
 @PRECISIONS
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_same_seed_same_result_other_seed_other_result(model, strategy, precision):
-    x, mask, tokens, lengths = ragged_batch()
+    x, observed, tokens, lengths = ragged_batch()
     kw = dict(strategy=strategy, precision=precision, **fast(strategy))
-    a, ca = onade.inpaint(model, x, mask, tokens, lengths, seed=7, record_every=2, **kw)
-    b, cb = onade.inpaint(model, x, mask, tokens, lengths, seed=7, record_every=2, **kw)
-    c, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=8, **kw)
+    a, ca = onade.inpaint(model, x, observed, tokens, lengths, seed=7, record_every=2, **kw)
+    b, cb = onade.inpaint(model, x, observed, tokens, lengths, seed=7, record_every=2, **kw)
+    c, _ = onade.inpaint(model, x, observed, tokens, lengths, seed=8, **kw)
     assert torch.equal(a, b) and torch.equal(ca, cb)
     assert not torch.equal(a, c)
 
@@ -109,10 +109,10 @@ def test_schedule_formula_at_every_step():
 def test_independent_gibbs_resamples_the_scheduled_fraction_at_every_step(model):
     """The fraction of the hole hidden from the network at Gibbs step n is p_n (not 1 - p_n)."""
     x, _, tokens, lengths = random_batch(8, 8)
-    mask = torch.zeros_like(x, dtype=torch.bool)  # the whole image is the hole: 8 * 192 Bernoullis a step
+    observed = torch.zeros_like(x, dtype=torch.bool)  # the whole image is the hole: 8 * 192 Bernoullis a step
     N, pmin, pmax, alpha = 12, 0.15, 0.85, 0.5
     with Recorder(model) as rec:
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=N, pmin=pmin, pmax=pmax,
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="independent-gibbs", steps=N, pmin=pmin, pmax=pmax,
                       alpha=alpha)
     assert len(rec.inputs) == N + 1  # the one-shot initial fill, then one pass per step
     assert not rec.inputs[0][1].any()
@@ -125,9 +125,9 @@ def test_independent_gibbs_resamples_the_scheduled_fraction_at_every_step(model)
 
 def test_ancestral_gibbs_resamples_blocks_one_subpixel_per_pass(model):
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)  # 4x4x3 = 48 hole subpixels
+    observed = observed_except_center(2, 8)  # 4x4x3 = 48 hole subpixels
     with Recorder(model) as rec:
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral-gibbs", steps=3, chunk=1)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral-gibbs", steps=3, chunk=1)
     hidden_per_pass = [(~m).flatten(1).sum(1) for _, m in rec.inputs[1:]]
     # Within a block each pass shows exactly one more subpixel per example (an example whose block is
     # done waits at 0); anything else is the start of a fresh block, and there is one block per step.
@@ -144,12 +144,12 @@ def test_ancestral_gibbs_resamples_blocks_one_subpixel_per_pass(model):
 @pytest.mark.parametrize("chunk", [1, 5])
 def test_ancestral_makes_one_forward_per_chunk_of_subpixels(model, chunk):
     x, _, tokens, lengths = random_batch(3, 8)
-    mask = box_mask(3, 8, 1, 2, 4, 3)  # 36 hole subpixels in every example
+    observed = observed_except_box(3, 8, 1, 2, 4, 3)  # 36 hole subpixels in every example
     calls = []
     handle = model.stem.register_forward_hook(lambda *a: calls.append(1))
     try:
         with Recorder(model) as rec:
-            images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=chunk)
+            images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=chunk)
     finally:
         handle.remove()
     assert len(calls) == math.ceil(36 / chunk)
@@ -162,9 +162,9 @@ def test_ancestral_makes_one_forward_per_chunk_of_subpixels(model, chunk):
 @pytest.mark.parametrize("strategy", ["greedy", "antigreedy"])
 def test_confidence_fills_the_lowest_or_highest_entropy_subpixel_first(model, strategy):
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)
+    observed = observed_except_center(2, 8)
     with Recorder(model) as rec:
-        onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=0, chunk=1)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, steps=0, chunk=1)
     assert len(rec.inputs) == 48
     with torch.inference_mode():
         for (seen_x, seen), (_, next_seen) in list(zip(rec.inputs, rec.inputs[1:]))[:6]:
@@ -179,22 +179,22 @@ def test_confidence_fills_the_lowest_or_highest_entropy_subpixel_first(model, st
 
 def test_chain_records_every_kth_state(model):
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)
-    images, chain = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=4,
+    observed = observed_except_center(2, 8)
+    images, chain = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=4,
                                   record_every=3)
     # 12 passes: frames before pass 1 and after passes 3, 6, 9, 12 (the last is also the result).
     assert chain.shape == (5, 2, 8, 8, 3) and chain.device.type == "cpu"
-    assert (chain[0][~mask] == 127).all()
+    assert (chain[0][~observed] == 127).all()
     assert torch.equal(chain[-1], images)
-    _, none = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=4)
+    _, none = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=4)
     assert none.shape == (0, 2, 8, 8, 3)
 
 
 def test_uniform_init_and_annealing_run_and_keep_observed(model):
-    x, mask, tokens, lengths = ragged_batch()
-    images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="independent-gibbs", steps=4, init="uniform",
-                              temperature=1.5, final_temperature=0.01)
-    assert torch.equal(images[mask], x[mask])
+    x, observed, tokens, lengths = ragged_batch()
+    images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="independent-gibbs", steps=4,
+                              init="uniform", temperature=1.5, final_temperature=0.01)
+    assert torch.equal(images[observed], x[observed])
     assert temperature_schedule(0, 10, 1.5, 0.01) == pytest.approx(1.5)
     assert temperature_schedule(9, 10, 1.5, 0.01) == pytest.approx(0.01)
     assert temperature_schedule(5, 10, 1.5, 0.0) == 1.5
@@ -217,17 +217,17 @@ def test_draw_matches_the_softmax_and_temperature_zero_is_argmax():
 
 
 def test_bad_arguments_raise_clear_errors(model):
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     with pytest.raises(ValueError, match="strategy"):
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="gibbs")
-    with pytest.raises(ValueError, match="mask must be bool"):
-        onade.inpaint(model, x, mask.to(torch.uint8), tokens, lengths)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="gibbs")
+    with pytest.raises(ValueError, match="observed must be bool"):
+        onade.inpaint(model, x, observed.to(torch.uint8), tokens, lengths)
     with pytest.raises(ValueError, match="uint8"):
-        onade.inpaint(model, x.float(), mask, tokens, lengths)
+        onade.inpaint(model, x.float(), observed, tokens, lengths)
     with pytest.raises(ValueError, match="pmin"):
-        onade.inpaint(model, x, mask, tokens, lengths, pmin=0.9, pmax=0.1)
+        onade.inpaint(model, x, observed, tokens, lengths, pmin=0.9, pmax=0.1)
     with pytest.raises(ValueError, match="chunk"):
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=0, chunk=0)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=0)
 
 
 def test_nothing_hidden_returns_the_input(model):
@@ -245,29 +245,29 @@ def _passes(model, fn):
 def test_sample_config_is_honoured_and_keywords_override_it(model):
     """Every field of the config reaches the sampler (strategy and temperature once fell back to defaults)."""
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)
+    observed = observed_except_center(2, 8)
     cfg = onade.SampleConfig(strategy="ancestral", steps=1, temperature=0.0)
-    seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, config=cfg, seed=1))
+    seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, config=cfg, seed=1))
     assert len(seen) == 1  # ancestral with a budget of one pass, not 48 Gibbs sweeps
-    b, _ = onade.inpaint(model, x, mask, tokens, lengths, config=cfg, seed=2)
+    b, _ = onade.inpaint(model, x, observed, tokens, lengths, config=cfg, seed=2)
     assert torch.equal(a, b)  # temperature 0 in one pass: the one-shot mode, whatever the seed
-    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, config=cfg, steps=5))
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, config=cfg, steps=5))
     assert len(seen) == 5 and cfg.steps == 1  # the keyword overrides for this call only
     with pytest.raises(ValueError, match="unknown inpainting setting"):
-        onade.inpaint(model, x, mask, tokens, lengths, config=cfg, temprature=0.5)
+        onade.inpaint(model, x, observed, tokens, lengths, config=cfg, temprature=0.5)
     with pytest.raises(ValueError, match="guidance"):
-        onade.inpaint(model, x, mask, tokens, lengths, guidance=-1.0)
+        onade.inpaint(model, x, observed, tokens, lengths, guidance=-1.0)
 
 
 @pytest.mark.parametrize("strategy", ["ancestral", "maskgit", "greedy"])
 def test_budgeted_strategies_make_exactly_steps_passes(model, strategy):
     x, _, tokens, lengths = random_batch(3, 8)
-    mask = box_mask(3, 8, 1, 2, 4, 3)  # 36 hole subpixels
+    observed = observed_except_box(3, 8, 1, 2, 4, 3)  # 36 hole subpixels
     stats = {}
-    seen, (images, _) = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy,
+    seen, (images, _) = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy,
                                                              steps=7, stats=stats))
     assert len(seen) == 7 == stats["forward_passes"]
-    assert torch.equal(images[mask], x[mask])
+    assert torch.equal(images[observed], x[observed])
     revealed = [int(s.flatten(1).sum(1)[0]) - (192 - 36) for _, s in seen] + [36]
     sizes = [b - a for a, b in zip(revealed, revealed[1:])]
     assert sum(sizes) == 36 and min(sizes) >= 1
@@ -277,26 +277,27 @@ def test_budgeted_strategies_make_exactly_steps_passes(model, strategy):
 
 def test_ancestral_follows_the_profile_plan(model):
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)
+    observed = observed_except_center(2, 8)
     profile = LossProfile(bits=list(8 * np.exp(-np.arange(48) / 6.0) + 1))
-    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=5,
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=5,
                                                    profile=profile))
     revealed = [int(s.flatten(1).sum(1)[0]) - (192 - 48) for _, s in seen]
     assert revealed == step_plan(profile, 5)[:-1]
     assert revealed != uniform_plan(48, 5)[:-1]  # a profile that falls fast front-loads small passes
-    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=5))
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=5))
     assert [int(s.flatten(1).sum(1)[0]) - (192 - 48) for _, s in seen] == uniform_plan(48, 5)[:-1]
 
 
 def test_maskgit_keeps_the_most_confident_samples(model):
     """Without noise and at temperature 0, the first pass keeps the subpixels whose mode is most likely."""
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)
-    seen, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy="maskgit", steps=4,
+    observed = observed_except_center(2, 8)
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy="maskgit", steps=4,
                                                    temperature=0.0, confidence_noise=0.0))
     with torch.inference_mode():
-        best = torch.log_softmax(model(x, mask, tokens, lengths), -1).amax(-1).masked_fill(mask, -math.inf).flatten(1)
-    first = (seen[1][1] & ~mask).flatten(1)
+        confidence = torch.log_softmax(model(x, observed, tokens, lengths), -1).amax(-1)
+        best = confidence.masked_fill(observed, -math.inf).flatten(1)
+    first = (seen[1][1] & ~observed).flatten(1)
     n = int(first[0].sum())
     assert n == cosine_plan(48, 4)[1]
     for b in range(2):
@@ -305,13 +306,13 @@ def test_maskgit_keeps_the_most_confident_samples(model):
 
 @pytest.mark.parametrize("strategy", ["independent-gibbs", "ancestral", "maskgit"])
 def test_guidance_one_is_the_unguided_sampler(model, strategy):
-    x, mask, tokens, lengths = ragged_batch()
-    seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=4,
+    x, observed, tokens, lengths = ragged_batch()
+    seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, steps=4,
                                                         seed=5, guidance=1.0))
-    b, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=4, seed=5)
+    b, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, steps=4, seed=5)
     assert torch.equal(a, b)
     assert all(s.shape[0] == x.shape[0] for s, _ in seen)  # no unconditional half was computed
-    guided, _ = _passes(model, lambda: onade.inpaint(model, x, mask, tokens, lengths, strategy=strategy, steps=4,
+    guided, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, steps=4,
                                                      seed=5, guidance=2.0))
     assert all(s.shape[0] == 2 * x.shape[0] for s, _ in guided)  # one batched forward for both halves
 
@@ -319,15 +320,15 @@ def test_guidance_one_is_the_unguided_sampler(model, strategy):
 def test_guided_logits_extrapolate_from_the_unconditional(model):
     """One ancestral pass at temperature 0 fills the hole with the argmax of l_u + s (l_c - l_u)."""
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = center_mask(2, 8)
+    observed = observed_except_center(2, 8)
     with torch.inference_mode():
-        cond = model(x, mask, tokens, lengths)
-        uncond = model(x, mask, tokens, torch.zeros_like(lengths))
+        cond = model(x, observed, tokens, lengths)
+        uncond = model(x, observed, tokens, torch.zeros_like(lengths))
     for s in (0.0, 2.5):
-        images, _ = onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=1, temperature=0.0,
+        images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=1, temperature=0.0,
                                   guidance=s, precision="fp32")
         expected = (uncond + s * (cond - uncond)).argmax(-1).to(torch.uint8)
-        assert torch.equal(images[~mask], expected[~mask])
+        assert torch.equal(images[~observed], expected[~observed])
 
 
 def test_set_ignores_padding_even_where_it_aliases_a_sampled_index():
@@ -343,29 +344,29 @@ def test_planned_passes_fill_every_hole_of_a_ragged_batch(model):
     entry once overwrote the last sample of the largest hole, leaving it grey)."""
     g = torch.Generator().manual_seed(0)
     x, _, tokens, lengths = random_batch(2, 8)
-    mask = torch.ones_like(x, dtype=torch.bool)
+    observed = torch.ones_like(x, dtype=torch.bool)
     for b, size in enumerate((126, 123)):  # 8 DP passes whose last ones are 15 and 16 subpixels wide
-        mask[b].view(-1)[torch.randperm(192, generator=g)[:size]] = False
+        observed[b].view(-1)[torch.randperm(192, generator=g)[:size]] = False
     profile = LossProfile(bits=list(np.linspace(6, 2, 768)))
     assert step_plan(profile, 8, 126)[-2:] == [111, 126] and step_plan(profile, 8, 123)[-2:] == [107, 123]
     with Recorder(model) as rec:
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=8, profile=profile)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=8, profile=profile)
     # Pass k shows exactly the plan's first t_k hole subpixels; after the last one every hole subpixel is known.
-    shown = [(~mask).flatten(1).sum(1) - (~seen).flatten(1).sum(1) for _, seen in rec.inputs]
+    shown = [(~observed).flatten(1).sum(1) - (~seen).flatten(1).sum(1) for _, seen in rec.inputs]
     assert [int(s[0]) for s in shown] == step_plan(profile, 8, 126)[:-1]
     assert [int(s[1]) for s in shown] == step_plan(profile, 8, 123)[:-1]
-    filled = [onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=8, profile=profile,
+    filled = [onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=8, profile=profile,
                             seed=s)[0] for s in range(3)]
-    assert all(torch.equal(f[mask], x[mask]) for f in filled)
+    assert all(torch.equal(f[observed], x[observed]) for f in filled)
     # A subpixel left unsampled shows the placeholder grey whatever the seed.
-    assert not ((~mask) & (filled[0] == 127) & (filled[1] == 127) & (filled[2] == 127)).any()
+    assert not ((~observed) & (filled[0] == 127) & (filled[1] == 127) & (filled[2] == 127)).any()
 
 
 def test_chunk_with_a_pass_budget_is_refused(model):
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     with pytest.raises(ValueError, match="steps 0"):
-        onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral", steps=32, chunk=4)
-    onade.inpaint(model, x, mask, tokens, lengths, strategy="ancestral-gibbs", steps=2, chunk=4)  # its blocks
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=32, chunk=4)
+    onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral-gibbs", steps=2, chunk=4)  # its blocks
 
 
 # ---- per-example seeds: an example's sample does not depend on its batch ---------------------------------------
@@ -378,10 +379,10 @@ def pool(size=8):
     """Examples with holes of different sizes (random subpixels: partly hidden pixels; one empty) and captions."""
     x, _, tokens, lengths = random_batch(len(HOLES), size, seed=1)
     g = torch.Generator().manual_seed(2)
-    mask = torch.ones_like(x, dtype=torch.bool)
+    observed = torch.ones_like(x, dtype=torch.bool)
     for b, hole in enumerate(HOLES):
-        mask[b].view(-1)[torch.randperm(size * size * 3, generator=g)[:hole]] = False
-    return x, mask, tokens, lengths
+        observed[b].view(-1)[torch.randperm(size * size * 3, generator=g)[:hole]] = False
+    return x, observed, tokens, lengths
 
 
 @pytest.fixture(scope="module")
@@ -397,9 +398,9 @@ def peaked(model):
 
 def run(model, picks, **kw):
     """Inpaint the pool's examples `picks` as one batch, each with its own seed -> {example: image}."""
-    x, mask, tokens, lengths = (t[list(picks)] for t in pool())
-    images, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=[SEEDS[i] for i in picks], **kw)
-    assert torch.equal(images[mask], x[mask])
+    x, observed, tokens, lengths = (t[list(picks)] for t in pool())
+    images, _ = onade.inpaint(model, x, observed, tokens, lengths, seed=[SEEDS[i] for i in picks], **kw)
+    assert torch.equal(images[observed], x[observed])
     return dict(zip(picks, images))
 
 
@@ -447,12 +448,12 @@ def test_an_example_samples_the_same_alone_as_in_a_batch(peaked, strategy):
 
 
 def test_an_int_seed_is_deterministic_and_means_derived_per_example_seeds(model):
-    x, mask, tokens, lengths = pool()
+    x, observed, tokens, lengths = pool()
     kw = dict(strategy="ancestral", steps=6, precision="fp32")
-    a, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=7, **kw)
-    b, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=7, **kw)
-    c, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=example_seeds(7, len(HOLES)), **kw)
-    d, _ = onade.inpaint(model, x, mask, tokens, lengths, seed=8, **kw)
+    a, _ = onade.inpaint(model, x, observed, tokens, lengths, seed=7, **kw)
+    b, _ = onade.inpaint(model, x, observed, tokens, lengths, seed=7, **kw)
+    c, _ = onade.inpaint(model, x, observed, tokens, lengths, seed=example_seeds(7, len(HOLES)), **kw)
+    d, _ = onade.inpaint(model, x, observed, tokens, lengths, seed=8, **kw)
     assert torch.equal(a, b) and torch.equal(a, c) and not torch.equal(a, d)
     seeds = example_seeds(7, 4)
     assert seeds == example_seeds(7, 9)[:4]  # example b's seed does not depend on the batch size
@@ -461,12 +462,12 @@ def test_an_int_seed_is_deterministic_and_means_derived_per_example_seeds(model)
 
 
 def test_bad_seeds_raise_clear_errors(model):
-    x, mask, tokens, lengths = random_batch(2, 8)
+    x, observed, tokens, lengths = random_batch(2, 8)
     for seed, message in [([1, 2, 3], "3 values but the batch has 2"), ([1], "1 values"), (-1, r"\[0, 2\*\*63\)"),
                           ([0, 2**63], r"seed\[1\] must be an int in"), ([0, 1.5], r"seed\[1\]"), (True, "seed must"),
                           ("12", "seed must be an int or a sequence"), (None, "seed must be an int or a sequence")]:
         with pytest.raises(ValueError, match=message):
-            onade.inpaint(model, x, mask, tokens, lengths, seed=seed, steps=2)
+            onade.inpaint(model, x, observed, tokens, lengths, seed=seed, steps=2)
 
 
 # Ops that only make a view (no kernel runs); whether indexing makes one can depend on a shape.
@@ -494,7 +495,7 @@ def test_a_run_launches_the_same_ops_whatever_the_batch_size_and_reads_the_capti
             reads.clear()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 stats = {}
-                onade.inpaint(model, x, center_mask(batch, 8), tokens, lengths, seed=[1] * batch, stats=stats,
+                onade.inpaint(model, x, observed_except_center(batch, 8), tokens, lengths, seed=[1] * batch, stats=stats,
                               precision="fp32",
                               strategy=strategy, guidance=2.0, final_temperature=0.2, init="uniform", **fast(strategy))
             ops[batch] = Counter(e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in VIEWS)

@@ -134,12 +134,12 @@ def test_draws_are_a_function_of_the_seed_whether_drawn_ahead_on_a_thread_or_inl
     try:
         for _ in range(5):
             a, b = ahead.next(), inline.next()
-            assert torch.equal(a.mask_BHWC, b.mask_BHWC) and torch.equal(a.kind_B, b.kind_B)
+            assert torch.equal(a.observed_BHWC, b.observed_BHWC) and torch.equal(a.kind_B, b.kind_B)
             assert torch.equal(a.drop_B, b.drop_B)
         assert ahead._ahead is not None  # it really drew the next micro-batch's on its thread
     finally:
         ahead.close()
-    assert all(t.device.type == "cpu" for t in (inline.draw().mask_BHWC, inline.draw().kind_B))
+    assert all(t.device.type == "cpu" for t in (inline.draw().observed_BHWC, inline.draw().kind_B))
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: boo
 
     from onade.config import load_config
     from onade.loss import nade_loss
-    from onade.masks import draw_masks
+    from onade.masks import draw_observed
     from onade.model import build_model
     from onade.export_format import DS_TAG
     from ray_jobs.engine import build_engine, deepspeed_config, load_zero_json, split_batch
@@ -49,8 +49,8 @@ def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: boo
     mine = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
 
     def step(i: int) -> float:
-        mask, _ = draw_masks(cfg.masks, GLOBAL_BATCH, SIZE, torch.Generator().manual_seed(100 + i))
-        loss = nade_loss(engine(data[mine], mask[mine], tokens[mine], lengths[mine]), data[mine], mask[mine])
+        observed, _ = draw_observed(cfg.masks, GLOBAL_BATCH, SIZE, torch.Generator().manual_seed(100 + i))
+        loss = nade_loss(engine(data[mine], observed[mine], tokens[mine], lengths[mine]), data[mine], observed[mine])
         engine.backward(loss)
         engine.step()
         total = loss.detach().clone()
