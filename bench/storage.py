@@ -12,7 +12,8 @@ on a real store boto3's figures would be somewhat better than here. Operations (
 - retries: behind tests/fixtures/flaky_s3.py failing 10% of requests with a 500 or 503 (AWS_MAX_ATTEMPTS=10),
   whether each stack finishes reading files (small ones included: a 9-byte DeepSpeed `latest` is smaller
   than the error's XML), writing, and listing, and how many requests it made. `data.storage` is the
-  repository's own API over the stack it chose, with its workarounds.
+  repository's own API over the stack it chose, with its workarounds (its column in the timings too).
+`--own-process` serves from a child process instead, for figures without the shared GIL.
 """
 
 from __future__ import annotations
@@ -51,14 +52,22 @@ def boto3_client():
     return boto3.session.Session().client("s3", config=Config(retries={"mode": mode}))
 
 
-def fill_keys(bucket: str, prefix: str, n: int) -> None:
-    """n one-byte objects, put straight into moto's in-process backend (10k PUTs would take most of the run)."""
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.s3.models import s3_backends
+def fill_keys(s3, prefix: str, n: int) -> None:
+    """n one-byte objects: put straight into moto's backend when it is in this process (10k PUTs would take
+    most of the run), else PUT from a thread pool."""
+    keys = [f"{prefix}/k{i:05d}" for i in range(n)]
+    if s3.pid == os.getpid():
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
 
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    for i in range(n):
-        backend.put_object(bucket, f"{prefix}/k{i:05d}", b"x")
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for k in keys:
+            backend.put_object(s3.bucket, k, b"x")
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: storage.write_bytes_atomic(s3.url(k), b"x"), keys))
 
 
 # ---- the operations, once per stack -------------------------------------------------------------------
@@ -138,15 +147,21 @@ def checkpoint_folder(root: Path) -> Path:
 
 # ---- the run ------------------------------------------------------------------------------------------
 
-def timings(s3, args, work: Path) -> list[tuple[str, float, float]]:
+def s_stream(url):
+    with storage.open_read(url) as f:
+        return sum(len(b) for b in storage.iter_chunks(f, MiB))
+
+
+def timings(s3, args, work: Path) -> list[tuple[str, float, float, float]]:
     c, (fs, _) = boto3_client(), storage.pyarrow_fs(s3.url())
     rows = []
 
     listing = s3.url("list")
-    fill_keys(s3.bucket, "list", args.keys)
+    fill_keys(s3, "list", args.keys)
     assert len(b_list(c, listing)) == len(p_list(fs, listing)) == args.keys
     rows.append((f"list {args.keys} keys", best(lambda: b_list(c, listing), args.repeat),
-                 best(lambda: p_list(fs, listing), args.repeat)))
+                 best(lambda: p_list(fs, listing), args.repeat),
+                 best(lambda: storage.list_files(listing, recursive=True), args.repeat)))
 
     shards = [s3.url("shards", f"shard-{i:06d}.tar") for i in range(args.shards)]
     blob = os.urandom(args.shard_mb * MiB)
@@ -155,16 +170,19 @@ def timings(s3, args, work: Path) -> list[tuple[str, float, float]]:
     assert all(b_read(c, u) == p_read(fs, u) == blob for u in shards[:2])
     rows.append((f"read {args.shards} x {args.shard_mb} MB whole",
                  best(lambda: [b_read(c, u) for u in shards], args.repeat),
-                 best(lambda: [p_read(fs, u) for u in shards], args.repeat)))
+                 best(lambda: [p_read(fs, u) for u in shards], args.repeat),
+                 best(lambda: [storage.read_bytes(u) for u in shards], args.repeat)))
     rows.append((f"read {args.shards} x {args.shard_mb} MB streamed (1 MiB reads)",
                  best(lambda: [b_stream(c, u) for u in shards], args.repeat),
-                 best(lambda: [p_stream(fs, u) for u in shards], args.repeat)))
+                 best(lambda: [p_stream(fs, u) for u in shards], args.repeat),
+                 best(lambda: [s_stream(u) for u in shards], args.repeat)))
 
     ckpt = checkpoint_folder(work / "ckpt")
     n = iter(range(1000))
     rows.append(("write a checkpoint folder (50 MB + 4 small files)",
                  best(lambda: b_write_dir(c, ckpt, s3.url("ckpt-b", str(next(n)))), args.repeat),
-                 best(lambda: p_write_dir(fs, ckpt, s3.url("ckpt-p", str(next(n)))), args.repeat)))
+                 best(lambda: p_write_dir(fs, ckpt, s3.url("ckpt-p", str(next(n)))), args.repeat),
+                 best(lambda: storage.upload_dir(ckpt, s3.url("ckpt-s", str(next(n)))), args.repeat)))
     return rows
 
 
@@ -218,15 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="1k keys, 4 shards, one repeat")
+    p.add_argument("--own-process", action="store_true",
+                   help="the server in a child process: no GIL shared with the clients (10k keys PUT one by one)")
     args = p.parse_args(argv)
     if args.quick:
         args.keys, args.shards, args.repeat = 1000, 4, 1
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp, local_s3_server("bench-storage") as s3:
+    with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp, local_s3_server("bench-storage", own_process=args.own_process) as s3:
         rows = timings(s3, args, Path(tmp))
-        print(f"{'operation':<52} {'boto3 s':>8} {'pyarrow s':>9} {'pyarrow/boto3':>13}")
-        for op, b, a in rows:
-            print(f"{op:<52} {b:8.3f} {a:9.3f} {a / b:13.2f}", flush=True)
+        print(f"{'operation':<52} {'boto3 s':>8} {'pyarrow s':>9} {'storage s':>9} {'pyarrow/boto3':>13} "
+              f"{'storage/boto3':>13}")
+        for op, b, a, st in rows:
+            print(f"{op:<52} {b:8.3f} {a:9.3f} {st:9.3f} {a / b:13.2f} {st / b:13.2f}", flush=True)
         print("\nretries: 10% of requests answered 500/503 by tests/fixtures/flaky_s3.py, AWS_MAX_ATTEMPTS=10")
         for op, name, outcome in under_faults(s3, args):
             print(f"{op:<30} {name:<13} {outcome}", flush=True)

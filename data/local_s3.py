@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 # Dummy credentials: moto accepts any, and fixed values keep runs reproducible.
 ENV = {
@@ -36,7 +38,7 @@ _CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPO
 class LocalS3:
     endpoint_url: str
     bucket: str
-    pid: int  # the process serving it: this one, or the child of `own_process=True`
+    pid: int  # the process serving it: this one, or the child of own_process=True
 
     def url(self, *parts: str) -> str:
         """`s3://<bucket>/<parts joined by />`."""
@@ -63,31 +65,25 @@ def _threaded_server() -> Iterator[str]:
         server.stop()
 
 
-def _serve(conn) -> None:
-    """A child process's body for own_process=True: serve until the parent closes its end of `conn`."""
-    with _threaded_server() as url:
-        conn.send(url)
-        with contextlib.suppress(EOFError):
-            conn.recv()
-
-
 @contextlib.contextmanager
 def _server_process() -> Iterator[tuple[str, int]]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="moto-s3")
-    proc.start()
-    child.close()
+    """The same server in a child process (`python -m data.local_s3`): it prints its URL, and serves until its
+    stdin closes, so it also ends when this process dies."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "data.local_s3"], cwd=root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
-        if not parent.poll(60):
-            raise RuntimeError("moto S3 server process did not start within 60 s")
-        yield parent.recv(), proc.pid
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"moto S3 server process did not start (exit code {proc.poll()})")
+        yield url, proc.pid
     finally:
-        parent.close()  # the child's recv() ends, and so does its server
-        proc.join(10)
-        if proc.is_alive():
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.join()
+            proc.wait()
 
 
 @contextlib.contextmanager
@@ -133,5 +129,10 @@ def local_s3_server(bucket: str = "onade", *, own_process: bool = False) -> Iter
         storage.create_bucket(f"s3://{bucket}")
         yield LocalS3(endpoint_url=url, bucket=bucket, pid=pid)
 
+
+if __name__ == "__main__":  # the child of local_s3_server(own_process=True)
+    with _threaded_server() as served:
+        print(served, flush=True)
+        sys.stdin.read()
 
 __all__ = ["LocalS3", "local_s3_server", "aws_env", "patched_environ", "ENV"]
