@@ -5,7 +5,7 @@ sampling plans its passes with.
 Loading never unpickles anything and needs neither DeepSpeed nor Ray. A local directory is read here; an
 `s3://` one is fetched by the repository's one S3 module, `data.storage` (endpoint, credentials and retries
 from the standard AWS configuration), which a job running from the repository root has on its path. The
-`onade` library alone never imports boto3: download the folder first (`aws s3 cp --recursive`).
+`onade` library alone never imports an S3 client: download the folder first (`aws s3 cp --recursive`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _s3_storage(url: str):
     try:
         from data import storage
     except ImportError:
-        raise ValueError(f"loading {url} needs the repository's data.storage (boto3, pyarrow): run from the "
+        raise ValueError(f"loading {url} needs the repository's data.storage (pyarrow): run from the "
                          f"repository root with onade[jobs] installed, or download the folder first (aws s3 cp "
                          f"--recursive {url} ckpt/) and load ckpt/") from None
     return storage
