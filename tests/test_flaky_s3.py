@@ -101,7 +101,7 @@ def test_retry_mode_defaults_to_standard_unless_the_user_sets_one(monkeypatch, t
     assert fs.region == "eu-west-3"
 
 
-def test_an_s3_write_is_one_put_or_one_multipart_upload(flaky_s3_endpoint, monkeypatch):
+def test_an_s3_write_is_one_put_or_one_multipart_upload(flaky_s3_endpoint):
     """S3 makes a PUT, and a multipart upload once completed, visible whole: no temporary key, copy or delete."""
     flaky = flaky_s3_endpoint
     url = flaky.url("direct/small.bin")

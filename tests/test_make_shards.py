@@ -354,7 +354,7 @@ def test_s3_errors_name_the_problem_without_credentials(src, s3_server, capsys, 
     assert not any(s in e for s in S3_ENV.values() if "secret" in s or "key" in s for e in (err, err2))
 
 
-def test_large_objects_are_uploaded_in_parts(s3_prefix, monkeypatch):
+def test_large_objects_are_uploaded_in_parts(s3_prefix):
     from tests.fixtures.s3 import s3_client
 
     # pyarrow uploads parts of 10 MiB
@@ -366,3 +366,25 @@ def test_large_objects_are_uploaded_in_parts(s3_prefix, monkeypatch):
     assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts
     assert storage.read_bytes(url) == data
     assert storage.list_files(s3_prefix) == [url]  # written in place: no other key
+
+
+def test_an_s3_write_whose_source_fails_leaves_no_partial_object(s3_prefix):
+    """pyarrow cannot abort an upload (closing completes it), so storage deletes what a failed write completed."""
+    class Failing(io.RawIOBase):
+        def __init__(self):
+            self.sent = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            if self.sent >= 12 * 1024 * 1024:  # past one 10 MiB part: a multipart upload is under way
+                raise OSError("disk gone")
+            b[:] = bytes(len(b))
+            self.sent += len(b)
+            return len(b)
+
+    url = storage.join(s3_prefix, "cut.tar")
+    with pytest.raises(OSError, match="disk gone"):
+        storage.write_file_atomic(url, Failing())
+    assert storage.list_files(s3_prefix) == []
