@@ -193,8 +193,9 @@ def storage_error(e: BaseException, url: str, action: str) -> StorageError:
     """Translate a pyarrow failure into a message a user can act on (no credentials in it)."""
     where = f"{action} {url} (endpoint {endpoint_url()})"
     code = error_code(e)
-    if isinstance(e, FileNotFoundError):
-        return StorageError(f"cannot {where}: no such object")
+    if isinstance(e, FileNotFoundError):  # pyarrow says the same for a missing bucket: tell them apart
+        return StorageError(f"cannot {where}: " + ("no such object" if _bucket_exists(url) else
+                                                    "the bucket does not exist; create it or fix the URL"))
     if code == "NO_SUCH_BUCKET":
         return StorageError(f"cannot {where}: the bucket does not exist; create it or fix the URL")
     if code in ("NETWORK_CONNECTION", "REQUEST_TIMEOUT"):
@@ -208,6 +209,16 @@ def storage_error(e: BaseException, url: str, action: str) -> StorageError:
                             "and the bucket policy")
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     return StorageError(f"cannot {where}: S3 error {code or type(e).__name__}: {first}")
+
+
+def _bucket_exists(url: str) -> bool:
+    import pyarrow.fs as pafs
+
+    bucket = url[len("s3://"):].partition("/")[0]
+    try:
+        return s3_filesystem().get_file_info(bucket).type != pafs.FileType.NotFound
+    except failures():
+        return True  # unknown: say what pyarrow said
 
 
 def _other_credentials() -> bool:

@@ -388,3 +388,25 @@ def test_an_s3_write_whose_source_fails_leaves_no_partial_object(s3_prefix):
     with pytest.raises(OSError, match="disk gone"):
         storage.write_file_atomic(url, Failing())
     assert storage.list_files(s3_prefix) == []
+
+
+def test_s3_errors_say_what_to_fix(s3_server, monkeypatch):
+    """pyarrow's errors, translated in one place (data.s3_fs.storage_error): a missing bucket or object, and the
+    denials a store answers (moto accepts any key, so those messages are pyarrow's own text)."""
+    from data import s3_fs
+
+    with pytest.raises(storage.StorageError, match="bucket does not exist"):
+        storage.read_bytes("s3://no-such-bucket-here/x")
+    with pytest.raises(storage.StorageError, match="no such object"):
+        storage.read_bytes(s3_server.url("nothing-here"))
+    denied = OSError("When reading information for key 'k' in bucket 'b': AWS Error ACCESS_DENIED during "
+                     "HeadObject operation: No response body.")
+    assert "access denied (ACCESS_DENIED)" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))
+    forbidden = OSError("AWS Error UNKNOWN (HTTP status 403) during GetObject operation: No response body.")
+    assert "access denied (HTTP 403)" in str(s3_fs.storage_error(forbidden, "s3://b/k", "read"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert "no AWS credentials found" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))
