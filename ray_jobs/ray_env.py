@@ -53,7 +53,8 @@ def state_api_options(host: str = "127.0.0.1") -> dict:
             "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{host}:{port}"}}}
 
 
-def free_port(host: str = "127.0.0.1", first: int | None = None, tries: int = 50, avoid: range = range(0)) -> int:
+def free_port(host: str = "127.0.0.1", first: int | None = None, tries: int = 50,
+              avoid: range = range(0)) -> int:
     """A port `host` can bind: the first free one from `first` on (tested as Ray tests its dashboard port), or
     with no `first`, one the OS picks, outside `avoid` (e.g. Ray's worker port range, where Ray refuses a
     component's port). The port is free when tested; a caller binds it soon after."""
