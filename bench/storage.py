@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.keys, args.shards, args.repeat = 1000, 4, 1
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp, local_s3_server("bench-storage", own_process=args.own_process) as s3:
+    with (tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp,
+          local_s3_server("bench-storage", own_process=args.own_process) as s3):
         rows = timings(s3, args, Path(tmp))
         print(f"{'operation':<52} {'boto3 s':>8} {'pyarrow s':>9} {'storage s':>9} {'pyarrow/boto3':>13} "
               f"{'storage/boto3':>13}")
