@@ -107,7 +107,7 @@ def single_process_loop(urls: list[str], tok, size: int, max_tokens: int,
     import webdataset as wds
     from PIL import Image
 
-    # webdataset has no S3 opener of its own (it shells out to the aws CLI); give it boto3's stream.
+    # webdataset has no S3 opener of its own (it shells out to the aws CLI); give it data.storage's stream.
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = \
         lambda url, mode="rb", bufsize=8192, **kw: storage.open_read(url)
     rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def compare_readers(urls: list[str], cpus: int, rounds: int = 5) -> dict:
 
 
 def tolerant_only(work: Path, args) -> int:
-    with local_s3_server("onade-bench") as s3:
+    with local_s3_server("onade-bench", own_process=True) as s3:
         images = str(work / "images")
         write_synthetic(images, args.num, image_size=args.image_size, seed=0)
         prefix, local = s3.url("shards"), str(work / "local_shards")
@@ -282,7 +282,7 @@ def run(work: Path, argv: list[str] | None) -> int:
     cpus = args.cpus or os.cpu_count()
     results: dict = {"num": args.num, "image_size": args.image_size, "cpus": cpus,
                      "load_average_before": os.getloadavg()}
-    with local_s3_server("onade-bench") as s3:
+    with local_s3_server("onade-bench", own_process=True) as s3:
         images = str(work / "images")
         t = time.perf_counter()
         write_synthetic(images, args.num, image_size=args.image_size, seed=0)

@@ -79,9 +79,10 @@ def check_precision(checks: Checks, args, device: torch.device) -> None:
     import torch.distributed as dist
 
     from onade.precision import resolve_precision
+    from ray_jobs.ray_env import free_port
 
     checks.add("precision auto", True, f"resolves to {resolve_precision('auto', device)} on {describe(device)}")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     try:
@@ -275,10 +276,6 @@ def describe(device: torch.device) -> str:
     return "CPU"
 
 
-def _free_port() -> int:
-    from data.local_s3 import free_port
-
-    return free_port()
 
 
 def build_shards(root: Path, num: int, seed: int) -> str:

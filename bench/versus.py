@@ -59,7 +59,7 @@ def measure_step(presets: list[str], reps: int, batch: int) -> dict[str, float]:
     import torch
     import torch.distributed as dist
 
-    from data.local_s3 import free_port
+    from ray_jobs.ray_env import free_port
     from onade.config import load_config
     from onade.model import build_model
     from onade.precision import resolve_precision

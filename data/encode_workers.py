@@ -57,7 +57,7 @@ def ordered_map(fn: Callable, tasks: Iterable, workers: int, max_pending: int) -
         for t in tasks:
             yield fn(t)
         return
-    # forkserver: workers do not inherit the parent's threads (boto3's) or open sockets.
+    # forkserver: workers do not inherit the parent's threads (the S3 client's) or open sockets.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["data.encode_workers"])
     with ctx.Pool(workers) as pool:

@@ -1,25 +1,26 @@
-"""A real S3 endpoint on 127.0.0.1 for tests, benchmarks and `make demo`: moto's server in a subprocess.
+"""A real S3 endpoint on 127.0.0.1 for tests, benchmarks and `make demo`: moto's ThreadedMotoServer.
 
     with local_s3_server("onade") as s3:      # sets AWS_* in os.environ, restores them on exit
         make_shards(["demo_images", s3.url("shards")])
 
-The server speaks the S3 REST API over HTTP, so boto3, pyarrow and Ray workers started inside the
-`with` block (they inherit os.environ) talk to it exactly as they would to AWS or MinIO.
-Everything is in the server's memory and disappears when it stops.
+The server speaks the S3 REST API over HTTP, so pyarrow in this process and in Ray workers started inside the
+`with` block (they inherit os.environ) talk to it exactly as they would to AWS or MinIO. It runs in a thread
+of this process (port chosen by the OS when it binds: nothing to probe), so it lives as long as the `with`
+block, and a driver's Ray workers and `ray job submit` jobs reach it while the driver runs. Everything is in
+the server's memory and is dropped when it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 # Dummy credentials: moto accepts any, and fixed values keep runs reproducible.
 ENV = {
@@ -29,7 +30,7 @@ ENV = {
     # pyarrow's AWS SDK otherwise probes the EC2 metadata service for a region/credentials.
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-# Variables that would point boto3 elsewhere (a profile, a session token) are removed while the server runs.
+# Variables that would point the client elsewhere (a profile, a session token) are removed while the server runs.
 _CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION")
 
 
@@ -37,7 +38,7 @@ _CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPO
 class LocalS3:
     endpoint_url: str
     bucket: str
-    pid: int
+    pid: int  # the process serving it: this one, or the child of own_process=True
 
     def url(self, *parts: str) -> str:
         """`s3://<bucket>/<parts joined by />`."""
@@ -45,55 +46,44 @@ class LocalS3:
         return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def _threaded_server() -> Iterator[str]:
+    """moto's server in a thread of this process; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    try:
+        yield url
+    finally:
+        # moto's backends are per process, not per server: empty them, so that the memory goes with the server.
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST"), timeout=10)
+        server.stop()
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True  # the server answered, even if not with 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            time.sleep(0.1)
-    return False
-
-
-def start_server(timeout: float = 30.0, attempts: int = 3) -> tuple[subprocess.Popen, str]:
-    """Start moto's S3 server on a free 127.0.0.1 port; returns (process, endpoint URL)."""
-    last = ""
-    for _ in range(attempts):
-        port = free_port()
-        env = {**os.environ, **ENV}
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        url = f"http://127.0.0.1:{port}"
-        if _wait_until_up(url, proc, timeout):
-            # Nothing reads stderr from here on; discard it so a chatty server never blocks on a full pipe.
-            proc.stderr.close()
-            proc.stderr = None
-            return proc, url
-        # The port may have been taken between free_port() and the bind: try another one.
-        stop_server(proc)
-        last = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-    raise RuntimeError(f"moto S3 server did not start after {attempts} attempts: {last}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+@contextlib.contextmanager
+def _server_process() -> Iterator[tuple[str, int]]:
+    """The same server in a child process (`python -m data.local_s3`): it prints its URL, and serves until its
+    stdin closes, so it also ends when this process dies."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "data.local_s3"], cwd=root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"moto S3 server process did not start (exit code {proc.poll()})")
+        yield url, proc.pid
+    finally:
+        proc.stdin.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=10)
+            proc.wait()
 
 
 @contextlib.contextmanager
@@ -123,18 +113,26 @@ def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def local_s3_server(bucket: str = "onade") -> Iterator[LocalS3]:
-    """Run a moto S3 server with `bucket` created and the AWS environment pointing at it."""
-    proc, url = start_server()
-    try:
-        with aws_env(url):
-            from data import storage
+def local_s3_server(bucket: str = "onade", *, own_process: bool = False) -> Iterator[LocalS3]:
+    """Run a moto S3 server with `bucket` created and the AWS environment pointing at it.
 
-            storage.s3_client().create_bucket(Bucket=bucket)
-            yield LocalS3(endpoint_url=url, bucket=bucket, pid=proc.pid)
-    finally:
-        stop_server(proc)
+    own_process: serve from a child process rather than a thread here, for a benchmark that must not count
+    the server's CPU as its own or share its GIL with it."""
+    with contextlib.ExitStack() as stack:
+        if own_process:
+            url, pid = stack.enter_context(_server_process())
+        else:
+            url, pid = stack.enter_context(_threaded_server()), os.getpid()
+        stack.enter_context(aws_env(url))
+        from data import storage
+
+        storage.create_bucket(f"s3://{bucket}")
+        yield LocalS3(endpoint_url=url, bucket=bucket, pid=pid)
 
 
-__all__ = ["LocalS3", "local_s3_server", "start_server", "stop_server", "aws_env", "patched_environ", "free_port",
-           "ENV"]
+if __name__ == "__main__":  # the child of local_s3_server(own_process=True)
+    with _threaded_server() as served:
+        print(served, flush=True)
+        sys.stdin.read()
+
+__all__ = ["LocalS3", "local_s3_server", "aws_env", "patched_environ", "ENV"]

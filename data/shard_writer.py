@@ -88,7 +88,7 @@ class ShardWriter:
             reused = storage.sha256_of(url) == sha
             if not reused:
                 buf.seek(0)
-                storage.write_file_atomic(url, buf, metadata={"sha256": sha})
+                storage.write_file_atomic(url, buf)
             self.records.append(ShardRecord(name, count, sha, size, reused))
         finally:
             buf.close()

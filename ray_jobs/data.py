@@ -15,7 +15,7 @@ samples/s; exits 1 if a shard is unreadable):
 
 A spec is a folder or s3:// prefix (its manifest.json if any), a manifest, shard URLs, a brace
 pattern (expanded here: Ray's reader does not) or a comma list of those. S3 access uses a pyarrow
-filesystem built from the same AWS settings as boto3 (AWS_ENDPOINT_URL included).
+filesystem built by data.storage from the standard AWS settings (AWS_ENDPOINT_URL included).
 Training takes a random crop (when shards are larger than `image_size`), a random horizontal flip
 and a random caption among a sample's captions; validation takes the centre, no flip and the first
 caption, so the same sample always gives the same row. Samples that cannot be decoded or have no

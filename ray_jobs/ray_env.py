@@ -55,17 +55,24 @@ def state_api_options(host: str = "127.0.0.1") -> dict:
             "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{host}:{port}"}}}
 
 
-def free_port(host: str, first: int, tries: int = 50) -> int:
-    """The first port from `first` on that `host` can bind (tested as Ray tests its dashboard port)."""
-    for port in range(first, first + tries):
+def free_port(host: str = "127.0.0.1", first: int | None = None, tries: int = 50,
+              avoid: range = range(0)) -> int:
+    """A port `host` can bind: the first free one from `first` on (tested as Ray tests its dashboard port), or
+    with no `first`, one the OS picks, outside `avoid` (e.g. Ray's worker port range, where Ray refuses a
+    component's port). The port is free when tested; a caller binds it soon after."""
+    ports = range(first, first + tries) if first is not None else (0,) * tries
+    for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            port = s.getsockname()[1]
+        if port not in avoid:
             return port
-    raise RuntimeError(f"no free port on {host} in {first}-{first + tries - 1} for Ray's dashboard")
+    where = f"in {first}-{first + tries - 1}" if first is not None else f"outside {avoid} after {tries} tries"
+    raise RuntimeError(f"no free port on {host} {where}")
 
 
 def train_log_level(level: str = TRAIN_LOG_LEVEL) -> None:

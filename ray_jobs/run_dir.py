@@ -3,8 +3,8 @@ ranks a `NullRunDir` whose methods do nothing (DiT's no-op logger).
 
 STORAGE/RUN/ receives `metrics.jsonl` (one JSON object per line: metrics with "step", or events with
 "event"), TensorBoard event files under `tb/`, and PNG grids under `samples/`. Files are written to a local
-folder and copied to the storage filesystem (local or S3, the same pyarrow filesystem Ray Train stores
-checkpoints with) at every `sync()`, so an S3 run directory needs no credentials beyond Ray's own.
+folder and copied to the storage filesystem (local or S3: the pyarrow filesystem Ray Train stores checkpoints
+with, through data.storage) at every `sync()`, so an S3 run directory needs no credentials beyond Ray's own.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from data import storage
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -36,10 +38,8 @@ class NullRunDir:
 class RunDir(NullRunDir):
     def __init__(self, filesystem, path: str):
         """`filesystem` is a pyarrow FileSystem and `path` the run directory inside it."""
-        import pyarrow.fs as pafs
-
         self.fs, self.path = filesystem, path.rstrip("/")
-        self._local_fs = isinstance(filesystem, pafs.LocalFileSystem)
+        self._local_fs = storage.is_local_fs(filesystem)
         self.local = Path(self.path) if self._local_fs else Path(tempfile.mkdtemp(prefix="onade_run_"))
         self.local.mkdir(parents=True, exist_ok=True)
         if not self._local_fs:
@@ -96,10 +96,8 @@ class RunDir(NullRunDir):
             if p.is_file():
                 self._dirty.add(str(p.relative_to(self.local)))
         for rel in sorted(self._dirty):
-            dst = f"{self.path}/{rel}"
-            self.fs.create_dir(dst.rpartition("/")[0], recursive=True)
-            with open(self.local / rel, "rb") as src, self.fs.open_output_stream(dst) as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            with open(self.local / rel, "rb") as src:
+                storage.fs_write_from(self.fs, f"{self.path}/{rel}", src)
         self._dirty = {METRICS_FILE}
 
     def close(self) -> None:
@@ -110,13 +108,8 @@ class RunDir(NullRunDir):
             shutil.rmtree(self.local, ignore_errors=True)
 
     def _fetch(self, rel: str) -> None:
-        import pyarrow.fs as pafs
-
-        src = f"{self.path}/{rel}"
-        if self.fs.get_file_info(src).type != pafs.FileType.File:
-            return
-        with self.fs.open_input_stream(src) as f, open(self.local / rel, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
+        with open(self.local / rel, "wb") as out:
+            storage.fs_read_into(self.fs, f"{self.path}/{rel}", out)
 
 
 def _last_step(path: Path) -> int | None:

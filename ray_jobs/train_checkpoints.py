@@ -62,24 +62,16 @@ def run_url(storage_url: str, name: str) -> str:
 def list_checkpoints(run: str) -> list[tuple[int, str]]:
     """(step, url) of every complete checkpoint of a run, oldest first: its state file names the world size
     that wrote it, and every one of those ranks' optimizer files is there."""
-    import pyarrow.fs as pafs
-
     fs, path = storage.pyarrow_fs(run)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
     out = []
-    for info in fs.get_file_info(pafs.FileSelector(path)):
-        m = CHECKPOINT_RE.match(info.base_name)
-        if not m or info.type != pafs.FileType.Directory:
+    for name in storage.fs_list(fs, path, dirs=True):
+        m = CHECKPOINT_RE.match(name)
+        if not m or not storage.fs_is_file(fs, f"{path}/{name}/{STATE_FILE}"):
             continue
-        state_path = f"{info.path}/{STATE_FILE}"
-        if fs.get_file_info(state_path).type != pafs.FileType.File:
-            continue
-        # Read by boto3: pyarrow does not retry a 500/503 to a file this small (storage.download_from_fs).
-        world_size = read_train_state(storage.join(run, info.base_name)).world_size
-        have = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{info.path}/{DS_TAG}", allow_not_found=True))}
+        world_size = read_train_state(storage.join(run, name)).world_size
+        have = set(storage.fs_list(fs, f"{path}/{name}/{DS_TAG}"))
         if all(deepspeed_optim_file(r) in have for r in range(world_size)):
-            out.append((int(m.group(1)), storage.join(run, info.base_name)))
+            out.append((int(m.group(1)), storage.join(run, name)))
     return sorted(out)
 
 

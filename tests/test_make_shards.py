@@ -332,7 +332,7 @@ def test_s3_rerun_replaces_bad_shards(src, s3_prefix):
     good = storage.read_bytes(storage.join(s3_prefix, "shard-000000.tar"))
     # What an interrupted run could leave (S3 objects are written whole, so no partial ones): a shard from a
     # different earlier build, whose content no longer matches, and no manifest.
-    storage.write_bytes_atomic(storage.join(s3_prefix, "shard-000000.tar"), b"stale", {"sha256": "0" * 64})
+    storage.write_bytes_atomic(storage.join(s3_prefix, "shard-000000.tar"), b"stale")
     storage.delete(storage.join(s3_prefix, "manifest.json"))
     again = make_shards(small, s3_prefix, image_size=16, shard_size=1, workers=1, progress=False)
     assert again.num_reused == 0
@@ -356,13 +356,59 @@ def test_s3_errors_name_the_problem_without_credentials(src, s3_server, capsys, 
     assert not any(s in e for s in S3_ENV.values() if "secret" in s or "key" in s for e in (err, err2))
 
 
-def test_large_objects_are_uploaded_in_parts(s3_prefix, monkeypatch):
-    monkeypatch.setattr(storage, "MULTIPART_CHUNK", 5 * 1024 * 1024)  # S3's minimum part size
-    data = np.random.default_rng(0).integers(0, 256, 11 * 1024 * 1024, dtype=np.uint8).tobytes()
+def test_large_objects_are_uploaded_in_parts(s3_prefix):
+    from tests.fixtures.s3 import s3_client
+
+    # pyarrow uploads parts of 10 MiB
+    data = np.random.default_rng(0).integers(0, 256, 21 * 1024 * 1024, dtype=np.uint8).tobytes()
     url = storage.join(s3_prefix, "big.tar")
-    storage.write_bytes_atomic(url, data, {"sha256": "x"})
+    storage.write_bytes_atomic(url, data)
     bucket, key = storage.split_s3(url)
-    head = storage.s3_client().head_object(Bucket=bucket, Key=key)
+    head = s3_client().head_object(Bucket=bucket, Key=key)
     assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts
-    assert storage.read_bytes(url) == data and head["Metadata"] == {"sha256": "x"}
+    assert storage.read_bytes(url) == data
     assert storage.list_files(s3_prefix) == [url]  # written in place: no other key
+
+
+def test_an_s3_write_whose_source_fails_leaves_no_partial_object(s3_prefix):
+    """pyarrow cannot abort an upload (closing completes it), so storage deletes what a failed write completed."""
+    class Failing(io.RawIOBase):
+        def __init__(self):
+            self.sent = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            if self.sent >= 12 * 1024 * 1024:  # past one 10 MiB part: a multipart upload is under way
+                raise OSError("disk gone")
+            b[:] = bytes(len(b))
+            self.sent += len(b)
+            return len(b)
+
+    url = storage.join(s3_prefix, "cut.tar")
+    with pytest.raises(OSError, match="disk gone"):
+        storage.write_file_atomic(url, Failing())
+    assert storage.list_files(s3_prefix) == []
+
+
+def test_s3_errors_say_what_to_fix(s3_server, monkeypatch):
+    """pyarrow's errors, translated in one place (data.s3_fs.storage_error): a missing bucket or object, and the
+    denials a store answers (moto accepts any key, so those messages are pyarrow's own text)."""
+    from data import s3_fs
+
+    with pytest.raises(storage.StorageError, match="bucket does not exist"):
+        storage.read_bytes("s3://no-such-bucket-here/x")
+    with pytest.raises(storage.StorageError, match="no such object"):
+        storage.read_bytes(s3_server.url("nothing-here"))
+    denied = OSError("When reading information for key 'k' in bucket 'b': AWS Error ACCESS_DENIED during "
+                     "HeadObject operation: No response body.")
+    assert "access denied (ACCESS_DENIED)" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))
+    forbidden = OSError("AWS Error UNKNOWN (HTTP status 403) during GetObject operation: No response body.")
+    assert "access denied (HTTP 403)" in str(s3_fs.storage_error(forbidden, "s3://b/k", "read"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert "no AWS credentials found" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))

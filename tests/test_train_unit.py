@@ -10,6 +10,7 @@ import torch
 
 from onade.config import ConfigError, load_config
 from ray_jobs import engine as eng
+from ray_jobs.ray_env import free_port
 from ray_jobs.train import main as train_main
 
 
@@ -146,17 +147,13 @@ def test_draws_are_a_function_of_the_seed_whether_drawn_ahead_on_a_thread_or_inl
 def gloo_group():
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    from data.local_s3 import free_port
-
-    return free_port()
 
 
 TINY = ["model.image_size=8", "model.width=16", "model.num_blocks=3", "model.dilations=[1,2,4]", "model.text_dim=16",

@@ -5,21 +5,16 @@ the whole job in test_resume_any_size.py, and the elastic run (tests/test_elasti
 checkpoints 2 -> 1 -> 2 -> 1 workers through the job."""
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
+from ray_jobs.ray_env import free_port
+
 pytestmark = pytest.mark.slow
 
 GLOBAL_BATCH, SIZE = 12, 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, stage: int, folder: str, load: bool, out):
@@ -73,7 +68,7 @@ def _run(world: int, stage: int, folder: Path, load: bool) -> dict:
     import torch.multiprocessing as mp
 
     out = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_worker, args=(world, _free_port(), stage, str(folder), load, out), nprocs=world,
+    mp.start_processes(_worker, args=(world, free_port(), stage, str(folder), load, out), nprocs=world,
                        start_method="spawn", join=True)
     return out.get()
 
