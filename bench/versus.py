@@ -2,12 +2,14 @@
 
     python -m bench.versus --base 1742009 sample       # onade.inpaint images/s per strategy, debug and small
     python -m bench.versus --base 1742009 step         # train_step samples/s through a one-rank ZeRO-2 engine
+    python -m bench.versus --base e48393f data         # make_shards images/s; shard reading + preprocessing rows/s
 
 The base commit is checked out with `git worktree add --detach` into a temporary folder (removed after).
 Each round runs one measuring process per tree, in alternating order, with that tree first on sys.path;
 the best of each tree counts (the least disturbed on a shared machine) and the ratio new / base is printed.
 The measuring code lives here and adapts to the base's API where it differs (train_step before the
-GPU-path rework took the mask config and generators; after it, a DrawStream).
+GPU-path rework took the mask config and generators; after it, a DrawStream; issue 24 renamed
+center_mask, plan_batches and moved free_port).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def measure_sample(presets: list[str], reps: int, batch: int) -> dict[str, float
 
     import onade
     from onade.config import get_preset
-    from onade.masks import observed_except_center
+    try:
+        from onade.masks import observed_except_center
+    except ImportError:  # before issue 24
+        from onade.masks import center_mask as observed_except_center
 
     out = {}
     for preset in presets:
@@ -59,7 +64,10 @@ def measure_step(presets: list[str], reps: int, batch: int) -> dict[str, float]:
     import torch
     import torch.distributed as dist
 
-    from ray_jobs.ray_env import free_port
+    try:
+        from ray_jobs.ray_env import free_port
+    except ImportError:  # before issue 24
+        from data.local_s3 import free_port
     from onade.config import load_config
     from onade.model import build_model
     from onade.precision import resolve_precision
@@ -73,7 +81,8 @@ def measure_step(presets: list[str], reps: int, batch: int) -> dict[str, float]:
     out = {}
     for preset in presets:
         cfg = load_config(preset, sets=[f"data.global_batch_size={batch}"])
-        precision, split = resolve_precision("auto", "cpu"), eng.split_batch(batch, 1)
+        split_batch = getattr(eng, "split_batch", None) or eng.plan_batches  # plan_batches before issue 24
+        precision, split = resolve_precision("auto", "cpu"), split_batch(batch, 1)
         torch.manual_seed(0)
         if drawn:
             from ray_jobs.train_draws import DrawStream
@@ -105,7 +114,37 @@ def measure_step(presets: list[str], reps: int, batch: int) -> dict[str, float]:
     return out
 
 
-MEASURES = {"sample": (measure_sample, 2, 64), "step": (measure_step, 12, 16)}
+def measure_data(presets: list[str], reps: int, images: int) -> dict[str, float]:
+    """make_shards on one worker (decode, crop, encode, tar, tokenizer), then every shard read back through
+    the training reader and preprocessed (decode, crop, flip, tokenize) as a Ray Data batch would be."""
+    import numpy as np
+
+    from data import make_shards, synthetic
+    from ray_jobs import data as rd
+
+    best_write = best_read = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic.write_synthetic(f"{tmp}/src", images, image_size=64, seed=0)
+        for r in range(reps):
+            dest = f"{tmp}/shards{r}"
+            tic = time.perf_counter()
+            make_shards.main([f"{tmp}/src", dest, "--image-size", "32", "--workers", "1", "--shard-size", "250",
+                              "--no-progress"])
+            best_write = max(best_write, images / (time.perf_counter() - tic))
+            tok, rows = rd.tokenizer_for(dest), 0
+            tic = time.perf_counter()
+            for shard in sorted(Path(dest).glob("*.tar")):
+                with open(shard, "rb") as f:
+                    samples = list(rd.iter_tar_rows(f, str(shard)))
+                batch = {k: np.array([s.get(k) for s in samples], dtype=object)
+                         for k in ("__key__", "__url__", "png", "txt")}
+                out = rd.preprocess_batch(batch, image_size=32, max_tokens=32, tokenizer=tok, train=True)
+                rows += len(out["image"])
+            best_read = max(best_read, rows / (time.perf_counter() - tic))
+    return {"make_shards images/s": best_write, "read + preprocess rows/s": best_read}
+
+
+MEASURES = {"sample": (measure_sample, 2, 64), "step": (measure_step, 12, 16), "data": (measure_data, 2, 2000)}
 
 
 def run_tree(tree: Path, what: str, presets: str) -> dict[str, float]:

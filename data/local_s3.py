@@ -46,22 +46,30 @@ class LocalS3:
         return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
 
 
+_running_here = 0  # threaded servers of this process: they share moto's backends, reset when the last stops
+
+
 @contextlib.contextmanager
 def _threaded_server() -> Iterator[str]:
     """moto's server in a thread of this process; yields its endpoint URL."""
+    global _running_here
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    _running_here += 1
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     try:
         yield url
     finally:
-        # moto's backends are per process, not per server: empty them, so that the memory goes with the server.
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST"), timeout=10)
+        # moto's backends are per process, not per server: the last server to stop empties them, so that the
+        # memory goes with it and another server's buckets stay while it runs.
+        _running_here -= 1
+        if not _running_here:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST"), timeout=10)
         server.stop()
 
 
@@ -131,6 +139,10 @@ def local_s3_server(bucket: str = "onade", *, own_process: bool = False) -> Iter
 
 
 if __name__ == "__main__":  # the child of local_s3_server(own_process=True)
+    import argparse
+
+    about = "Serve S3 on 127.0.0.1 until stdin closes; prints the endpoint URL (local_s3_server(own_process=True))."
+    argparse.ArgumentParser(prog="python -m data.local_s3", description=about).parse_args()
     with _threaded_server() as served:
         print(served, flush=True)
         sys.stdin.read()

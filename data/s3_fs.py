@@ -203,7 +203,8 @@ def storage_error(e: BaseException, url: str, action: str) -> StorageError:
                             "and that the store is running")
     if code in _DENIED or code == "HTTP 403":
         if not _static_credentials(_config()) and not _other_credentials():
-            return StorageError(f"cannot {where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+            return StorageError(f"cannot {where}: access denied ({code}) and no AWS credentials are configured "
+                                "(at most an instance role was tried); set AWS_ACCESS_KEY_ID and "
                                 "AWS_SECRET_ACCESS_KEY or configure a profile (~/.aws/credentials)")
         return StorageError(f"cannot {where}: access denied ({code}); check the AWS credentials "
                             "and the bucket policy")
@@ -222,13 +223,13 @@ def _bucket_exists(url: str) -> bool:
 
 
 def _other_credentials() -> bool:
-    """Whether a credential source that pyarrow's AWS chain resolves by itself is configured."""
+    """Whether a credential source that pyarrow's AWS chain resolves by itself is configured (the instance
+    metadata service is not counted: it is tried everywhere, configured or not)."""
     prof = _config()
     env = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
            "AWS_CONTAINER_CREDENTIALS_FULL_URI")
-    return (any(os.environ.get(k) for k in env) or any(k in prof for k in ("role_arn", "sso_session", "sso_start_url",
-                                                                           "credential_process"))
-            or os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true")
+    return any(os.environ.get(k) for k in env) or any(k in prof for k in ("role_arn", "sso_session", "sso_start_url",
+                                                                          "credential_process"))
 
 
 def failures():

@@ -27,6 +27,7 @@ from data.s3_fs import (RetryingReader, StorageError, TooLarge, endpoint_url, fa
 PARTIAL_SUFFIX = ".partial"
 _CHUNK = 64 * 1024 * 1024  # per ranged GET of a whole-object read, as Ray Train's own checkpoint download
 _STREAM_BUFFER = 8 * 1024 * 1024  # per ranged GET of a sequential read (open_read)
+ONE_PUT_BYTES = 10 * 1024 * 1024  # pyarrow's S3 part size: an object up to this goes up in one PUT
 
 
 # ---- URLs -------------------------------------------------------------------------------------
@@ -226,26 +227,43 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     write_file_atomic(url, io.BytesIO(data))
 
 
+def _read_up_to(f: IO[bytes], size: int) -> bytes:
+    """`size` bytes of `f`, fewer only at its end (a raw stream's read may return less before then)."""
+    parts, got = [], 0
+    while got < size and (part := f.read(size - got)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def write_file_atomic(url: str, fileobj: IO[bytes]) -> None:
     """Write a stream to `url` so that `url` only ever holds complete content.
 
-    On S3 that is the store's own guarantee: a PUT, or a multipart upload once completed (pyarrow uploads
-    parts past 10 MiB), replaces the object whole or not at all, so the object is written directly; a process
-    killed mid-way completes nothing. A local file is written to `<url>.partial-<id>`, synced and renamed over
-    `url`; a crash leaves at most a `.partial-` file, which no reader takes for a shard.
+    On S3 that is the store's own guarantee: a PUT, or a multipart upload once completed, replaces the object
+    whole or not at all, so the object is written directly; a process killed mid-way completes nothing. But
+    pyarrow's output streams cannot abort an upload (closing one, as its destructor also does, completes it),
+    so a source that fails after the stream is open would publish a partial object. A source up to one part
+    (ONE_PUT_BYTES) is therefore read whole before the stream opens: its failure leaves the old object as it
+    was. A larger one that fails mid-way (an interrupt while a spooled shard uploads) has its incomplete
+    object deleted at once, and with it the object it replaced.
+    A local file is written to `<url>.partial-<id>`, synced and renamed over `url`; a crash leaves at most a
+    `.partial-` file, which no reader takes for a shard.
     """
     if not is_s3(url):
         os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
         with _local_atomic(url, fsync=True) as f:
             shutil.copyfileobj(fileobj, f, 1 << 20)
         return
+    head = _read_up_to(fileobj, ONE_PUT_BYTES + 1)
     fs = s3_filesystem()
     try:
         out = fs.open_output_stream(_path(url))
     except failures() as e:
         raise storage_error(e, url, "write") from None
     try:
-        shutil.copyfileobj(fileobj, out, 1 << 20)
+        out.write(head)
+        if len(head) > ONE_PUT_BYTES:
+            shutil.copyfileobj(fileobj, out, 1 << 20)
     except BaseException:
         # pyarrow's output streams have no abort: closing (as their destructor also does) completes the upload
         # with what was written, so the incomplete object is deleted at once.
@@ -364,23 +382,30 @@ def download_from_fs(filesystem, path: str, local: str | os.PathLike) -> list[st
     import pyarrow.fs as pafs
 
     path = path.rstrip("/")
-    info = filesystem.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"{path!r} does not exist in {filesystem.type_name} storage")
-    if info.type == pafs.FileType.File:
-        files = [(info, Path(local))]
-    else:
-        files = [(i, Path(local, *i.path[len(path) + 1:].split("/")))
-                 for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-                 if i.type == pafs.FileType.File]
-    attempts = max_attempts_of(filesystem)
-    out = []
-    for info, dst in sorted(files, key=lambda f: f[0].path):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with filesystem.open_input_file(info.path) as f, _local_atomic(dst) as w:
-            for offset in range(0, info.size, _CHUNK):
-                w.write(read_at(f, min(_CHUNK, info.size - offset), offset, attempts, info.path))
-        out.append(str(dst))
+    local_fs = is_local_fs(filesystem)
+    url = path if local_fs else f"s3://{path}"
+    try:
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{url} does not exist" + ("" if local_fs else f" (endpoint {endpoint_url()})"))
+        if info.type == pafs.FileType.File:
+            files = [(info, Path(local))]
+        else:
+            files = [(i, Path(local, *i.path[len(path) + 1:].split("/")))
+                     for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                     if i.type == pafs.FileType.File]
+        attempts = max_attempts_of(filesystem)
+        out = []
+        for info, dst in sorted(files, key=lambda f: f[0].path):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with filesystem.open_input_file(info.path) as f, _local_atomic(dst) as w:
+                for offset in range(0, info.size, _CHUNK):
+                    w.write(read_at(f, min(_CHUNK, info.size - offset), offset, attempts, info.path))
+            out.append(str(dst))
+    except failures() as e:
+        if local_fs:
+            raise
+        raise storage_error(e, url, "read") from None
     return out
 
 

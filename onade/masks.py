@@ -87,7 +87,7 @@ def observed_except_box(batch: int, image_size: int, x: int, y: int, w: int, h: 
 
 
 def draw_observed(cfg: MaskConfig, batch: int, image_size: int, generator=None,
-               device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                  device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(observed_BHWC, kind_B): a batch of training masks drawn from the mixture in `cfg.weights`, each
     example's own kind (kind_B: its index into MASK_KINDS)."""
     kinds = [k for k in MASK_KINDS if cfg.weights.get(k, 0) > 0]

@@ -98,8 +98,8 @@ class PieceRun:
 
 
 def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor,
-                      tokens_BT: torch.Tensor, lengths_B: torch.Tensor, config: SampleConfig, *, seeds: Sequence[int], max_rows: int | None,
-                      record_every: int = 0, profile=None) -> PieceRun:
+                      tokens_BT: torch.Tensor, lengths_B: torch.Tensor, config: SampleConfig, *, seeds: Sequence[int],
+                      max_rows: int | None, record_every: int = 0, profile=None) -> PieceRun:
     """onade.inpaint over the batch in pieces of at most `max_rows` rows (None: the whole batch at first),
     halving a piece that runs out of memory. `seeds` has one int per example (onade.sampling.example_seeds):
     a piece must not derive its examples' seeds from its own size."""

@@ -89,8 +89,8 @@ def exact_hole_bits(model, x_BHWC, observed_BHWC, tokens_BT, lengths_B, chunk: i
 @torch.no_grad()
 def exact_center_bits(model, x_BHWC, tokens_BT, lengths_B, generator=None, chunk: int = 64) -> float:
     """`exact_hole_bits` over the centre hole (the model should be in eval mode)."""
-    hole_BHWC = observed_except_center(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
-    return exact_hole_bits(model, x_BHWC, hole_BHWC, tokens_BT, lengths_B, chunk, generator)
+    observed_BHWC = observed_except_center(x_BHWC.shape[0], x_BHWC.shape[1], device=x_BHWC.device)
+    return exact_hole_bits(model, x_BHWC, observed_BHWC, tokens_BT, lengths_B, chunk, generator)
 
 
 @torch.no_grad()

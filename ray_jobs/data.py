@@ -47,7 +47,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from data import images, shard_spec, storage
-from data.shard_spec import expand_braces, resolve_shards  # noqa: F401 - re-exported for callers
+from data.shard_spec import resolve_shards
 from data.shard_reader import ShardReader
 from data.untrusted import (DEFAULT_MAX_IMAGE_PIXELS, MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES, UnsafeInput,
                             check_captions, max_image_bytes)

@@ -193,7 +193,7 @@ class Scorer:
         # The costly metrics (the cheap ones came from the first pass), in evaluate's orderings: the budgets
         # share the exact NLL's, so every plan is scored in the same ordering and the one-pass-per-subpixel
         # plan over the centre hole is the exact NLL.
-        hidden_BHWC = ~self.hole_HW[None, :, :, None].expand(*x.shape)
+        observed_BHWC = ~self.hole_HW[None, :, :, None].expand(*x.shape)
         with autocast(self.precision, self.device):
             if self.exact:
                 out[EXACT_CENTER] = np.array([exact_center_bits(
@@ -203,7 +203,7 @@ class Scorer:
                                        torch.Generator().manual_seed(seed + PROFILE_SEED_OFFSET))
                 out[PROFILE] = np.array([profile.bits])
             if self.plans:
-                out[PLAN_BITS] = np.array([[budget_bits(self.model, x, hidden_BHWC, tokens, lengths, plan,
+                out[PLAN_BITS] = np.array([[budget_bits(self.model, x, observed_BHWC, tokens, lengths, plan,
                                                         torch.Generator().manual_seed(seed + EXACT_SEED_OFFSET))
                                             for plan in self.plans]])
         return out

@@ -27,7 +27,8 @@ def init_ray(*, state_api: bool = False) -> str | None:
     - the State API client finds its cluster from RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else by looking for
       a GCS process on the host (get_address_for_submission_client in ray/dashboard/utils.py,
       canonicalize_bootstrap_address_or_die in ray/_private/services.py); with a second Ray on the host it
-      raises "Found multiple active Ray instances", which kills the cleaner's thread with a traceback. So the workers get RAY_API_SERVER_ADDRESS = this Ray's dashboard.
+      raises "Found multiple active Ray instances", which kills the cleaner's thread with a traceback. So the
+      workers get RAY_API_SERVER_ADDRESS = this Ray's dashboard.
     The dashboard costs ~1-2 s of start-up (up to ~5 s on a loaded 2-core machine) and ~11 processes, so
     jobs without Ray Train go without it.
     """

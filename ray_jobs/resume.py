@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from safetensors.torch import load_file
 
 from data import storage
 from onade.config import LAYOUT_KEYS, Config
-from onade.export_format import DS_TAG, EMA_FILE, STATE_FILE
-from ray_jobs.train_checkpoints import TrainState, list_checkpoints, read_config, read_train_state
+from onade.export_format import CONFIG_FILE, DS_TAG, EMA_FILE, STATE_FILE
+from ray_jobs.train_checkpoints import TrainState, list_checkpoints, read_train_state
 
 
 def check_resume(cfg: Config, run: str, workers: tuple[int, int]) -> int:
@@ -39,7 +40,7 @@ def check_resume(cfg: Config, run: str, workers: tuple[int, int]) -> int:
     if not checkpoints:
         return 0
     step, url = checkpoints[-1]
-    changed = model_changes(read_config(url), cfg)
+    changed = model_changes(json.loads(storage.read_bytes(storage.join(url, CONFIG_FILE)))["model"], cfg)
     if changed:
         raise ValueError(f"run {run} already has a checkpoint at step {step} with a different model ({changed}): "
                          "use a new --name, or the same model settings to resume")
@@ -50,10 +51,11 @@ def check_resume(cfg: Config, run: str, workers: tuple[int, int]) -> int:
     return step
 
 
-def model_changes(saved: Config, current: Config) -> list[str]:
-    """The model settings that differ between a checkpoint's config and the run's, layout-only ones aside."""
-    a, b = saved.to_dict()["model"], current.to_dict()["model"]
-    return sorted(k for k in b if k not in LAYOUT_KEYS and _norm(a.get(k)) != _norm(b[k]))
+def model_changes(saved: dict, current: Config) -> list[str]:
+    """The model settings that differ between a checkpoint's model section (as saved: a key this code no
+    longer knows, or one the checkpoint predates, is not compared) and the run's, layout-only ones aside."""
+    now = current.to_dict()["model"]
+    return sorted(k for k in now if k in saved and k not in LAYOUT_KEYS and _norm(saved[k]) != _norm(now[k]))
 
 
 def _norm(v):

@@ -11,7 +11,7 @@ The export (`export_checkpoint`, `python -m ray_jobs.train --export-only`) is on
 (onade.save_checkpoint): loadable with `onade.load_checkpoint` without DeepSpeed or Ray and without
 unpickling. It ships the EMA by default (`weights="raw"` for the trained weights, consolidated from the
 ZeRO partitions by DeepSpeed's zero_to_fp32); the profile goes only with the weights it was measured on.
-Every job (evaluate, inpaint, the gallery) loads an export, local or on S3, with `load_export`.
+Every job (evaluate, inpaint) loads an export, local or on S3, with `load_export`.
 """
 
 from __future__ import annotations

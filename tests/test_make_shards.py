@@ -370,26 +370,38 @@ def test_large_objects_are_uploaded_in_parts(s3_prefix):
     assert storage.list_files(s3_prefix) == [url]  # written in place: no other key
 
 
+class FailingSource(io.RawIOBase):
+    def __init__(self, fail_at: int):
+        self.sent, self.fail_at = 0, fail_at
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self.sent >= self.fail_at:
+            raise OSError("disk gone")
+        n = min(len(b), self.fail_at - self.sent)
+        b[:n] = bytes(n)
+        self.sent += n
+        return n
+
+
 def test_an_s3_write_whose_source_fails_leaves_no_partial_object(s3_prefix):
     """pyarrow cannot abort an upload (closing completes it), so storage deletes what a failed write completed."""
-    class Failing(io.RawIOBase):
-        def __init__(self):
-            self.sent = 0
-
-        def readable(self):
-            return True
-
-        def readinto(self, b):
-            if self.sent >= 12 * 1024 * 1024:  # past one 10 MiB part: a multipart upload is under way
-                raise OSError("disk gone")
-            b[:] = bytes(len(b))
-            self.sent += len(b)
-            return len(b)
-
     url = storage.join(s3_prefix, "cut.tar")
-    with pytest.raises(OSError, match="disk gone"):
-        storage.write_file_atomic(url, Failing())
+    with pytest.raises(OSError, match="disk gone"):  # past one 10 MiB part: a multipart upload is under way
+        storage.write_file_atomic(url, FailingSource(12 * 1024 * 1024))
     assert storage.list_files(s3_prefix) == []
+
+
+def test_a_failed_overwrite_of_up_to_one_part_keeps_the_old_object(s3_prefix):
+    """A source that fails within one part fails before the upload starts: the object it would replace stays."""
+    url = storage.join(s3_prefix, "results.jsonl")
+    storage.write_bytes_atomic(url, b"the old results\n")
+    for fail_at in (0, 1 << 20, storage.ONE_PUT_BYTES):
+        with pytest.raises(OSError, match="disk gone"):
+            storage.write_file_atomic(url, FailingSource(fail_at))
+        assert storage.read_bytes(url) == b"the old results\n"
 
 
 def test_s3_errors_say_what_to_fix(s3_server, monkeypatch):
@@ -410,5 +422,5 @@ def test_s3_errors_say_what_to_fix(s3_server, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    assert "no AWS credentials found" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")  # an instance role may be tried: it configures nothing
+    assert "no AWS credentials are configured" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))

@@ -69,7 +69,7 @@ def test_center_is_half_the_side():
     assert not m[:, 16:48, 16:48].any() and m[:, :16].all() and m[:, 48:].all()
 
 
-def test_box_mask_rejects_boxes_outside_the_image():
+def test_observed_except_box_rejects_boxes_outside_the_image():
     with pytest.raises(ValueError, match="does not fit"):
         observed_except_box(1, 8, 6, 0, 4, 2)
 
