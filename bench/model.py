@@ -1,7 +1,7 @@
 """Forward+backward samples/s of two variants of the network, same body and batch: the embedding input vs.
 the seed's one-hot(3x256)+mask input (--compare input), NHWC vs. NCHW activations (--compare layout), or the
-attention mergers through F.scaled_dot_product_attention vs. the softmax attention once written by hand
-(--compare attention; tests/test_model.py keeps that reference).
+attention mergers through F.scaled_dot_product_attention vs. the written-out attention they use
+(--compare attention; tests/test_model.py keeps the SDPA version).
 
     python bench/model.py                       # debug and small presets, CPU
     python bench/model.py --presets base --batch-size 32 --device cuda
@@ -35,11 +35,11 @@ VARIANTS = {"input": {"embedding": dict(input_mode="embedding"), "onehot": dict(
 
 def build_variant(model_cfg, compare: str, variant: str):
     model = build_model(dataclasses.replace(model_cfg, **VARIANTS[compare][variant]))
-    if variant == "hand":
-        from tests.test_model import hand_attention
+    if variant == "sdpa":
+        from tests.test_model import sdpa_attention
 
         for merger in model.mergers.values():
-            merger.forward = functools.partial(hand_attention, merger)
+            merger.forward = functools.partial(sdpa_attention, merger)
     return model
 
 

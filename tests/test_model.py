@@ -1,7 +1,6 @@
-import math
-
 import pytest
 import torch
+import torch.nn.functional as F
 
 import onade
 from onade.caption import AttentionMerger
@@ -139,22 +138,20 @@ def test_activation_checkpointing_keeps_no_rng_state(monkeypatch):
     assert all(p.grad is not None for p in model.blocks.parameters())
 
 
-def hand_attention(merger, f_BCHW, z_BTD, lengths_B):
-    """The merger as it was written by hand before it called F.scaled_dot_product_attention: the reference
-    the library call must reproduce."""
+def sdpa_attention(merger, f_BCHW, z_BTD, lengths_B):
+    """The merger through F.scaled_dot_product_attention (W folded into the query: f^T W z = (W^T f)^T z):
+    the library call the written-out merger must reproduce."""
     B, C, H, W = f_BCHW.shape
     T, G = z_BTD.shape[1], merger.num_heads
     f_BNC = f_BCHW.flatten(2).transpose(1, 2)
     q_BGNd = (f_BNC @ merger.W).view(B, H * W, G, -1).transpose(1, 2)
     k_BGTd = z_BTD.view(B, T, G, -1).transpose(1, 2)
-    score_BGNT = q_BGNd @ k_BGTd.transpose(-1, -2) / math.sqrt(q_BGNd.shape[-1])
-    valid_BT = torch.arange(T, device=z_BTD.device)[None, :] < lengths_B[:, None]
-    has_text_B = lengths_B > 0
-    hide_BT = ~valid_BT & has_text_B[:, None]
-    score_BGNT = score_BGNT.masked_fill(hide_BT[:, None, None, :], float("-inf"))
-    attn_BGNT = torch.softmax(score_BGNT, dim=-1) * has_text_B[:, None, None, None]
     v_BGTc = merger.value(z_BTD).view(B, T, G, -1).transpose(1, 2)
-    out_BNC = (attn_BGNT @ v_BGTc).transpose(1, 2).reshape(B, H * W, C)
+    has_text_B = lengths_B > 0
+    # An empty caption attends to every (padding) state, so no row is fully masked, and is zeroed after.
+    attend_BT = (torch.arange(T, device=z_BTD.device)[None, :] < lengths_B[:, None]) | ~has_text_B[:, None]
+    out_BGNc = F.scaled_dot_product_attention(q_BGNd, k_BGTd, v_BGTc, attn_mask=attend_BT[:, None, None, :])
+    out_BNC = (out_BGNc * has_text_B[:, None, None, None]).transpose(1, 2).reshape(B, H * W, C)
     return f_BCHW + out_BNC.transpose(1, 2).reshape(B, C, H, W)
 
 
@@ -170,11 +167,11 @@ def merger_inputs(lengths, width=16, text_dim=16, num_heads=2, T=6, seed=0):
 
 @pytest.mark.parametrize("lengths", [[3, 6, 1], [1], [0, 4], [0], [1, 1, 6]])  # one token; all but one padding; empty
 @pytest.mark.parametrize("num_heads", [1, 2])
-def test_attention_merger_equals_the_hand_written_attention(lengths, num_heads):
+def test_attention_merger_equals_scaled_dot_product_attention(lengths, num_heads):
     merger, f, z, lengths_B = merger_inputs(lengths, num_heads=num_heads)
     z.requires_grad_(True)
     out = merger(f, z, lengths_B)
-    torch.testing.assert_close(out, hand_attention(merger, f, z, lengths_B), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, sdpa_attention(merger, f, z, lengths_B), rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert torch.isfinite(z.grad).all()
     for b, n in enumerate(lengths):
@@ -196,7 +193,7 @@ def test_attention_merger_under_bf16_autocast():
     merger, f, z, lengths_B = merger_inputs([3, 6, 1, 0])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = merger(f.bfloat16(), z.bfloat16(), lengths_B)
-        ref = hand_attention(merger, f.bfloat16(), z.bfloat16(), lengths_B)
+        ref = sdpa_attention(merger, f.bfloat16(), z.bfloat16(), lengths_B)
     assert out.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=5e-2)
     assert torch.equal(out[3], f[3].bfloat16())
