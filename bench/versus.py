@@ -65,9 +65,9 @@ def measure_step(presets: list[str], reps: int, batch: int) -> dict[str, float]:
     import torch.distributed as dist
 
     try:
+        from data.local_s3 import free_port  # before issue 24 (ray_env then had another free_port)
+    except ImportError:
         from ray_jobs.ray_env import free_port
-    except ImportError:  # before issue 24
-        from data.local_s3 import free_port
     from onade.config import load_config
     from onade.model import build_model
     from onade.precision import resolve_precision

@@ -146,7 +146,7 @@ def export_checkpoint(checkpoint_url: str, out_url: str, weights: str = "ema") -
         if (src / PROFILE_FILE).is_file() and (weights == "ema" or not has_ema):
             profile = LossProfile.from_json((src / PROFILE_FILE).read_bytes())
         cfg.model.activation_checkpointing = False  # a training-only memory trade, useless at inference
-        out = Path(tmp, "export")
+        out = Path(tmp, EXPORT_DIR)
         save_checkpoint(out, model, cfg, tokenizer, profile=profile)
         if storage.is_s3(out_url):
             storage.upload_dir(out, out_url)
