@@ -17,7 +17,6 @@ Every job (evaluate, inpaint) loads an export, local or on S3, with `load_export
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -148,10 +147,7 @@ def export_checkpoint(checkpoint_url: str, out_url: str, weights: str = "ema") -
         cfg.model.activation_checkpointing = False  # a training-only memory trade, useless at inference
         out = Path(tmp, EXPORT_DIR)
         save_checkpoint(out, model, cfg, tokenizer, profile=profile)
-        if storage.is_s3(out_url):
-            storage.upload_dir(out, out_url)
-        else:
-            shutil.copytree(out, out_url, dirs_exist_ok=True)
+        storage.upload_dir(out, out_url)  # local or s3://, each file written whole
     return out_url
 
 
