@@ -28,6 +28,138 @@ MAKE = shutil.which("make")
 needs_make = pytest.mark.skipif(MAKE is None, reason="no make on PATH")
 
 
+# ---------------------------------------------------------------- the Makefile, with stand-ins
+
+
+def script(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def interpreter(bindir: Path, name: str, version: str | None) -> Path:
+    """A stand-in answering the Makefile's version check like Python `version`, or like a pyenv shim of an
+    unselected version (None): 'command not found', exit 127."""
+    if version is None:
+        return script(bindir / name, f'echo "pyenv: {name}: command not found" >&2\nexit 127\n')
+    too_old = tuple(map(int, version.split(".")[:2])) < (3, 11)
+    return script(bindir / name, f"echo {version}\nexit {int(too_old)}\n")
+
+
+def make(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`make ARGS` in tmp_path/project (a copy of the Makefile and what its rules read) with PATH = tmp_path/bin
+    only: no interpreter, nvidia-smi or make variable of this machine or of an outer `make test` leaks in."""
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, project / name)
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for tool in ("date", "touch"):  # the only programs the recipes under test call besides the stand-ins
+        if not (bindir / tool).exists():
+            (bindir / tool).symlink_to(shutil.which(tool))
+    return subprocess.run([MAKE, "--no-print-directory", *args], cwd=project, capture_output=True, text=True,
+                          timeout=60, env={"PATH": str(bindir), **(env or {})})
+
+
+@needs_make
+@pytest.mark.parametrize("given,found", [("python3.10", "Python 3.10.13"), ("nosuchpython", "not found")])
+def test_make_venv_refuses_a_python_older_than_3_11_before_anything_else(tmp_path, given, found):
+    interpreter(tmp_path / "bin", "python3.10", "3.10.13")
+    interpreter(tmp_path / "bin", "python3.12", "3.12.1")  # a good one is there, but PYTHON names another
+    proc = make(tmp_path, "venv", f"PYTHON={given}")
+    assert proc.returncode != 0
+    assert f"error: PYTHON={given} ({found}): onade needs Python >= 3.11" in proc.stderr
+    assert "make venv PYTHON=/path/to/python3.11" in proc.stderr, "the message says how to choose"
+    assert proc.stdout == "", "no later step ran"
+    assert not (tmp_path / "project" / ".venv").exists(), "nothing was created"
+
+
+@needs_make
+def test_without_python_make_tries_each_candidate_and_names_what_it_found(tmp_path):
+    interpreter(tmp_path / "bin", "python3.13", None)  # pyenv shims of versions not selected
+    interpreter(tmp_path / "bin", "python3.12", None)
+    interpreter(tmp_path / "bin", "python3", "3.10.13")
+    proc = make(tmp_path, "venv")
+    assert proc.returncode != 0
+    assert ("onade needs Python >= 3.11 and found none: python3.13 (not found), python3.12 (not found), "
+            "python3.11 (not found), python3 (Python 3.10.13)") in proc.stderr
+    assert "PYTHON=" in proc.stderr
+    assert not (tmp_path / "project" / ".venv").exists()
+
+
+@needs_make
+def test_the_first_candidate_that_runs_and_is_new_enough_is_chosen(tmp_path):
+    interpreter(tmp_path / "bin", "python3.13", None)
+    interpreter(tmp_path / "bin", "python3.12", "3.12.1")
+    interpreter(tmp_path / "bin", "python3.11", "3.11.7")
+    proc = make(tmp_path, "which-python")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("python3.12: ")
+    assert make(tmp_path, "which-python", "PYTHON=python3.11").stdout.startswith("python3.11: ")
+
+
+def torch_install(tmp_path: Path, *args: str, gpu: bool = False, index_fails: bool = False) -> tuple[str, list]:
+    """Run `make venv` against a stand-in venv whose Python logs each `-m pip` command: (stdout, [argv, ...])."""
+    bindir = tmp_path / "bin"
+    interpreter(bindir, "python3.12", "3.12.1")
+    if gpu:
+        script(bindir / "nvidia-smi", "exit 0\n")
+    log = tmp_path / "pip.log"
+    fail = 'case "$*" in *--index-url*) echo "ERROR: No matching distribution found for torch" >&2; exit 1;; esac\n'
+    script(tmp_path / "project" / ".venv" / "bin" / "python",
+           'if [ "$1" = -c ]; then echo "torch 2.13.0+cpu: the CPU build"; exit 0; fi\n'
+           f'echo "$*" >> {log}\n' + (fail if index_fails else ""))
+    proc = make(tmp_path, "venv", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, [line.split() for line in log.read_text().splitlines()]
+
+
+def torch_commands(commands: list) -> list:
+    return [c for c in commands if c[-1] == "torch"]
+
+
+@needs_make
+def test_without_a_gpu_torch_comes_from_pytorchs_cpu_index_with_a_short_timeout(tmp_path):
+    out, commands = torch_install(tmp_path)
+    (torch_cmd,) = torch_commands(commands)
+    assert torch_cmd[torch_cmd.index("--index-url") + 1] == CPU_INDEX
+    assert {"--no-deps", "--retries", "-c", "constraints.txt"} <= set(torch_cmd)
+    assert int(torch_cmd[torch_cmd.index("--timeout") + 1]) <= 15
+    assert "no nvidia-smi on PATH" in out
+    # onade itself and everything else: the same constraints, pip's default index.
+    assert commands[-1][-3:] == ["constraints.txt", "-e", ".[dev,bench]"] and "--index-url" not in commands[-1]
+    assert "torch 2.13.0+cpu: the CPU build" in out, "the build installed is printed"
+
+
+@needs_make
+def test_where_the_cpu_index_cannot_be_used_the_default_index_takes_over(tmp_path):
+    out, commands = torch_install(tmp_path, index_fails=True)
+    first, second = torch_commands(commands)
+    assert "--index-url" in first and "--index-url" not in second
+    assert second[-3:] == ["-c", "constraints.txt", "torch"]
+    assert f"torch: {CPU_INDEX} could not be used" in out
+
+
+@needs_make
+def test_with_a_gpu_torch_comes_from_the_default_index(tmp_path):
+    out, commands = torch_install(tmp_path, gpu=True)
+    (torch_cmd,) = torch_commands(commands)
+    assert "--index-url" not in torch_cmd and "nvidia-smi is on PATH" in out
+
+
+@needs_make
+@pytest.mark.parametrize("index", ["default", "https://download.pytorch.org/whl/cu128"])
+def test_torch_index_overrides_the_guess(tmp_path, index):
+    _, commands = torch_install(tmp_path, f"TORCH_INDEX={index}", gpu=index != "default")
+    (torch_cmd,) = torch_commands(commands)
+    if index == "default":
+        assert "--index-url" not in torch_cmd
+    else:
+        assert torch_cmd[torch_cmd.index("--index-url") + 1] == index
+
+
 # ---------------------------------------------------------------- the pins
 
 
