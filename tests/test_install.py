@@ -217,3 +217,34 @@ def test_pyprojects_ranges_admit_the_pinned_versions():
             f"pyproject's {req} excludes the tested {name}=={pins[name]}")
 
 
+# ---------------------------------------------------------------- the licence
+
+
+def test_the_licence_is_declared_and_shipped():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    for name in project["license-files"]:
+        assert (ROOT / name).is_file(), name
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"] and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_notice_keeps_the_twemoji_attribution_the_benchmark_writes():
+    from bench.real_images import SOURCE_LICENSE
+
+    words = " ".join((ROOT / "NOTICE").read_text().split())
+    assert " ".join(SOURCE_LICENSE.split()) in words
+
+
+def test_no_dependency_of_the_library_or_the_jobs_is_under_a_gpl():
+    """The runtime closure (onade[jobs]) as installed: Apache-2.0 fits MIT, BSD, PSF, MPL-2.0 (tqdm, certifi:
+    used unmodified), Apache-2.0; a GPL-family licence would need a look before it ships."""
+    distributions = {canonicalize_name(d.metadata["Name"]): d for d in importlib.metadata.distributions()}
+    gpl = {}
+    for name in sorted(pinning.closure(distributions, "onade", ("jobs",)) - {"onade"}):
+        meta = distributions[name].metadata
+        declared = " ".join([meta.get("License-Expression") or "", (meta.get("License") or "")[:200],
+                             *(c for c in meta.get_all("Classifier") or [] if c.startswith("License"))])
+        if re.search(r"\b(A|L)?GPL\b|General Public License", declared):
+            gpl[name] = declared
+    assert not gpl, gpl
