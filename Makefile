@@ -64,7 +64,7 @@ if [ "$$index" = default ]; then
   echo "torch: from the default index ($$why)"
   exec $(PIP) install -q -c $(CONSTRAINTS) torch
 fi
-echo "torch: from $$index ($$why; TORCH_INDEX=default takes the default index)"
+echo "torch: looking in $$index first ($$why; TORCH_INDEX=default takes the default index)"
 start=$$(date +%s)
 $(PIP) install -q -c $(CONSTRAINTS) --no-deps --index-url "$$index" --timeout $(TORCH_INDEX_TIMEOUT) --retries 0 torch \
   && exit 0
