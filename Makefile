@@ -10,7 +10,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# The exact versions the suite runs with (tools/constraints.py writes it); every install below goes through it.
+# The exact versions the suite runs with (tests/pins.py writes it); every install below goes through it.
 CONSTRAINTS := constraints.txt
 
 PYTHON ?=
@@ -104,7 +104,7 @@ which-python:
 # After upgrading a dependency in .venv and passing `make test`: pin what this venv now runs with.
 constraints:
 	@test -x $(PY) || { echo "error: no $(VENV): run make venv first" >&2; exit 1; }
-	$(PY) -m tools.constraints > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	$(PY) -m tests.pins > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 # tests/test_gallery_browser.py drives Debian's Chromium (not a browser downloaded by Playwright): install it
 # when missing, with apt-get as root or through sudo.

@@ -31,7 +31,7 @@ from ray.autoscaler._private.node_provider_availability_tracker import NodeAvail
 from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from tools.constraints import read_pins
+from tests.pins import read_pins
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tools import constraints as pinning
+from tests import pins as pinning
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
@@ -188,7 +188,7 @@ def test_every_pin_is_the_installed_version():
 
 
 def test_the_pins_cover_what_onade_pulls_in():
-    """tools/constraints.py reads this venv: a new dependency (or a new one of a dependency) needs a pin."""
+    """tests/pins.py reads this venv: a new dependency (or a new one of a dependency) needs a pin."""
     written = pinning.pins()
     assert set(written) - set(constraint_pins()) == set(), "unpinned: run make constraints"
     assert written == constraint_pins()
