@@ -24,3 +24,26 @@ def test_a_bad_path_is_one_line_and_the_exit_code_comes_from_the_result(tmp_path
         with pytest.raises(SystemExit) as e:
             run(lambda: result, exit_code=lambda r: r)
         assert e.value.code == code
+
+
+def test_evaluate_takes_inpaints_pool_flags_and_the_old_spellings_parse_the_same_with_a_deprecation(capsys):
+    from ray_jobs.evaluate import parse_args
+
+    base = ["--checkpoint", "c", "--data", "d"]
+    new = parse_args([*base, "--workers", "3", "--gpus-per-worker", "0.5", "--cpus-per-worker", "2"])
+    assert capsys.readouterr().err == ""
+    old = parse_args([*base, "--actors", "3", "--gpus-per-actor", "0.5", "--cpus-per-actor", "2"])
+    assert vars(old) == vars(new) and (new.workers, new.gpus_per_worker, new.cpus_per_worker) == (3, 0.5, 2.0)
+    assert capsys.readouterr().err.splitlines() == ["--actors is deprecated: use --workers",
+                                                    "--gpus-per-actor is deprecated: use --gpus-per-worker",
+                                                    "--cpus-per-actor is deprecated: use --cpus-per-worker"]
+    # The defaults are the new flags', and an old spelling is still checked like the new one.
+    assert vars(parse_args(base))["workers"] == 0 and "actors" not in vars(parse_args(base))
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--gpus-per-actor", "2"])
+    assert "--gpus-per-worker 2" in capsys.readouterr().err
+    # Help lists the shared vocabulary only.
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--workers" in shown and "--gpus-per-worker" in shown and "--actors" not in shown

@@ -44,7 +44,7 @@ def test_gpus_per_process_must_be_usable_by_one_process():
     with pytest.raises(ValueError, match="NCCL refuses two ranks"):
         check_gpus_per_process(0.5, "--gpus-per-worker", shareable=False)
     with pytest.raises(ValueError, match="one GPU, the others would sit idle"):
-        check_gpus_per_process(2, "--gpus-per-actor", shareable=True)
+        check_gpus_per_process(2, "--gpus-per-worker", shareable=True)
     with pytest.raises(ValueError, match=">= 0"):
         check_gpus_per_process(-1, "--x", shareable=True)
 
@@ -53,7 +53,7 @@ def test_gpus_per_process_must_be_usable_by_one_process():
     ["-m", "ray_jobs.train", "--data", "d", "--output", "o", "--name", "n", "--gpus-per-worker", "0.5"],
     ["-m", "ray_jobs.train", "--data", "d", "--output", "o", "--name", "n", "--gpus-per-worker", "2"],
     ["-m", "ray_jobs.inpaint", "--checkpoint", "c", "--input", "i", "--output", "o", "--gpus-per-worker", "2"],
-    ["-m", "ray_jobs.evaluate", "--checkpoint", "c", "--data", "d", "--gpus-per-actor", "1.5"],
+    ["-m", "ray_jobs.evaluate", "--checkpoint", "c", "--data", "d", "--gpus-per-worker", "1.5"],
     ["-m", "ray_jobs.evaluate", "--checkpoint", "c", "--data", "d", "--accelerator-type", "A10G"],
 ])
 def test_gpu_flags_one_process_cannot_use_are_usage_errors(argv, capsys):
