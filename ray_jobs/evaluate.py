@@ -60,6 +60,7 @@ from onade.config import PRECISIONS
 from onade.metrics import EXACT_CENTER, EXACT_SEED_OFFSET, METRICS, PROFILE_POINTS, PROFILE_SEED_OFFSET
 from ray_jobs.cli import DeprecatedAlias
 from ray_jobs.devices import check_gpus_per_process
+from ray_jobs.ray_env import print_versions
 
 PROFILE = "profile_bits"  # per batch: the batch's loss profile [M]
 PLAN_BITS = "plan_bits"  # per batch: bits per hidden subpixel under each plan scored [P]
@@ -303,6 +304,7 @@ def _print_budgets(rows: list[dict], hole: str, hole_size: int, num_images: int)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    print_versions()
     import ray
     import ray.data
 

@@ -64,7 +64,7 @@ from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig
 from ray_jobs.devices import check_gpus_per_process
 from ray_jobs.inpaint_inputs import FITS, JobOptions, decode_batch, list_tree, mask_table, read_captions_jsonl
 from ray_jobs.outputs import INDEX, RESULTS, OutputClaims, OutputNames, error_record, write_batch, write_gallery
-from ray_jobs.ray_env import init_ray
+from ray_jobs.ray_env import init_ray, print_versions
 
 # The settings of the last run that wrote into an output folder: outputs without a results line (a killed
 # run writes results.jsonl only at its end) count as done only when they were made with today's settings.
@@ -398,6 +398,7 @@ def read_folder_settings(output: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    print_versions()
     from data import storage, untrusted
 
     opts = job_options(args)

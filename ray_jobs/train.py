@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from onade.config import Config, ConfigError, PRESETS, load_config
 from ray_jobs.devices import check_gpus_per_process
-from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
+from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, print_versions, train_log_level
 
 DEFAULT_MAX_FAILURES = 3
 PREEMPTION_GRACE_S = 0.0  # Ray Train stops a drained node's workers at the deadline plus this
@@ -163,6 +163,7 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    print_versions()
     cfg, zero = check_args(args)
     from data import storage, untrusted
     from onade.export_format import EXPORT_DIR

@@ -47,3 +47,40 @@ def test_evaluate_takes_inpaints_pool_flags_and_the_old_spellings_parse_the_same
         parse_args(["--help"])
     shown = capsys.readouterr().out
     assert "--workers" in shown and "--gpus-per-worker" in shown and "--actors" not in shown
+
+
+def test_the_versions_line_names_python_torch_ray_deepspeed_and_the_commit(tmp_path):
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    import ray
+    import torch
+
+    from ray_jobs.ray_env import REPO_ROOT, versions_line
+
+    line = versions_line()
+    assert line.startswith("versions: onade ") and "\n" not in line
+    for part in (f"python {platform.python_version()}", f"torch {torch.__version__}", f"ray {ray.__version__}",
+                 f"deepspeed {importlib.metadata.version('deepspeed')}"):
+        assert part in line
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (not a copy without .git): its commit
+        assert line.split(",")[0].removeprefix("versions: onade ").removesuffix("-dirty") == head.stdout[:12]
+    # A copy without .git (a `ray job submit --working-dir` upload), or a folder inside another repository.
+    assert versions_line(tmp_path).startswith("versions: onade commit unknown, python ")
+    assert versions_line(REPO_ROOT / "ray_jobs").startswith("versions: onade commit unknown, ")
+
+
+@pytest.mark.parametrize("job, argv", [
+    ("train", ["--data", "d", "--output", "o", "--name", "x", "--set", "model.widht=8"]),
+    ("evaluate", ["--checkpoint", "{tmp}/nothing", "--data", "{tmp}"]),
+    ("inpaint", ["--checkpoint", "{tmp}/nothing", "--input", "{tmp}", "--output", "{tmp}/out"]),
+])
+def test_each_job_prints_its_versions_first(job, argv, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"ray_jobs.{job}").main
+    with pytest.raises(SystemExit):  # a mistake of the user's, found before any Ray starts
+        run(lambda: main([a.format(tmp=tmp_path) for a in argv]))
+    assert capsys.readouterr().out.splitlines()[0].startswith("versions: onade ")
