@@ -59,7 +59,7 @@ import torch
 from onade.config import PRECISIONS
 from onade.metrics import EXACT_CENTER, EXACT_SEED_OFFSET, METRICS, PROFILE_POINTS, PROFILE_SEED_OFFSET
 from ray_jobs.cli import DeprecatedAlias
-from ray_jobs.devices import check_gpus_per_process
+from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.ray_env import print_versions
 
 PROFILE = "profile_bits"  # per batch: the batch's loss profile [M]
@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not shards:
         raise ValueError(f"--data {args.data!r} holds no shards: build them with python -m data.make_shards")
     init_ray()
+    warn_idle_gpus(args.gpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter = make_skip_counter()
     ds = shard_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, loaded.tokenizer, train=False,

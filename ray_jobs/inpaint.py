@@ -61,7 +61,7 @@ import time
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig
-from ray_jobs.devices import check_gpus_per_process
+from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.inpaint_inputs import FITS, JobOptions, decode_batch, list_tree, mask_table, read_captions_jsonl
 from ray_jobs.outputs import INDEX, RESULTS, OutputClaims, OutputNames, error_record, write_batch, write_gallery
 from ray_jobs.ray_env import init_ray, print_versions
@@ -333,6 +333,7 @@ def run_pool(todo: list[dict], args, opts, results, counts: dict) -> float:
 
     started = init_ray() is not None
     try:
+        warn_idle_gpus(args.gpus_per_worker)
         ray.data.DataContext.get_current().enable_progress_bars = False
         if args.gpus_per_worker <= 0:
             total = ray.cluster_resources().get("CPU", 1.0)

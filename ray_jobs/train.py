@@ -27,7 +27,7 @@ import uuid
 from typing import NamedTuple
 
 from onade.config import Config, ConfigError, PRESETS, load_config
-from ray_jobs.devices import check_gpus_per_process
+from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, print_versions, train_log_level
 
 DEFAULT_MAX_FAILURES = 3
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         # RAY_ADDRESS names a cluster, whose autoscaler may still be adding nodes: only a Ray started here (or
         # by the caller, as tests do) is all there will be.
         fixed = init_ray(state_api=True) != "cluster"
+        warn_idle_gpus(args.gpus_per_worker)
         args.cpus_per_worker = cpus_per_worker(args, fixed)
         if fixed:
             check_cpus_left_for_data(args)
