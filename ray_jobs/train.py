@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import uuid
 from typing import NamedTuple
 
-from onade.config import Config, ConfigError, PRESETS, load_config
+from onade.config import Config, ConfigError, PRESETS, get_preset, load_config
 from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, print_versions, train_log_level
 
+DEFAULT_PRESET = "debug"  # a smoke test: trains in minutes on CPUs, so a first run shows the whole pipeline
 DEFAULT_MAX_FAILURES = 3
 PREEMPTION_GRACE_S = 0.0  # Ray Train stops a drained node's workers at the deadline plus this
 DATA_CPUS = 1.0  # what a local Ray keeps for Ray Data's read and decode tasks
@@ -41,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-data", help="validation shards (same forms as --data)")
     p.add_argument("--output", required=True, help="storage root: a local folder or s3://bucket/prefix")
     p.add_argument("--name", required=True, help="run name (one folder under --output); the same name resumes the run")
-    p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
+    p.add_argument("--preset", choices=list(PRESETS), help=preset_help())
     p.add_argument("--config", help="YAML file with a partial config tree")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
@@ -76,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ema (default): the averaged weights when train.ema_decay > 0; raw: the trained ones")
     p.add_argument("--no-export", action="store_true", help="skip the export at the end of training")
     args = p.parse_args(argv)
+    args.preset_given = args.preset is not None  # the start says when the default was taken
+    args.preset = args.preset or DEFAULT_PRESET
     if not args.export_only and not args.data:
         p.error("--data is required (unless --export-only)")
     try:
@@ -85,6 +89,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.elastic_check_s <= 0:
         p.error(f"--elastic-check-s must be > 0, got {args.elastic_check_s:g}")
     return args
+
+
+def preset_help() -> str:
+    """--preset's help: the default and each preset's image size (from onade.config, without importing torch:
+    the parameter counts, which need a model built, are printed when training starts)."""
+    sizes = ", ".join(f"{name} {get_preset(name).model.image_size} px" for name in PRESETS)
+    return f"model and training preset (default {DEFAULT_PRESET}, a smoke test; images: {sizes})"
+
+
+def preset_line(args: argparse.Namespace, cfg: Config) -> str:
+    """What the run trains, said at its start: the preset, its parameters and image size (after --config and
+    --set), and, when --preset was not given, that it is the default and how to choose another."""
+    import torch
+
+    from onade.model import build_model, num_parameters
+
+    with torch.device("meta"):  # shapes only: counting `large` allocates none of its ~470 M weights
+        params = num_parameters(build_model(cfg.model))
+    changed = " with --config/--set overrides" if args.config or args.set else ""
+    line = f"preset {args.preset}{changed} ({params / 1e6:.2f} M parameters, {cfg.model.image_size} px images)"
+    if not args.preset_given:
+        line += f": the default; choose with --preset {'|'.join(PRESETS)}"
+    return line
 
 
 class WorkerRange(NamedTuple):
@@ -142,6 +169,39 @@ def check_args(args: argparse.Namespace) -> tuple[Config, dict]:
     return cfg, load_zero_json(cfg.train.zero_stage, path=args.zero_config)
 
 
+def check_shard_size(shard_px: int, model_px: int, flag: str, where: str) -> str | None:
+    """Shards against the model's window (model.image_size): a warning when their images are larger (training
+    takes random crops of them, validation the centre crop), None when they match. Smaller ones are an error:
+    the pipeline would upsample them, and the model learn from blurred images."""
+    if shard_px == model_px:
+        return None
+    rebuild = f"python -m data.make_shards SRC DEST --image-size {model_px}"
+    presets = [name for name in PRESETS if get_preset(name).model.image_size == shard_px]
+    other = f"--preset {'|'.join(presets)} ({shard_px} px)" if presets else f"--set model.image_size={shard_px}"
+    if shard_px < model_px:
+        raise ValueError(f"{flag} holds {shard_px} px images ({where}), smaller than model.image_size "
+                         f"{model_px}: the model would learn from upsampled images. Rebuild the shards with "
+                         f"`{rebuild}`, or train at their size: {other}")
+    crops = "training takes random" if flag == "--data" else "validation scores the centre"
+    return (f"warning: {flag} holds {shard_px} px images ({where}) but model.image_size is {model_px}: {crops} "
+            f"{model_px} px crops of them. For whole images, rebuild the shards with `{rebuild}`, or train at "
+            f"their size: {other}")
+
+
+def check_shard_sizes(args: argparse.Namespace, cfg: Config, train: list[str], val: list[str] | None) -> None:
+    """check_shard_size for --data and --val-data, warnings printed; shards whose size cannot be read pass."""
+    from ray_jobs.data import shard_image_size
+
+    for flag, spec, urls in (("--data", args.data, train), ("--val-data", args.val_data, val)):
+        found = shard_image_size(spec, urls) if urls else None
+        if found is None:
+            continue
+        shard_px, where = found
+        warning = check_shard_size(shard_px, cfg.model.image_size, flag, where)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+
+
 def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, object]:
     """Resolve shards and the tokenizer before Ray starts; a missing path fails here, naming it."""
     from ray_jobs.data import resolve_shards, tokenizer_for
@@ -183,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_shards, val_shards, tokenizer = check_inputs(args)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.validate()
+    print(preset_line(args, cfg), flush=True)
+    check_shard_sizes(args, cfg, train_shards, val_shards)
     check_batch_splits(cfg, args.workers)
     storage.check_writable(args.output)
     resume_step = check_resume(cfg, run, args.workers)
