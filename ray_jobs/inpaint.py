@@ -146,6 +146,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def guidance_warning(guidance: float, caption_dropout: float) -> str | None:
+    """The warning for classifier-free guidance (a scale other than 1) on a model trained without caption dropout
+    (its export's train.caption_dropout): guidance mixes in the model's logits for the empty caption, which such a
+    model never saw in training. None when guidance is off or the model learnt the empty caption."""
+    if guidance == 1 or caption_dropout > 0:
+        return None
+    return (f"warning: --guidance {guidance:g}, but this model was trained with train.caption_dropout 0: guidance "
+            "needs a model trained with train.caption_dropout > 0 (it never saw the empty caption guidance compares "
+            "against); expect worse samples than --guidance 1")
+
+
 def describe(sample: SampleConfig) -> str:
     steps = f"{sample.steps} steps" if sample.steps else "steps from the hole size"
     return f"strategy {sample.strategy}, {steps}, guidance {sample.guidance:g}"
@@ -370,6 +381,9 @@ def job_options(args):
         raise ValueError(f"--output {args.output!r} is --input or contains it: outputs could overwrite inputs and "
                          "be read as inputs next time; use another folder (one inside --input is fine)")
     cfg = read_config(args.checkpoint)  # the driver never needs the weights
+    warning = guidance_warning(args.sample.guidance, cfg.train.caption_dropout)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     mask = args.mask
     if storage.is_s3(mask) or os.path.isdir(mask):
         mask = "dir"

@@ -84,3 +84,35 @@ def test_training_says_its_default_preset_and_refuses_shards_smaller_than_it_bef
            "random 8 px crops" in err
     assert "warning: --val-data holds 16 px images (the first image of part-0.tar is 16x16) but model.image_size " \
            "is 8: validation scores the centre 8 px crops" in err
+
+
+def test_guidance_on_a_model_trained_without_caption_dropout_warns():
+    from ray_jobs.inpaint import guidance_warning
+
+    assert guidance_warning(2.0, 0.0) == (
+        "warning: --guidance 2, but this model was trained with train.caption_dropout 0: guidance needs a model "
+        "trained with train.caption_dropout > 0 (it never saw the empty caption guidance compares against); "
+        "expect worse samples than --guidance 1")
+    assert "--guidance 0," in guidance_warning(0.0, 0.0)  # 0 is the empty caption's logits alone
+    assert guidance_warning(1.0, 0.0) is None  # unguided
+    assert guidance_warning(2.0, 0.1) is None
+
+
+@pytest.mark.parametrize("dropout, guidance, warned", [(0.0, "2", True), (0.0, None, False), (0.1, "2", False)])
+def test_the_inpaint_job_reads_the_dropout_from_the_export_and_warns_before_any_work(dropout, guidance, warned,
+                                                                                   tmp_path, capsys):
+    import onade
+    from onade.config import Config, ModelConfig, TrainConfig
+    from onade.tokenizer import Tokenizer
+    from ray_jobs.inpaint import job_options
+    from ray_jobs.inpaint import parse_args as inpaint_args
+
+    tok = Tokenizer.train(["a red disc", "a green square"] * 4, None, vocab_size=30)
+    cfg = Config(model=ModelConfig(image_size=8, width=16, num_blocks=3, dilations=(1, 2, 4), embed_dim=4,
+                                   norm_groups=4, vocab_size=tok.vocab_size, text_dim=16),
+                 train=TrainConfig(caption_dropout=dropout)).validate()
+    export = onade.save_checkpoint(tmp_path / "export", onade.build_model(cfg), cfg, tok)
+    (tmp_path / "in").mkdir()
+    job_options(inpaint_args(["--checkpoint", str(export), "--input", str(tmp_path / "in"), "--output",
+                              str(tmp_path / "out"), *(["--guidance", guidance] if guidance else [])]))
+    assert ("needs a model trained with train.caption_dropout > 0" in capsys.readouterr().err) == warned
