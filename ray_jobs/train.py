@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-data", help="validation shards (same forms as --data)")
     p.add_argument("--output", required=True, help="storage root: a local folder or s3://bucket/prefix")
     p.add_argument("--name", required=True, help="run name (one folder under --output); the same name resumes the run")
+    # No argparse default: None says the user left it out, which the start of training says (preset_line).
     p.add_argument("--preset", choices=list(PRESETS), help=preset_help())
     p.add_argument("--config", help="YAML file with a partial config tree")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
@@ -78,8 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ema (default): the averaged weights when train.ema_decay > 0; raw: the trained ones")
     p.add_argument("--no-export", action="store_true", help="skip the export at the end of training")
     args = p.parse_args(argv)
-    args.preset_given = args.preset is not None  # the start says when the default was taken
-    args.preset = args.preset or DEFAULT_PRESET
     if not args.export_only and not args.data:
         p.error("--data is required (unless --export-only)")
     try:
@@ -98,6 +97,10 @@ def preset_help() -> str:
     return f"model and training preset (default {DEFAULT_PRESET}, a smoke test; images: {sizes})"
 
 
+def preset_name(args: argparse.Namespace) -> str:
+    return args.preset or DEFAULT_PRESET
+
+
 def preset_line(args: argparse.Namespace, cfg: Config) -> str:
     """What the run trains, said at its start: the preset, its parameters and image size (after --config and
     --set), and, when --preset was not given, that it is the default and how to choose another."""
@@ -108,8 +111,8 @@ def preset_line(args: argparse.Namespace, cfg: Config) -> str:
     with torch.device("meta"):  # shapes only: counting `large` allocates none of its ~470 M weights
         params = num_parameters(build_model(cfg.model))
     changed = " with --config/--set overrides" if args.config or args.set else ""
-    line = f"preset {args.preset}{changed} ({params / 1e6:.2f} M parameters, {cfg.model.image_size} px images)"
-    if not args.preset_given:
+    line = f"preset {preset_name(args)}{changed} ({params / 1e6:.2f} M parameters, {cfg.model.image_size} px images)"
+    if args.preset is None:
         line += f": the default; choose with --preset {'|'.join(PRESETS)}"
     return line
 
@@ -155,7 +158,7 @@ def build_config(args: argparse.Namespace) -> Config:
     sets = list(args.set)
     if args.steps is not None:
         sets.append(f"train.steps={args.steps}")
-    return load_config(args.preset, args.config, sets)
+    return load_config(preset_name(args), args.config, sets)
 
 
 def check_args(args: argparse.Namespace) -> tuple[Config, dict]:
@@ -365,7 +368,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
         ),
         datasets=datasets,
     )
-    print(f"training {run}: preset {args.preset}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, "
+    print(f"training {run}: preset {preset_name(args)}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, "
           f"global batch {cfg.data.global_batch_size}, {cfg.train.steps} steps, ZeRO-{cfg.train.zero_stage}",
           flush=True)
     result = trainer.fit()
