@@ -11,7 +11,7 @@ Checks, in order (each a row of the table, with its figures):
   train       `ray_jobs.train`: debug for 50 steps, one worker per GPU, ZeRO-2; the start event's forward dtype
   resume      that run resumed on CPU workers (another device kind and worker count), and a run started on
               CPU workers resumed on the GPUs; ZeRO-3 `large` for 2 steps where the GPUs' memory allows
-  evaluate    `ray_jobs.evaluate` with one actor per GPU (--gpus-per-actor 1) on generated shards
+  evaluate    `ray_jobs.evaluate` with one actor per GPU (--gpus-per-worker 1) on generated shards
   inpaint     `ray_jobs.inpaint` with --gpus-per-worker 1 on a generated folder, and again with
               --max-forward-batch 2 (a forced split): every image done both times; on CPU the bytes must match
               (on GPUs cuDNN may round another batch shape differently: reported, not required)
@@ -236,8 +236,8 @@ def check_evaluate(checks: Checks, export: str, shards: str, gpus: int) -> None:
     from ray_jobs.evaluate import main
 
     t0 = time.perf_counter()
-    actors = ["--actors", str(gpus), "--gpus-per-actor", "1"] if gpus else ["--actors", "1"]
-    result = main(["--checkpoint", export, "--data", shards, "--num-images", "64", "--exact-images", "2", *actors])
+    workers = ["--workers", str(gpus), "--gpus-per-worker", "1"] if gpus else ["--workers", "1"]
+    result = main(["--checkpoint", export, "--data", shards, "--num-images", "64", "--exact-images", "2", *workers])
     values = [result[k] for k in ("bits_per_dim", "center_bits_true_caption", "exact_center_bits")]
     ok = result["num_images"] == 64 and all(0 < v < 9 for v in values)
     checks.add("evaluate", ok, f"{result['num_images']} images, {result['precision']}, bits/subpixel {values[0]:.3f}, "
@@ -250,9 +250,9 @@ def check_inpaint(checks: Checks, export: str, root: Path, gpus: int) -> None:
 
     folder = root / "photos"
     write_synthetic(folder, 16, image_size=48, seed=3)
-    actors = ["--workers", str(gpus), "--gpus-per-worker", "1"] if gpus else ["--workers", "1"]
+    workers = ["--workers", str(gpus), "--gpus-per-worker", "1"] if gpus else ["--workers", "1"]
     base = ["--checkpoint", export, "--input", str(folder), "--batch-size", "8", "--samples", "2", "--no-progress",
-            *actors]
+            *workers]
     outs = {}
     for label, extra in (("whole", []), ("split", ["--max-forward-batch", "2"])):
         t0 = time.perf_counter()

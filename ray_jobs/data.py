@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import io
 import logging
 import os
 import sys
@@ -265,7 +266,8 @@ def _fit(img: np.ndarray, size: int, train: bool, rng: np.random.Generator) -> n
         else:
             top, left = (h - size) // 2, (w - size) // 2
         return img[top:top + size, left:left + size]
-    # Shards smaller than the requested size: upsample (centre crop) rather than drop them.
+    # A sample smaller than the window (shards of mixed sizes from other tools; a shard set whose images are all
+    # smaller is refused before training, ray_jobs.train.check_shard_size): upsample (centre crop), not drop it.
     from PIL import Image
 
     return np.asarray(images.fit(Image.fromarray(img), size, "crop"), dtype=np.uint8)
@@ -360,13 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.data", description="Read a shard set through the "
                                  "training pipeline and report samples, corrupt samples and throughput.")
     ap.add_argument("spec", help="folder, s3:// prefix, manifest.json, shard URLs or brace pattern")
-    ap.add_argument("--image-size", type=int, default=None, help="default: the manifest's image size")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="default: the shards' (their manifest's image_size, else their first image's)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--train", action="store_true", help="training augmentations (default: validation)")
     args = ap.parse_args(argv)
     try:
-        size = args.image_size or _manifest_size(args.spec)
+        found = shard_image_size(args.spec)
+        if not (args.image_size or found):
+            raise ValueError(f"the image size of {args.spec} is unknown (no manifest, first image unreadable): "
+                             "pass --image-size")
+        size = args.image_size or found[0]
         tok = tokenizer_for(args.spec)
         ray.init(ignore_reinit_error=True)
         counter = make_skip_counter()
@@ -397,14 +404,34 @@ def print_bad_shards(summary: dict[str, Any], file=None) -> None:
         print(f"  {b['shard']}: {b['reason']} ({b['samples_read']} samples read)", file=file)
 
 
-def _manifest_size(spec: str) -> int:
+def shard_image_size(spec: str | list[str], urls: list[str] | None = None) -> tuple[int, str] | None:
+    """The side of the images in the shards of `spec` (`urls`: its resolved shards, when known) and where it
+    was read: the `image_size` data.make_shards records in manifest.json, else the shorter side of the first
+    image in the first shard (shards from other tools). None when neither can be read: a first shard that
+    cannot be read is reported by the pipeline that reads it."""
     import json
 
     url = storage.join(shard_spec.shards_home(spec), shard_spec.MANIFEST)
-    if not storage.exists(url):
-        raise ValueError(f"no manifest at {url}: pass --image-size")
-    return int(json.loads(storage.read_bytes(url, max_bytes=MAX_MANIFEST_BYTES))["image_size"])
+    if storage.exists(url):
+        try:
+            return int(json.loads(storage.read_bytes(url, max_bytes=MAX_MANIFEST_BYTES))["image_size"]), \
+                f"from {shard_spec.MANIFEST}"
+        except (ValueError, KeyError, TypeError):
+            pass  # a manifest of another format: look at a sample
+    first = (urls or resolve_shards(spec))[0]
+    try:
+        with storage.open_read(first) as f:
+            for row in iter_tar_rows(f, first):
+                data = next((b for b in (_as_bytes(row.get(c)) for c in IMAGE_COLUMNS) if b), None)
+                if data is not None and "__skip__" not in row:
+                    from PIL import Image
 
+                    with Image.open(io.BytesIO(data)) as img:  # the header: no pixels decoded
+                        w, h = img.size
+                    return min(h, w), f"the first image of {storage.basename(first)} is {w}x{h}"
+    except Exception:  # noqa: BLE001 - damage is the reader's to report, with the shard named
+        return None
+    return None
 
 if __name__ == "__main__":
     sys.exit(main())

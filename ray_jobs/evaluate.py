@@ -15,11 +15,11 @@ On a cluster (8 actors with one A10G each; an autoscaling cluster adds the GPU n
 
     ray job submit --working-dir . -- python -m ray_jobs.evaluate \
         --checkpoint s3://bucket/runs/base1/export --data s3://bucket/shards/val \
-        --actors 8 --gpus-per-actor 1 --accelerator-type A10G --budgets 1,4,16,64,256,full
+        --workers 8 --gpus-per-worker 1 --accelerator-type A10G --budgets 1,4,16,64,256,full
 
-Ray Data decodes the shards; a pool of `--actors` actors, each loading the checkpoint once, scores batches
+Ray Data decodes the shards; a pool of `--workers` actors, each loading the checkpoint once, scores batches
 with onade.metrics.evaluate (what training's validation reports), in bf16 where the hardware runs it
-natively (`--precision`). An actor computes on CUDA exactly when it was granted a GPU (`--gpus-per-actor`,
+natively (`--precision`). An actor computes on CUDA exactly when it was granted a GPU (`--gpus-per-worker`,
 ray_jobs.devices); by default the pool has one actor per GPU in the cluster when the job starts (at least
 one), or on CPU one per CPU of the cluster, sharing out its CPUs and leaving some for decoding.
 The JSON holds, averaged over images: `bits_per_dim` (orderless estimate over random masks),
@@ -58,7 +58,9 @@ import torch
 
 from onade.config import PRECISIONS
 from onade.metrics import EXACT_CENTER, EXACT_SEED_OFFSET, METRICS, PROFILE_POINTS, PROFILE_SEED_OFFSET
-from ray_jobs.devices import check_gpus_per_process
+from ray_jobs.cli import DeprecatedAlias
+from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
+from ray_jobs.ray_env import print_versions
 
 PROFILE = "profile_bits"  # per batch: the batch's loss profile [M]
 PLAN_BITS = "plan_bits"  # per batch: bits per hidden subpixel under each plan scored [P]
@@ -89,26 +91,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--actors", type=int, default=0,
-                   help="scoring actors (default: with --gpus-per-actor, as many as the GPUs in the cluster now, at "
+    p.add_argument("--workers", type=int, default=0,
+                   help="actors in the pool (default: with --gpus-per-worker, one per GPU in the cluster now, at "
                         "least 1: on an autoscaling cluster that starts without GPUs, give the count; on CPU, one "
                         "per CPU of the cluster)")
-    p.add_argument("--cpus-per-actor", type=float, default=0, help="default: 1 with GPUs; on CPU the CPUs shared out "
-                                                                  "among the actors")
-    p.add_argument("--gpus-per-actor", type=float, default=0,
+    p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="GPUs per actor, at most 1 (0.5: two actors share a GPU); 0 = CPU actors")
+    p.add_argument("--cpus-per-worker", type=float, default=0,
+                   help="default: 1 with GPUs; on CPU the cluster's CPUs shared out, leaving some for decoding")
+    # The spellings before the jobs shared one vocabulary (ray_jobs.inpaint's); they still parse.
+    for old, new, kind in (("--actors", "--workers", int), ("--gpus-per-actor", "--gpus-per-worker", float),
+                           ("--cpus-per-actor", "--cpus-per-worker", float)):
+        p.add_argument(old, dest=new[2:].replace("-", "_"), type=kind, action=DeprecatedAlias, new=new)
     p.add_argument("--accelerator-type", default=None, metavar="TYPE",
                    help="GPU type each actor needs (e.g. A10G): steers the autoscaler to that node type")
     args = p.parse_args(argv)
-    for flag in ("num_images", "batch_size", "num_masks", "actors", "exact_images"):
+    for flag in ("num_images", "batch_size", "num_masks", "workers", "exact_images"):
         if getattr(args, flag) < (1 if flag in ("batch_size", "num_masks") else 0):
             p.error(f"--{flag.replace('_', '-')} must be positive")
     try:
-        check_gpus_per_process(args.gpus_per_actor, "--gpus-per-actor", shareable=True)
+        check_gpus_per_process(args.gpus_per_worker, "--gpus-per-worker", shareable=True)
     except ValueError as e:
         p.error(str(e))
-    if args.accelerator_type and not args.gpus_per_actor:
-        p.error("--accelerator-type picks the GPU type of each actor: give --gpus-per-actor too")
+    if args.accelerator_type and not args.gpus_per_worker:
+        p.error("--accelerator-type picks the GPU type of each actor: give --gpus-per-worker too")
     if (args.profile or args.budgets) and not args.exact_images:
         p.error("--profile and --budgets score the first --exact-images images: it must be > 0")
     if args.hole != "center" and not (args.profile or args.budgets):
@@ -214,13 +220,13 @@ def pool_size(args) -> tuple[int, float, int]:
     import ray
 
     resources = ray.cluster_resources()
-    if args.gpus_per_actor > 0:
-        actors = args.actors or max(1, int(resources.get("GPU", 0) // args.gpus_per_actor))
-        return actors, args.cpus_per_actor or 1.0, 0
+    if args.gpus_per_worker > 0:
+        actors = args.workers or max(1, int(resources.get("GPU", 0) // args.gpus_per_worker))
+        return actors, args.cpus_per_worker or 1.0, 0
     total = resources.get("CPU", 1.0)
-    actors = args.actors or max(1, int(total))
+    actors = args.workers or max(1, int(total))
     # Leave room for one read and one decode task (DATA_CPUS) or the pipeline stalls.
-    cpus = args.cpus_per_actor or max(0.25, (total - sum(DATA_CPUS)) / actors)
+    cpus = args.cpus_per_worker or max(0.25, (total - sum(DATA_CPUS)) / actors)
     return actors, cpus, max(1, int(total // actors))
 
 
@@ -234,7 +240,7 @@ def _score(ds, args, total: int, label: str, **tasks) -> list[dict]:
                                        "seed": args.seed, "precision": args.precision, "threads": threads,
                                        "hole": args.hole, **tasks},
         batch_size=args.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus, num_gpus=args.gpus_per_actor or None,
+        num_cpus=cpus, num_gpus=args.gpus_per_worker or None,
         **({"accelerator_type": args.accelerator_type} if args.accelerator_type else {}))
     rows, done, t0, shown = [], 0, time.perf_counter(), time.perf_counter()
     for row in scored.iter_rows():
@@ -245,7 +251,7 @@ def _score(ds, args, total: int, label: str, **tasks) -> list[dict]:
             of = f"/{total}" if total else ""
             print(f"{label}: {done}{of} images, {done / (now - t0):.1f} images/s", flush=True)
             shown = now
-    print(f"{label}: {done} images in {time.perf_counter() - t0:.0f}s ({actors} actor(s))", flush=True)
+    print(f"{label}: {done} images in {time.perf_counter() - t0:.0f}s ({actors} worker(s))", flush=True)
     return rows
 
 
@@ -298,6 +304,7 @@ def _print_budgets(rows: list[dict], hole: str, hole_size: int, num_images: int)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    print_versions()
     import ray
     import ray.data
 
@@ -316,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not shards:
         raise ValueError(f"--data {args.data!r} holds no shards: build them with python -m data.make_shards")
     init_ray()
+    warn_idle_gpus(args.gpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter = make_skip_counter()
     ds = shard_dataset(shards, cfg.model.image_size, cfg.data.max_tokens, loaded.tokenizer, train=False,

@@ -61,10 +61,10 @@ import time
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
 from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig
-from ray_jobs.devices import check_gpus_per_process
+from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.inpaint_inputs import FITS, JobOptions, decode_batch, list_tree, mask_table, read_captions_jsonl
 from ray_jobs.outputs import INDEX, RESULTS, OutputClaims, OutputNames, error_record, write_batch, write_gallery
-from ray_jobs.ray_env import init_ray
+from ray_jobs.ray_env import init_ray, print_versions
 
 # The settings of the last run that wrote into an output folder: outputs without a results line (a killed
 # run writes results.jsonl only at its end) count as done only when they were made with today's settings.
@@ -144,6 +144,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ConfigError as e:  # its message names the field; name the flag instead (--final-temperature)
         p.error(re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
     return args
+
+
+def guidance_warning(guidance: float, caption_dropout: float) -> str | None:
+    """The warning for classifier-free guidance (a scale other than 1) on a model trained without caption dropout
+    (its export's train.caption_dropout): guidance mixes in the model's logits for the empty caption, which such a
+    model never saw in training. None when guidance is off or the model learnt the empty caption."""
+    if guidance == 1 or caption_dropout > 0:
+        return None
+    return (f"warning: --guidance {guidance:g}, but this model was trained with train.caption_dropout 0: guidance "
+            "needs a model trained with train.caption_dropout > 0 (it never saw the empty caption guidance compares "
+            "against); expect worse samples than --guidance 1")
 
 
 def describe(sample: SampleConfig) -> str:
@@ -333,6 +344,7 @@ def run_pool(todo: list[dict], args, opts, results, counts: dict) -> float:
 
     started = init_ray() is not None
     try:
+        warn_idle_gpus(args.gpus_per_worker)
         ray.data.DataContext.get_current().enable_progress_bars = False
         if args.gpus_per_worker <= 0:
             total = ray.cluster_resources().get("CPU", 1.0)
@@ -369,6 +381,9 @@ def job_options(args):
         raise ValueError(f"--output {args.output!r} is --input or contains it: outputs could overwrite inputs and "
                          "be read as inputs next time; use another folder (one inside --input is fine)")
     cfg = read_config(args.checkpoint)  # the driver never needs the weights
+    warning = guidance_warning(args.sample.guidance, cfg.train.caption_dropout)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     mask = args.mask
     if storage.is_s3(mask) or os.path.isdir(mask):
         mask = "dir"
@@ -398,6 +413,7 @@ def read_folder_settings(output: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    print_versions()
     from data import storage, untrusted
 
     opts = job_options(args)

@@ -1,16 +1,57 @@
-"""Connecting a job's driver to Ray: the cluster in RAY_ADDRESS (as under `ray job submit`), or a new local one."""
+"""Connecting a job's driver to Ray: the cluster in RAY_ADDRESS (as under `ray job submit`), or a new local one;
+and the versions line each job prints first."""
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
 
 # Ray Train's own console lines below this level are dropped (RunConfig's LoggingConfig, train_log_level).
 TRAIN_LOG_LEVEL = "WARNING"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VERSIONED = ("torch", "ray", "deepspeed")
 # Ray's default dashboard port; like Ray (start_api_server in ray/_private/services.py) we take the first free one
 # from it.
 DASHBOARD_PORT = 8265
+
+
+def versions_line(root: Path | str = REPO_ROOT) -> str:
+    """What a job runs on, for the top of its log: the onade commit, python, torch, ray and deepspeed.
+    Versions come from the installed distributions' metadata, so deepspeed (seconds to import) is not imported."""
+    parts = [f"onade {onade_commit(root)}", f"python {platform.python_version()}"]
+    for name in VERSIONED:
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    return "versions: " + ", ".join(parts)
+
+
+def onade_commit(root: Path | str = REPO_ROOT) -> str:
+    """The commit of the checkout at `root` (`-dirty` with uncommitted changes to tracked files), or "commit
+    unknown" where there is none: `ray job submit --working-dir .` uploads the files without .git."""
+    top = _git(root, "rev-parse", "--show-toplevel")
+    # A folder inside some other repository (a job's working dir unpacked under a user's checkout) is not ours.
+    if top is None or Path(top).resolve() != Path(root).resolve():
+        return "commit unknown"
+    return _git(root, "describe", "--always", "--dirty", "--abbrev=12") or "commit unknown"
+
+
+def _git(root: Path | str, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def print_versions() -> None:
+    print(versions_line(), flush=True)
 
 
 def init_ray(*, state_api: bool = False) -> str | None:

@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import uuid
 from typing import NamedTuple
 
-from onade.config import Config, ConfigError, PRESETS, load_config
-from ray_jobs.devices import check_gpus_per_process
-from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, train_log_level
+from onade.config import Config, ConfigError, PRESETS, get_preset, load_config
+from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
+from ray_jobs.ray_env import TRAIN_LOG_LEVEL, init_ray, print_versions, train_log_level
 
+DEFAULT_PRESET = "debug"  # a smoke test: trains in minutes on CPUs, so a first run shows the whole pipeline
 DEFAULT_MAX_FAILURES = 3
 PREEMPTION_GRACE_S = 0.0  # Ray Train stops a drained node's workers at the deadline plus this
 DATA_CPUS = 1.0  # what a local Ray keeps for Ray Data's read and decode tasks
@@ -41,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-data", help="validation shards (same forms as --data)")
     p.add_argument("--output", required=True, help="storage root: a local folder or s3://bucket/prefix")
     p.add_argument("--name", required=True, help="run name (one folder under --output); the same name resumes the run")
-    p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
+    # No argparse default: None says the user left it out, which the start of training says (preset_line).
+    p.add_argument("--preset", choices=list(PRESETS), help=preset_help())
     p.add_argument("--config", help="YAML file with a partial config tree")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
@@ -87,6 +90,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def preset_help() -> str:
+    """--preset's help: the default and each preset's image size (from onade.config, without importing torch:
+    the parameter counts, which need a model built, are printed when training starts)."""
+    sizes = ", ".join(f"{name} {get_preset(name).model.image_size} px" for name in PRESETS)
+    return f"model and training preset (default {DEFAULT_PRESET}, a smoke test; images: {sizes})"
+
+
+def preset_name(args: argparse.Namespace) -> str:
+    return args.preset or DEFAULT_PRESET
+
+
+def preset_line(args: argparse.Namespace, cfg: Config) -> str:
+    """What the run trains, said at its start: the preset, its parameters and image size (after --config and
+    --set), and, when --preset was not given, that it is the default and how to choose another."""
+    import torch
+
+    from onade.model import build_model, num_parameters
+
+    with torch.device("meta"):  # shapes only: counting `large` allocates none of its ~470 M weights
+        params = num_parameters(build_model(cfg.model))
+    changed = " with --config/--set overrides" if args.config or args.set else ""
+    line = f"preset {preset_name(args)}{changed} ({params / 1e6:.2f} M parameters, {cfg.model.image_size} px images)"
+    if args.preset is None:
+        line += f": the default; choose with --preset {'|'.join(PRESETS)}"
+    return line
+
+
 class WorkerRange(NamedTuple):
     min: int
     max: int
@@ -128,7 +158,7 @@ def build_config(args: argparse.Namespace) -> Config:
     sets = list(args.set)
     if args.steps is not None:
         sets.append(f"train.steps={args.steps}")
-    return load_config(args.preset, args.config, sets)
+    return load_config(preset_name(args), args.config, sets)
 
 
 def check_args(args: argparse.Namespace) -> tuple[Config, dict]:
@@ -140,6 +170,39 @@ def check_args(args: argparse.Namespace) -> tuple[Config, dict]:
     cfg.validate()
     check_batch_splits(cfg, args.workers)
     return cfg, load_zero_json(cfg.train.zero_stage, path=args.zero_config)
+
+
+def check_shard_size(shard_px: int, model_px: int, flag: str, where: str) -> str | None:
+    """Shards against the model's window (model.image_size): a warning when their images are larger (training
+    takes random crops of them, validation the centre crop), None when they match. Smaller ones are an error:
+    the pipeline would upsample them, and the model learn from blurred images."""
+    if shard_px == model_px:
+        return None
+    rebuild = f"python -m data.make_shards SRC DEST --image-size {model_px}"
+    presets = [name for name in PRESETS if get_preset(name).model.image_size == shard_px]
+    other = f"--preset {'|'.join(presets)} ({shard_px} px)" if presets else f"--set model.image_size={shard_px}"
+    if shard_px < model_px:
+        raise ValueError(f"{flag} holds {shard_px} px images ({where}), smaller than model.image_size "
+                         f"{model_px}: the model would learn from upsampled images. Rebuild the shards with "
+                         f"`{rebuild}`, or train at their size: {other}")
+    crops = "training takes random" if flag == "--data" else "validation scores the centre"
+    return (f"warning: {flag} holds {shard_px} px images ({where}) but model.image_size is {model_px}: {crops} "
+            f"{model_px} px crops of them. For whole images, rebuild the shards with `{rebuild}`, or train at "
+            f"their size: {other}")
+
+
+def check_shard_sizes(args: argparse.Namespace, cfg: Config, train: list[str], val: list[str] | None) -> None:
+    """check_shard_size for --data and --val-data, warnings printed; shards whose size cannot be read pass."""
+    from ray_jobs.data import shard_image_size
+
+    for flag, spec, urls in (("--data", args.data, train), ("--val-data", args.val_data, val)):
+        found = shard_image_size(spec, urls) if urls else None
+        if found is None:
+            continue
+        shard_px, where = found
+        warning = check_shard_size(shard_px, cfg.model.image_size, flag, where)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, object]:
@@ -163,6 +226,7 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    print_versions()
     cfg, zero = check_args(args)
     from data import storage, untrusted
     from onade.export_format import EXPORT_DIR
@@ -182,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_shards, val_shards, tokenizer = check_inputs(args)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.validate()
+    print(preset_line(args, cfg), flush=True)
+    check_shard_sizes(args, cfg, train_shards, val_shards)
     check_batch_splits(cfg, args.workers)
     storage.check_writable(args.output)
     resume_step = check_resume(cfg, run, args.workers)
@@ -193,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         # RAY_ADDRESS names a cluster, whose autoscaler may still be adding nodes: only a Ray started here (or
         # by the caller, as tests do) is all there will be.
         fixed = init_ray(state_api=True) != "cluster"
+        warn_idle_gpus(args.gpus_per_worker)
         args.cpus_per_worker = cpus_per_worker(args, fixed)
         if fixed:
             check_cpus_left_for_data(args)
@@ -301,7 +368,7 @@ def fit(args, cfg: Config, zero: dict, tokenizer, train_shards, val_shards, run:
         ),
         datasets=datasets,
     )
-    print(f"training {run}: preset {args.preset}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, "
+    print(f"training {run}: preset {preset_name(args)}, {args.workers} worker(s) x {args.cpus_per_worker:g} CPU, "
           f"global batch {cfg.data.global_batch_size}, {cfg.train.steps} steps, ZeRO-{cfg.train.zero_stage}",
           flush=True)
     result = trainer.fit()

@@ -11,7 +11,7 @@ import torch
 import onade
 from onade.config import Config, ModelConfig
 from onade.tokenizer import Tokenizer
-from ray_jobs.devices import check_gpus_per_process, cuda_problem, granted_device
+from ray_jobs.devices import check_gpus_per_process, cuda_problem, granted_device, idle_gpus_warning
 
 CUDA_OK = lambda: None  # noqa: E731  (a process whose CUDA works: the decision as a GPU node makes it)
 
@@ -44,16 +44,26 @@ def test_gpus_per_process_must_be_usable_by_one_process():
     with pytest.raises(ValueError, match="NCCL refuses two ranks"):
         check_gpus_per_process(0.5, "--gpus-per-worker", shareable=False)
     with pytest.raises(ValueError, match="one GPU, the others would sit idle"):
-        check_gpus_per_process(2, "--gpus-per-actor", shareable=True)
+        check_gpus_per_process(2, "--gpus-per-worker", shareable=True)
     with pytest.raises(ValueError, match=">= 0"):
         check_gpus_per_process(-1, "--x", shareable=True)
+
+
+def test_gpus_left_idle_by_cpu_workers_are_one_warning_naming_the_flag():
+    warning = idle_gpus_warning({"CPU": 64.0, "GPU": 8.0}, 0)
+    assert warning == ("warning: the cluster has 8 GPUs but --gpus-per-worker is 0: workers run on CPU; "
+                       "pass --gpus-per-worker 1")
+    assert "has 1 GPU but" in idle_gpus_warning({"GPU": 1.0}, 0)
+    assert idle_gpus_warning({"CPU": 8.0}, 0) is None  # no GPUs: CPU workers are the only choice
+    assert idle_gpus_warning({"CPU": 8.0, "GPU": 0.0}, 0) is None
+    assert idle_gpus_warning({"GPU": 8.0}, 1) is None and idle_gpus_warning({"GPU": 8.0}, 0.5) is None
 
 
 @pytest.mark.parametrize("argv", [
     ["-m", "ray_jobs.train", "--data", "d", "--output", "o", "--name", "n", "--gpus-per-worker", "0.5"],
     ["-m", "ray_jobs.train", "--data", "d", "--output", "o", "--name", "n", "--gpus-per-worker", "2"],
     ["-m", "ray_jobs.inpaint", "--checkpoint", "c", "--input", "i", "--output", "o", "--gpus-per-worker", "2"],
-    ["-m", "ray_jobs.evaluate", "--checkpoint", "c", "--data", "d", "--gpus-per-actor", "1.5"],
+    ["-m", "ray_jobs.evaluate", "--checkpoint", "c", "--data", "d", "--gpus-per-worker", "1.5"],
     ["-m", "ray_jobs.evaluate", "--checkpoint", "c", "--data", "d", "--accelerator-type", "A10G"],
 ])
 def test_gpu_flags_one_process_cannot_use_are_usage_errors(argv, capsys):
@@ -95,6 +105,18 @@ def test_actors_granted_no_gpu_run_on_cpu_and_granted_ones_refuse_a_cpu_torch(ra
     assert (device, ids) == ("cpu", [])
     with pytest.raises(ray.exceptions.RayTaskError, match=r"granted GPU\(s\) \[\d\].*CPU-only build"):
         ray.get(device_of.options(num_gpus=0.5).remote())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_the_driver_warns_when_the_cluster_has_gpus_the_workers_leave_idle(ray_with_gpus, capsys):
+    from ray_jobs.devices import warn_idle_gpus
+
+    warn_idle_gpus(0)
+    assert capsys.readouterr().err == ("warning: the cluster has 2 GPUs but --gpus-per-worker is 0: workers run on "
+                                       "CPU; pass --gpus-per-worker 1\n")
+    warn_idle_gpus(1)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow

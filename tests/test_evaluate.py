@@ -26,7 +26,7 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
 
     out = tmp_path / "metrics.json"
     result = main(["--checkpoint", export, "--data", local_shards["val"], "--num-images", "24", "--batch-size", "8",
-                   "--exact-images", "8", "--precision", "fp32", "--actors", "2", "--output", str(out)])
+                   "--exact-images", "8", "--precision", "fp32", "--workers", "2", "--output", str(out)])
     assert set(result) >= METRIC_KEYS and result["num_images"] == 24 and result["exact_num_images"] == 8
     assert result["precision"] == "fp32"
     assert json.loads(out.read_text()) == result
@@ -42,7 +42,7 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
 
     # One actor instead of two: masks are seeded by batch content, so the same numbers.
     one = main(["--checkpoint", export, "--data", local_shards["val"], "--num-images", "24", "--batch-size", "8",
-                "--exact-images", "8", "--precision", "fp32", "--actors", "1"])
+                "--exact-images", "8", "--precision", "fp32", "--workers", "1"])
     assert {k: one[k] for k in METRIC_KEYS} == pytest.approx({k: result[k] for k in METRIC_KEYS}, rel=1e-5)
 
     everything = main(["--checkpoint", export, "--data", local_shards["val"], "--batch-size", "16",
@@ -58,7 +58,7 @@ def test_evaluate_rejects_a_path_that_is_not_a_checkpoint(tmp_path, local_shards
         main(["--checkpoint", str(tmp_path / "not_an_export"), "--data", local_shards["val"]])
 
 
-EVAL_8 = ["--num-images", "8", "--batch-size", "4", "--exact-images", "8", "--precision", "fp32", "--actors", "1"]
+EVAL_8 = ["--num-images", "8", "--batch-size", "4", "--exact-images", "8", "--precision", "fp32", "--workers", "1"]
 
 
 @pytest.mark.slow
@@ -147,7 +147,7 @@ def test_evaluate_finishes_on_damaged_shards_and_names_them(ray_local, export, l
                                                                       ("bad.txt", b"a caption")]))
     out = tmp_path / "metrics.json"
     result = main(["--checkpoint", export, "--data", str(folder), "--batch-size", "8", "--exact-images", "4",
-                   "--precision", "fp32", "--actors", "1", "--output", str(out)])
+                   "--precision", "fp32", "--workers", "1", "--output", str(out)])
     assert result["num_images"] == 32 + 5 + 1 and result["exact_num_images"] == 4
     assert result["skipped_samples"] == 1 and result["skipped_by_reason"] == {
         "undecodable image (UnidentifiedImageError)": 1}

@@ -172,7 +172,7 @@ def test_evaluate_on_a_flaky_store_gives_a_clean_runs_numbers(flaky_s3_endpoint,
 
     out = tmp_path / "metrics.json"
     argv = ["--checkpoint", on_s3["export"], "--data", on_s3["val"], "--batch-size", "8", "--exact-images", "0",
-            "--precision", "fp32", "--actors", "1", "--output", str(out)]
+            "--precision", "fp32", "--workers", "1", "--output", str(out)]
     main(argv)
     clean = out.read_bytes()
     out.unlink()

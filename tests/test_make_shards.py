@@ -424,3 +424,104 @@ def test_s3_errors_say_what_to_fix(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")  # an instance role may be tried: it configures nothing
     assert "no AWS credentials are configured" in str(s3_fs.storage_error(denied, "s3://b/k", "read"))
+
+
+# ---- --val-fraction: a train/val split from one folder ------------------------------------------------------------
+
+def test_the_split_is_a_stable_hash_of_each_inputs_name_and_holds_out_about_the_fraction():
+    from data.make_shards import split_of
+
+    names = [f"photos/{i:05d}.jpg" for i in range(20_000)]
+    for fraction in (0.05, 0.2, 0.5):
+        held = sum(split_of(n, fraction) == "val" for n in names) / len(names)
+        assert held == pytest.approx(fraction, abs=0.01)
+    # Nested: what a smaller fraction holds out, a larger one holds out too; 0 holds out nothing.
+    assert {n for n in names if split_of(n, 0.05) == "val"} <= {n for n in names if split_of(n, 0.2) == "val"}
+    assert all(split_of(n, 0.0) == "train" for n in names[:1000])
+    assert split_of("caf\udce9.png", 0.5) in ("train", "val")  # a non-UTF-8 file name, as os.listdir gives it
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_a_val_fraction_outside_0_1_is_a_value_error_saying_the_range(bad, tmp_path):
+    with pytest.raises(ValueError, match=r"--val-fraction must be in \[0, 1\): the share of inputs held out"):
+        make_shards(str(tmp_path), str(tmp_path / "out"), val_fraction=bad)
+
+
+def _sources(dest: str) -> set[str]:
+    return {s["meta"]["source"] for s in read_all(dest).values()}
+
+
+def test_val_fraction_writes_train_and_val_sets_usable_by_training_disjoint_stable_and_deterministic(tmp_path, capsys):
+    from data.make_shards import split_of
+    from ray_jobs.data import iter_tar_rows, preprocess_batch, tokenizer_for
+    from ray_jobs.train import check_inputs, parse_args
+
+    root = tmp_path / "photos"
+    write_synthetic(root, 60, image_size=16, seed=4)
+    (root / "bad.png").write_bytes(b"not a png")  # a skipped input goes to its split's skipped.jsonl
+    (root / "bad.txt").write_text("a caption\n")
+    dest = str(tmp_path / "shards")
+    assert main([str(root), dest, "--image-size", "16", "--shard-size", "8", "--val-fraction", "0.25",
+                 "--workers", "1", "--no-progress"]) == 0
+    train, val = storage.join(dest, "train"), storage.join(dest, "val")
+    out = capsys.readouterr().out
+    counts = {s: len(_sources(storage.join(dest, s))) for s in ("train", "val")}
+    assert (f"make_shards: 60 samples (png 16x16) split by --val-fraction 0.25: train {counts['train']} in "
+            f"{-(-counts['train'] // 8)} shards -> {train}, val {counts['val']} in {-(-counts['val'] // 8)} shards -> "
+            f"{val}; skipped 1 (1 not an image), listed in each split's skipped.jsonl; tokenizer vocab ") in out
+    assert f"train with: python -m ray_jobs.train --data {train} --val-data {val}" in out
+    # Disjoint, everything usable in one of them, each input where its name's hash puts it: about a quarter in val.
+    by_split = {s: _sources(storage.join(dest, s)) for s in ("train", "val")}
+    assert not by_split["train"] & by_split["val"] and len(by_split["train"] | by_split["val"]) == 60
+    assert all(split_of(name, 0.25) == split for split, names in by_split.items() for name in names)
+    assert 8 <= len(by_split["val"]) <= 22
+    bad_split = split_of("bad.png", 0.25)
+    assert "bad.png" in Path(dest, bad_split, "skipped.jsonl").read_text()
+    assert Path(dest, {"train": "val", "val": "train"}[bad_split], "skipped.jsonl").read_text() == ""
+    manifests = {s: json.loads(Path(dest, s, "manifest.json").read_text()) for s in ("train", "val")}
+    assert manifests["val"]["split"]["name"] == "val" and manifests["val"]["num_samples"] == len(by_split["val"])
+    assert manifests["train"]["image_size"] == manifests["val"]["image_size"] == 16
+
+    # One tokenizer, trained on train's captions only (in the order written), beside both sets.
+    tok_bytes = Path(dest, "train", "tokenizer.model").read_bytes()
+    assert Path(dest, "val", "tokenizer.model").read_bytes() == tok_bytes
+    train_captions = [c for s in sorted(read_all(train).items()) for c in s[1]["meta"]["captions"]]
+    assert Tokenizer.train(train_captions, None, vocab_size=512).to_bytes() == tok_bytes
+    assert manifests["val"]["tokenizer"]["trained_on"] == "train"
+    # What training does with them, before Ray: both sets resolve, the tokenizer is --data's; and the val set's
+    # samples go through the pipeline's decode with it.
+    args = parse_args(["--data", train, "--val-data", val, "--output", str(tmp_path / "runs"), "--name", "x"])
+    train_urls, val_urls, tok = check_inputs(args)
+    assert tok.to_bytes() == tok_bytes == tokenizer_for(val).to_bytes()
+    assert len(train_urls) == len(manifests["train"]["shards"]) and len(val_urls) == len(manifests["val"]["shards"])
+    rows = []
+    for url in val_urls:
+        with open(url, "rb") as f:
+            rows += list(iter_tar_rows(f, url))
+    batch = {k: np.array([r.get(k) for r in rows], dtype=object) for k in ("__key__", "__url__", "png", "txt")}
+    decoded = preprocess_batch(batch, image_size=16, max_tokens=16, tokenizer=tok, train=False)
+    assert decoded["image"].shape == (len(by_split["val"]), 16, 16, 3) and (decoded["length"] > 0).all()
+
+    # The same inputs give the same bytes; inputs added later leave every earlier one in its split.
+    again = str(tmp_path / "again")
+    assert main([str(root), again, "--image-size", "16", "--shard-size", "8", "--val-fraction", "0.25",
+                 "--workers", "1", "--no-progress"]) == 0
+    for split in ("train", "val"):
+        for name in os.listdir(Path(dest, split)):
+            assert Path(again, split, name).read_bytes() == Path(dest, split, name).read_bytes(), (split, name)
+    write_synthetic(root / "more", 30, image_size=16, seed=8)
+    grown = str(tmp_path / "grown")
+    make_shards(str(root), grown, image_size=16, shard_size=8, workers=1, progress=False, val_fraction=0.25)
+    for split in ("train", "val"):
+        assert by_split[split] <= _sources(storage.join(grown, split))
+
+
+def test_a_split_left_empty_is_an_error_saying_which_and_what_to_do(tmp_path):
+    from data.make_shards import split_of
+
+    root = tmp_path / "few"
+    write_synthetic(root, 3, image_size=16, seed=2)
+    assert all(split_of(f"img_{i:05d}.png", 0.01) == "train" for i in range(3))
+    with pytest.raises(ValueError, match=r"--val-fraction 0.01 left the val split empty \(3 usable samples in all\): "
+                                         r"raise it, or add inputs"):
+        make_shards(str(root), str(tmp_path / "out"), image_size=16, workers=1, progress=False, val_fraction=0.01)
