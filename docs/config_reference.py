@@ -29,8 +29,9 @@ SOURCE = Path(config_module.__file__)
 PRESET_NAMES = ("debug", "small", "base", "large")
 
 
-def field_comments(source: str) -> dict[tuple[str, str], str]:
-    """(class name, field name) -> the comment block directly above the field plus the comment beside it."""
+def fields_in_source(source: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(class name, field name) -> (the annotation as written, e.g. `tuple[int, ...]`; the comment block
+    directly above the field plus the comment beside it)."""
     comments: dict[int, tuple[str, bool]] = {}  # line -> (text, whole line)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
@@ -49,15 +50,8 @@ def field_comments(source: str) -> dict[tuple[str, str], str]:
                 line -= 1
             beside = comments.get(stmt.end_lineno, ("", True))
             parts = above + ([beside[0]] if not beside[1] else [])
-            out[(node.name, stmt.target.id)] = " ".join(p for p in parts if p)
+            out[(node.name, stmt.target.id)] = (ast.unparse(stmt.annotation), " ".join(p for p in parts if p))
     return out
-
-
-def annotations(source: str) -> dict[tuple[str, str], str]:
-    """(class name, field name) -> the annotation as written (`tuple[int, ...]`, `dict[str, float]`)."""
-    return {(node.name, stmt.target.id): ast.unparse(stmt.annotation)
-            for node in ast.parse(source).body if isinstance(node, ast.ClassDef)
-            for stmt in node.body if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
 
 
 def show(value) -> str:
@@ -76,8 +70,7 @@ def cell(text: str) -> str:
 
 
 def render() -> str:
-    source = SOURCE.read_text()
-    comments, types = field_comments(source), annotations(source)
+    described = fields_in_source(SOURCE.read_text())
     default = config_module.Config()
     presets = {name: config_module.PRESETS[name]() for name in PRESET_NAMES}
     lines = [
@@ -94,7 +87,7 @@ def render() -> str:
     for section in dataclasses.fields(default):
         cls = type(getattr(default, section.name))
         lines += [f"## `{section.name}` ({cls.__name__})", ""]
-        if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # a written docstring, not the generated one
+        if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # written, not dataclass-generated
             lines += [cls.__doc__.strip(), ""]
         lines += ["| key | type | default | " + " | ".join(PRESET_NAMES) + " | description |",
                   "|---|---|---|" + "---|" * len(PRESET_NAMES) + "---|"]
@@ -104,8 +97,9 @@ def render() -> str:
             for name in PRESET_NAMES:
                 value = getattr(getattr(presets[name], section.name), f.name)
                 values.append(f"**`{show(value)}`**" if value != base else f"`{show(value)}`")
-            lines.append(f"| `{section.name}.{f.name}` | `{types[(cls.__name__, f.name)]}` | `{show(base)}` | "
-                         + " | ".join(values) + f" | {cell(comments.get((cls.__name__, f.name), ''))} |")
+            annotation, description = described[(cls.__name__, f.name)]
+            lines.append(f"| `{section.name}.{f.name}` | `{annotation}` | `{show(base)}` | " + " | ".join(values)
+                         + f" | {cell(description)} |")
         lines.append("")
     return "\n".join(lines)
 
