@@ -11,7 +11,12 @@ Steps: write a synthetic captioned dataset (the shape and colour in each image's
 its caption) as train / val / held-back folders; build WebDataset shards of train and val with
 `data.make_shards` into --dest (default: $DEST or $ONADE_DEMO_BUCKET; without either, a local S3 server on
 127.0.0.1 that lives as long as the demo); train the `debug` preset with `ray_jobs.train` (2 CPU workers,
-DeepSpeed); inpaint the held-back folder with `ray_jobs.inpaint --animate`; print the path of index.html.
+DeepSpeed); copy the run's export to --out/export (the local S3 server goes away with the demo); inpaint the
+held-back folder with `ray_jobs.inpaint --animate`; print the path of index.html and the library call that
+loads the model:
+
+    import onade
+    ckpt = onade.load_checkpoint("demo_out/export")
 """
 
 from __future__ import annotations
@@ -103,9 +108,11 @@ def main(argv: list[str] | None = None) -> str:
                               "--set", "train.log_every=50", "--set", f"train.val_every={args.steps}",
                               "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_batches=1"])
         checkpoint = metrics.get("export") or storage.join(runs, "demo", EXPORT_DIR)
-        print(f"   {time.perf_counter() - t:.0f}s; checkpoint {checkpoint}", flush=True)
+        export = keep_export(checkpoint, out / EXPORT_DIR)
+        print(f"   {time.perf_counter() - t:.0f}s; checkpoint {checkpoint}, kept in {export}", flush=True)
 
         t = stage("inpainting the held-back images")
+        # From the run's export, not the local copy: on a cluster the actors run on other nodes than --out's.
         # The job resumes into a folder that holds outputs; the demo's gallery is of this run's model.
         shutil.rmtree(out / "inpainted", ignore_errors=True)
         summary = inpaint.main(["--checkpoint", checkpoint, "--input", str(images / "heldout"),
@@ -115,9 +122,28 @@ def main(argv: list[str] | None = None) -> str:
                                 # Annealing towards the mode makes the short-trained model commit to one shape.
                                 "--final-temperature", "0.3"])
         print(f"   {time.perf_counter() - t:.0f}s", flush=True)
-    print(f"\ndemo finished in {(time.perf_counter() - t_start) / 60:.1f} min. Open the gallery:\n{summary['index']}",
-          flush=True)
+    print(f"\ndemo finished in {(time.perf_counter() - t_start) / 60:.1f} min. Open the gallery:\n{summary['index']}\n"
+          f"The trained model, in Python:\n    import onade\n"
+          f'    ckpt = onade.load_checkpoint("{shown_path(export)}")', flush=True)
     return summary["index"]
+
+
+def keep_export(url: str, local: Path) -> Path:
+    """Copy the export at `url` (in the demo's storage, maybe a local S3 server that ends with the demo) to the
+    local folder `local`, replacing whatever an earlier demo left there, so no stale file outlives its model."""
+    from data import storage
+
+    if not storage.is_s3(url) and Path(url).resolve() == local.resolve():
+        return local
+    shutil.rmtree(local, ignore_errors=True)
+    storage.download_dir(url, local)
+    return local
+
+
+def shown_path(path: Path) -> str:
+    """`path` as a user types it where they ran the demo: relative below the current folder, else absolute."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if Path(relative).parts[0] == ".." else Path(relative).as_posix()
 
 
 @contextlib.contextmanager

@@ -131,6 +131,17 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_config(args.preset, args.config, sets)
 
 
+def check_args(args: argparse.Namespace) -> tuple[Config, dict]:
+    """Every check of the flags and the config that reads no data and starts nothing (a mistake costs a second,
+    not a cluster start; the docs test runs it on every training command in the docs): (config, DeepSpeed JSON)."""
+    from ray_jobs.engine import load_zero_json
+
+    cfg = build_config(args)  # ConfigError names a bad key
+    cfg.validate()
+    check_batch_splits(cfg, args.workers)
+    return cfg, load_zero_json(cfg.train.zero_stage, path=args.zero_config)
+
+
 def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, object]:
     """Resolve shards and the tokenizer before Ray starts; a missing path fails here, naming it."""
     from ray_jobs.data import resolve_shards, tokenizer_for
@@ -152,7 +163,7 @@ def _shards(spec: str, flag: str, resolve) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = build_config(args)  # ConfigError names a bad key before anything starts
+    cfg, zero = check_args(args)
     from data import storage, untrusted
     from onade.export_format import EXPORT_DIR
     from ray_jobs.resume import check_resume
@@ -168,9 +179,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"exported {out}")
         return {"export": out}
 
-    from ray_jobs.engine import load_zero_json
-
-    zero = load_zero_json(cfg.train.zero_stage, path=args.zero_config)
     train_shards, val_shards, tokenizer = check_inputs(args)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.validate()

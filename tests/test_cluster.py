@@ -23,11 +23,15 @@ import pytest
 import ray
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from ray.autoscaler._private.aws import node_provider as aws_node_provider
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
 from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from tests.pins import read_pins
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,6 +43,8 @@ RAYJOBS = {"ray_jobs.train": KUBERAY / "rayjob-train.yaml", "ray_jobs.inpaint": 
 JOB_NODE_TYPE = {"ray_jobs.train": "gpu-train", "ray_jobs.inpaint": "gpu-inpaint"}
 CPU_NODE_TYPE = "cpu-worker"
 IMAGE = f"rayproject/ray:{ray.__version__}-py{sys.version_info.major}{sys.version_info.minor}-gpu"
+# The exact versions the suite runs with; the nodes install these (tests/test_install.py checks this venv).
+PINS = read_pins(ROOT / "constraints.txt")
 # What ScalingConfig(accelerator_type=...) and map_batches(accelerator_type=...) add to each request.
 ACCELERATOR_SLIVER = 0.001
 
@@ -223,6 +229,22 @@ def test_aws_yaml_passes_rays_validator():
     assert any("pip install" in c and "[jobs]" in c for c in config["setup_commands"]), "nodes must install onade"
 
 
+def test_the_ray_we_pin_is_the_ray_of_the_images():
+    assert PINS["ray"] == ray.__version__, "constraints.txt pins another Ray than this venv runs"
+    assert IMAGE.startswith(f"rayproject/ray:{PINS['ray']}-")
+
+
+def test_aws_nodes_install_with_the_constraints():
+    """Every pip install in setup_commands goes through the synced repository's constraints.txt."""
+    config = validated_aws_config()
+    (mount,) = [node for node, local in config["file_mounts"].items() if local.rstrip("/") == "."]
+    installs = [shlex.split(c) for c in config["setup_commands"] if "pip install" in c]
+    assert installs, "nodes must install onade"
+    for tokens in installs:
+        assert f"{mount}/constraints.txt" in [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "-c"], (
+            f"cluster/aws.yaml: `{' '.join(tokens)}` must install with -c {mount}/constraints.txt")
+
+
 def test_aws_head_takes_no_work_and_workers_scale_from_zero():
     config = validated_aws_config()
     types = config["available_node_types"]
@@ -377,9 +399,45 @@ def test_doc_commands_fit_the_kuberay_groups(where, module, args):
     check_command_fits(kuberay_autoscaling_config("onade", spec), where, module, args)
 
 
-def test_runtime_env_installs_what_pyproject_lists():
+def check_pip_list(where: str, entries: list[str]) -> None:
+    """A KubeRay pip list names pyproject's dependencies (Ray comes with the image), each at the exact version
+    constraints.txt pins."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {str(Requirement(r)) for r in project["dependencies"] + project["optional-dependencies"]["jobs"]
-              if Requirement(r).name != "ray"}  # Ray comes with the image, at the pinned version
-    listed = {str(Requirement(r)) for r in load_yaml(KUBERAY / "runtime-env.yaml")["pip"]}
-    assert listed == wanted
+    wanted = {canonicalize_name(Requirement(r).name): Requirement(r)
+              for r in project["dependencies"] + project["optional-dependencies"]["jobs"]}
+    wanted.pop("ray")
+    listed = {canonicalize_name(Requirement(e).name): Requirement(e) for e in entries}
+    assert listed.keys() == wanted.keys(), (f"{where} installs {sorted(listed)}, but pyproject's dependencies "
+                                            f"are {sorted(wanted)}")
+    for name, req in listed.items():
+        assert str(req.specifier) == f"=={PINS[name]}", (
+            f"{where}: {req} disagrees with constraints.txt's {name}=={PINS[name]} (the version the tests ran)")
+        assert not req.extras or req.extras == wanted[name].extras, f"{where}: {req}"
+
+
+@pytest.mark.parametrize("where", ["runtime-env.yaml", *sorted(p.name for p in RAYJOBS.values())])
+def test_kuberay_pip_lists_pin_what_the_tests_ran(where):
+    data = load_yaml(KUBERAY / where)
+    runtime_env = data if where == "runtime-env.yaml" else yaml.safe_load(data["spec"]["runtimeEnvYAML"])
+    check_pip_list(where, runtime_env["pip"])
+
+
+def test_kuberay_images_and_ray_version_are_the_pinned_ray():
+    specs = {"raycluster.yaml": load_yaml(KUBERAY / "raycluster.yaml")["spec"]}
+    specs.update({p.name: load_yaml(p)["spec"]["rayClusterSpec"] for p in RAYJOBS.values()})
+    for where, spec in specs.items():
+        assert spec["rayVersion"] == PINS["ray"], f"{where}: rayVersion {spec['rayVersion']} is not ray=={PINS['ray']}"
+        for image in pinned_images(spec):
+            assert image.split(":")[1].split("-")[0] == PINS["ray"], f"{where}: {image} is not ray=={PINS['ray']}"
+
+
+def test_pin_check_rejects_a_manifest_that_disagrees_with_the_constraints():
+    good = load_yaml(KUBERAY / "runtime-env.yaml")["pip"]
+    check_pip_list("here", good)
+    for bad, why in ((f"torch=={Version(PINS['torch']).major}.0.0", "disagrees with constraints.txt"),
+                     ("torch>=2.4", "disagrees with constraints.txt"),
+                     ("torch", "disagrees with constraints.txt")):
+        with pytest.raises(AssertionError, match=why):
+            check_pip_list("here", [bad if canonicalize_name(Requirement(e).name) == "torch" else e for e in good])
+    with pytest.raises(AssertionError, match="pyproject's dependencies"):
+        check_pip_list("here", [e for e in good if not e.startswith("tqdm")])
