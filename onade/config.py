@@ -33,26 +33,27 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    image_size: int = 32
-    width: int = 64
-    num_blocks: int = 6
+    image_size: int = 32  # side of the square images it trains on and fills, in pixels
+    width: int = 64  # channels of every conv block
+    num_blocks: int = 6  # residual blocks, each a dilated 3x3 conv and a plain 3x3 conv
     # Dilation of each block's first conv, cycled over the blocks; the receptive field must cover
     # the whole image so every hidden subpixel can see every observed one.
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
     input_mode: str = "embedding"  # "embedding" (per-channel tables) or "onehot" (the seed's 771 channels)
     embed_dim: int = 16  # per colour channel; the three are concatenated
-    coord_channels: bool = True
-    norm_groups: int = 8
+    coord_channels: bool = True  # two input channels holding each pixel's row and column
+    norm_groups: int = 8  # GroupNorm groups; must divide width
     vocab_size: int = 512  # set from the tokenizer that ships with the data
-    text_dim: int = 64
-    text_layers: int = 1
-    qrnn_kernel: int = 2
-    bidirectional: bool = True
+    text_dim: int = 64  # width of the caption reader's states
+    text_layers: int = 1  # stacked QRNN layers in the caption reader
+    qrnn_kernel: int = 2  # width, in tokens, of each QRNN layer's causal convolution
+    bidirectional: bool = True  # read the caption both ways (half the states each)
     merge_every: int = 2  # an attention merger after every k blocks (0 = no caption conditioning)
-    num_heads: int = 1
+    num_heads: int = 1  # attention heads of each merger; must divide width and text_dim
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, more time
-    # NHWC activations. "auto": on a CPU, where they measured faster (1.05-1.9x for small and base, README), not on
-    # CUDA, where no GPU has measured them yet; "on"/"off" force it (true/false are read as on/off).
+    # NHWC activations. "auto": on a CPU, where they measured faster (1.05-1.9x for small and base,
+    # docs/benchmarks.md), not on CUDA, where no GPU has measured them yet; "on"/"off" force it (true/false are
+    # read as on/off).
     channels_last: str = "auto"
 
 
@@ -71,7 +72,7 @@ class MaskConfig:
     per_pixel: bool = False  # hide whole pixels instead of single subpixels
     contiguish_size: int = 3  # neighbourhood over which the "contiguish" Bernoulli is conjoined
     min_box_fraction: float = 0.25  # box side range, as a fraction of the image side
-    max_box_fraction: float = 0.75
+    max_box_fraction: float = 0.75  # upper end of the box side range
     # Fraction of centre and box masks that hide only part of the hole (masks._partly_revealed): the
     # conditionals Gibbs and ancestral sampling ask for. The rest hide the whole hole (the one-shot fill).
     hole_orderless: float = 0.5
@@ -79,23 +80,24 @@ class MaskConfig:
 
 @dataclass
 class DataConfig:
-    max_tokens: int = 32
+    max_tokens: int = 32  # caption tokens kept; longer captions are cut
     global_batch_size: int = 32  # split over workers and gradient-accumulation steps
-    random_flip: bool = True
+    random_flip: bool = True  # training flips half the images left to right
+    # Read by nothing: the pipeline reshuffles the shard order every epoch (seeded by train.seed), not samples.
     shuffle_buffer: int = 256
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0
+    steps: int = 300  # optimizer steps of the whole run (the LR schedule ends here)
+    lr: float = 2e-3  # peak AdamW learning rate, reached after warmup_steps
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr x this
+    warmup_steps: int = 20  # linear warmup from 0 to lr
+    weight_decay: float = 0.01  # AdamW's, on tensors of 2+ dims (matrices, kernels, tables), not gains or biases
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW's
+    grad_clip: float = 1.0  # gradient norm clipping (DeepSpeed's gradient_clipping)
     micro_batch_size: int = 0  # per worker; 0 = global_batch_size / world_size (no accumulation)
-    zero_stage: int = 2
+    zero_stage: int = 2  # DeepSpeed ZeRO stage; ray_jobs.train takes 1-3 (cluster/deepspeed/zero{stage}.json)
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
     loss: str = "orderless"  # "orderless" (unbiased NLL estimate) or "mean" (the seed's plain mean)
     # Exported and validated weights are an EMA of the trained ones (onade.ema); 0 = no EMA.
@@ -103,38 +105,40 @@ class TrainConfig:
     # Share of training examples whose caption is replaced by the empty one, so the same network also
     # models p(hole | border) and sampling can use classifier-free guidance (SampleConfig.guidance).
     caption_dropout: float = 0.1
-    log_every: int = 10
+    log_every: int = 10  # steps between progress lines and metrics rows
     # Periodic validation scores the cheap metrics on val_batches fixed batches per worker; the exact
     # chain-rule NLL (one forward pass per hole subpixel per image) runs once, at the end, on
     # val_exact_images fixed images in all.
     val_every: int = 100
-    val_batches: int = 4
-    val_exact_images: int = 16
+    val_batches: int = 4  # per worker, at every validation
+    val_exact_images: int = 16  # in all, once at the end (0 = skip)
     # At the end, the loss profile that plans budgeted sampling (onade.plans) is measured on this many fixed
     # validation images in all: 64 forward passes each, a twelfth of the exact NLL's cost at 32 px.
     profile_images: int = 32
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    seed: int = 0
+    checkpoint_every: int = 100  # steps between checkpoints (one is also written at the end)
+    keep_checkpoints: int = 2  # the latest this many checkpoints are kept
+    seed: int = 0  # worker w of n draws from seed * n + w; also orders the shards
 
 
 @dataclass
 class SampleConfig:
     """Every setting of one inpainting run (onade.inpaint, ray_jobs.inpaint); see onade.sampling."""
-    # The default, from bench/sample.py --quality (README): ancestral sampling in 32 passes planned from the
-    # loss profile scores within 0.01 bit of the exact NLL and followed captions better than independent Gibbs
-    # with one sweep per hole subpixel (769 passes for a 16x16 hole), at 33x its images/s in onade.inpaint and
-    # 25.5x in the inpainting job.
+    # The default, from bench/sample.py --quality (docs/benchmarks.md): ancestral sampling in 32 passes planned
+    # from the loss profile scores within 0.01 bit of the exact NLL and followed captions better than independent
+    # Gibbs with one sweep per hole subpixel (769 passes for a 16x16 hole), at 33x its images/s in onade.inpaint
+    # and 25.5x in the inpainting job.
     strategy: str = "ancestral"
     # The budget of forward passes. Gibbs strategies: the number of sweeps. ancestral: passes planned from
     # the model's loss profile (onade.plans); maskgit, greedy, antigreedy: passes on MaskGIT's cosine
     # schedule. 0: one sweep per hole subpixel (Gibbs), or `chunk` subpixels per pass.
     steps: int = 32
-    temperature: float = 1.0
+    temperature: float = 1.0  # divides the logits before each draw (0 = the most likely value)
     final_temperature: float = 0.0  # 0 = no annealing; else geometric schedule to this value
+    # Gibbs strategies: sweep n of N hides each hole subpixel with p_n = max(pmin, pmax - (pmax - pmin) n / (alpha N))
+    # (Yao et al. 2014's annealed schedule).
     pmin: float = 0.1
-    pmax: float = 0.9
-    alpha: float = 0.7
+    pmax: float = 0.9  # see pmin
+    alpha: float = 0.7  # see pmin: the fraction of the sweeps over which p falls from pmax to pmin
     # Subpixels per forward pass: ancestral, maskgit, greedy and antigreedy with steps = 0; ancestral-gibbs's
     # blocks always.
     chunk: int = 1
@@ -246,9 +250,9 @@ def receptive_field(m: ModelConfig) -> int:
 def _preset_debug() -> Config:
     return Config(
         # A merger after every block and no caption dropout: in 600 steps (bench/quality.py, the offset variant,
-        # README) a caption dropout of 0.1 trained a border-only path this tiny net then leaned on, and the
-        # caption was worth 2.1 bits per hole subpixel (3.3 with a merger per block); without it, 5.6. Set
-        # train.caption_dropout=0.1 to sample a debug model with guidance.
+        # docs/benchmarks.md) a caption dropout of 0.1 trained a border-only path this tiny net then leaned on,
+        # and the caption was worth 2.1 bits per hole subpixel (3.3 with a merger per block); without it, 5.6.
+        # Set train.caption_dropout=0.1 to sample a debug model with guidance.
         model=ModelConfig(image_size=32, width=32, num_blocks=6, dilations=(1, 2, 4, 8, 16), embed_dim=8,
                           text_dim=32, merge_every=1),
         data=DataConfig(global_batch_size=16),
@@ -263,9 +267,10 @@ def _preset_small() -> Config:
     return Config(
         model=ModelConfig(image_size=32, width=96, num_blocks=8, dilations=(1, 2, 4, 8, 16), embed_dim=16,
                           text_dim=96, merge_every=2, num_heads=2),
-        # Chosen with bench/quality.py on Twemoji under a 15-minute, 2-CPU budget (README): this orderless-heavier
-        # mixture, batch 16 and EMA 0.995 took held-out bits per subpixel from 2.51 (default mixture, batch 32,
-        # EMA 0.99, same lr and time) to 2.23, below lossless PNG (2.45), the caption still worth 0.63 bit.
+        # Chosen with bench/quality.py on Twemoji under a 15-minute, 2-CPU budget (docs/benchmarks.md): this
+        # orderless-heavier mixture, batch 16 and EMA 0.995 took held-out bits per subpixel from 2.51 (default
+        # mixture, batch 32, EMA 0.99, same lr and time) to 2.23, below lossless PNG (2.45), the caption still
+        # worth 0.63 bit.
         masks=MaskConfig(weights={"orderless": 0.6, "center": 0.2, "box": 0.15, "contiguish": 0.05}),
         data=DataConfig(global_batch_size=16),
         train=TrainConfig(steps=5000, lr=3e-3, warmup_steps=200, val_every=500, checkpoint_every=500,
@@ -274,7 +279,7 @@ def _preset_small() -> Config:
 
 
 def _preset_base() -> Config:
-    # The seed's task: 64x64 images with a 32x32 hole; ~20M parameters.
+    # The seed's task: 64x64 images with a 32x32 hole; ~45M parameters.
     return Config(
         model=ModelConfig(image_size=64, width=384, num_blocks=16, dilations=(1, 2, 4, 8, 16), embed_dim=32,
                           text_dim=256, text_layers=2, merge_every=4, num_heads=4),

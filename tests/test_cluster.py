@@ -1,4 +1,4 @@
-"""The cluster configs are what Ray and KubeRay accept, and the README's job commands fit them.
+"""The cluster configs are what Ray and KubeRay accept, and the documented job commands fit them.
 
 Everything runs offline through Ray's own code: the cluster-launcher validator
 (`prepare_config` + `validate_config`), the AWS provider's resource autodetection (fed the
@@ -6,7 +6,7 @@ instance specs below instead of an EC2 call), KubeRay's RayCluster-to-autoscaler
 and the autoscaler's node planner (`get_nodes_for`). A guard fails any test that opens a network
 connection.
 
-The job commands come from the "Run on a cluster" section of README.md.
+The job commands come from docs/cluster.md (and a "Run on a cluster" section of README.md, if it has one).
 """
 
 import copy
@@ -134,13 +134,16 @@ def doc_sources() -> list[tuple[str, str]]:
     readme = ROOT / "README.md"
     if readme.exists() and (text := section(readme.read_text(), "Run on a cluster")):
         sources.append(("README.md", text))
+    page = ROOT / "docs" / "cluster.md"
+    if page.exists():
+        sources.append(("docs/cluster.md", page.read_text()))
     return sources
 
 
 def job_commands(markdown: str) -> list[tuple[str, list[str]]]:
     """(module, args) for every `python -m ray_jobs.train|inpaint ...` in the fenced code blocks."""
     commands = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", markdown, flags=re.S):
+    for block in re.findall(r"```[^\n`]*\n(.*?)```", markdown, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             if "ray_jobs." not in line:
                 continue  # other commands may quote across lines (the IAM policy)
@@ -330,7 +333,7 @@ def test_without_accelerator_type_a_big_inpainting_pool_lands_on_training_nodes(
 
 def test_docs_show_both_jobs():
     sources = doc_sources()
-    assert sources, "README.md has no 'Run on a cluster' section"
+    assert sources, "docs/cluster.md is missing"
     for where, text in sources:
         modules = {m for m, _ in job_commands(text)}
         assert modules == set(JOB_NODE_TYPE), f"{where} shows {modules}"
@@ -385,7 +388,7 @@ def test_rayjob_has_what_kuberay_requires(module):
     tokens = shlex.split(spec["entrypoint"])
     assert tokens[:3] == ["python", "-m", module]
     docs = [args for _, m, args in all_doc_commands() if m == module]
-    assert tokens[3:] in docs, f"{RAYJOBS[module].name}'s entrypoint is not the README's command: {tokens[3:]}"
+    assert tokens[3:] in docs, f"{RAYJOBS[module].name}'s entrypoint is not a documented command: {tokens[3:]}"
     config = kuberay_autoscaling_config(job["metadata"]["name"], spec["rayClusterSpec"])
     check_command_fits(config, RAYJOBS[module].name, module, tokens[3:])
 
