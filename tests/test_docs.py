@@ -13,7 +13,7 @@ In every code block, a repository path (`cluster/aws.yaml`, `bench/sample.py`) m
 A page's blocks run in order in one scratch folder that looks like the repository root (its folders linked in),
 with the venv's `python` first on PATH and bash under `set -euo pipefail`. The folder also holds what a reader
 has after `make demo`: `demo_out/export` (an exported `debug` model, fresh weights) and
-`demo_out/images/heldout/` (synthetic captioned images), plus `photos/` (a dozen images of assorted sizes, each
+`demo_out/images/heldout/` (synthetic captioned images), plus `photos/` (40 images of assorted sizes, each
 with a `.txt` caption), and AWS_ENDPOINT_URL points at a local S3 server with a bucket `my-bucket`. Python blocks are
 self-contained scripts.
 """
@@ -291,7 +291,7 @@ def reader_files(tmp_path_factory, local_shards):
     photos = root / "photos"
     photos.mkdir()
     colours = ["red", "green", "blue", "yellow"]
-    for i in range(12):
+    for i in range(40):
         w, h, ext = int(rng.integers(32, 97)), int(rng.integers(32, 97)), ("png", "jpg")[i % 2]
         yy, xx = np.mgrid[0:h, 0:w]
         rgb = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 20 * i)], -1)
