@@ -5,8 +5,9 @@ Run locally:
     python -m data.make_shards my_images/ s3://bucket/run1 --captions captions.jsonl --workers 8
     python -m data.make_shards coco/annotations/captions_train2017.json s3://bucket/coco64
     python -m data.make_shards "s3://bucket/laion/{00000..00099}.tar" s3://bucket/laion64   # re-shard
-With Ray (any node of the cluster does the work; it streams, so memory stays flat):
-    ray job submit --working-dir . -- python -m data.make_shards s3://bucket/raw.tar s3://bucket/run1 --workers 8
+On a cluster, as a job (it does not use Ray: it runs where the job's driver runs, the head node unless
+--entrypoint-num-cpus asks for a worker's CPUs; it streams, so memory stays flat):
+    ray job submit --working-dir . --entrypoint-num-cpus 8 -- python -m data.make_shards s3://bucket/raw.tar s3://bucket/run1 --workers 8
 
 SRC is a folder of images with sidecar `name.txt` captions (one per line, searched recursively), a
 folder plus `--captions` JSONL (`{"file": ..., "caption": ...}` or `"captions": [...]`) or COCO JSON,

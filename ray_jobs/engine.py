@@ -14,7 +14,7 @@ forward) on its accelerator's device type, CPU or CUDA. An autocast opened *arou
 work: on CUDA the engine sees it enabled with its own section absent and runs the module under
 `autocast(enabled=False)`, i.e. fp32. It keeps the optimizer, EMA and exports in fp32 without DeepSpeed's
 bf16 optimizer wrapper, and on a CPU it ran as fast as bf16 weights (measured: `small` forward+backward,
-AVX512-BF16 without AMX; README Benchmarks).
+AVX512-BF16 without AMX; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ FUSED_ADAMW_DEVICES = ("cpu",)
 def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: str) -> torch.optim.AdamW:
     """AdamW over `param_groups`. On CPU the fused kernel takes one vectorised pass over each (flat, with ZeRO)
     parameter instead of a pass per elementwise op: about 9x faster per step on a ZeRO partition here
-    (README Benchmarks, `python -m bench.train --optimizer`)."""
+    (docs/benchmarks.md, `python -m bench.train --optimizer`)."""
     fused = True if device in FUSED_ADAMW_DEVICES else None
     return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), fused=fused)
 

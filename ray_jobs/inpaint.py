@@ -5,7 +5,7 @@ Locally (starts a local Ray when RAY_ADDRESS is unset):
     python -m ray_jobs.inpaint --checkpoint runs/debug1/export --input photos/ --output inpainted/ --animate
 
 On a cluster (one GPU per actor; 30 images x 4 samples = 120 rows per forward pass, what half of a 24 GB
-GPU holds for `base`: README, On GPUs):
+GPU holds for `base`: docs/gpus.md):
 
     ray job submit --working-dir . -- python -m ray_jobs.inpaint \
         --checkpoint s3://bucket/runs/base1/export --input s3://bucket/photos --output s3://bucket/inpainted \
