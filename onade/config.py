@@ -39,7 +39,7 @@ class ModelConfig:
     # Dilation of each block's first conv, cycled over the blocks; the receptive field must cover
     # the whole image so every hidden subpixel can see every observed one.
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
-    input_mode: str = "embedding"  # "embedding" (per-channel tables) or "onehot" (the seed's 771 channels)
+    input_mode: str = "embedding"  # "embedding" (per-channel tables) or "onehot" (771 channels: 3x256 one-hot and the mask)
     embed_dim: int = 16  # per colour channel; the three are concatenated
     coord_channels: bool = True  # two input channels holding each pixel's row and column
     norm_groups: int = 8  # GroupNorm groups; must divide width
@@ -51,7 +51,7 @@ class ModelConfig:
     merge_every: int = 2  # an attention merger after every k blocks (0 = no caption conditioning)
     num_heads: int = 1  # attention heads of each merger; must divide width and text_dim
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, more time
-    # NHWC activations. "auto": on a CPU, where they measured faster (1.05-1.9x for small and base,
+    # NHWC activations. "auto": on a CPU, where they measured faster (1.09-1.94x for small and base,
     # docs/benchmarks.md), not on CUDA, where no GPU has measured them yet; "on"/"off" force it (true/false are
     # read as on/off).
     channels_last: str = "auto"
@@ -83,7 +83,8 @@ class DataConfig:
     max_tokens: int = 32  # caption tokens kept; longer captions are cut
     global_batch_size: int = 32  # split over workers and gradient-accumulation steps
     random_flip: bool = True  # training flips half the images left to right
-    # Read by nothing: the pipeline reshuffles the shard order every epoch (seeded by train.seed), not samples.
+    # Read by nothing (kept so configs saved with it still load): the pipeline reshuffles the shard order every
+    # epoch (seeded by train.seed), not samples.
     shuffle_buffer: int = 256
 
 
@@ -99,7 +100,7 @@ class TrainConfig:
     micro_batch_size: int = 0  # per worker; 0 = global_batch_size / world_size (no accumulation)
     zero_stage: int = 2  # DeepSpeed ZeRO stage; ray_jobs.train takes 1-3 (cluster/deepspeed/zero{stage}.json)
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
-    loss: str = "orderless"  # "orderless" (unbiased NLL estimate) or "mean" (the seed's plain mean)
+    loss: str = "orderless"  # "orderless" (unbiased NLL estimate) or "mean" (a plain mean over the batch's hidden subpixels)
     # Exported and validated weights are an EMA of the trained ones (onade.ema); 0 = no EMA.
     ema_decay: float = 0.999
     # Share of training examples whose caption is replaced by the empty one, so the same network also

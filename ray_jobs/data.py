@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", action="store_true", help="training augmentations (default: validation)")
     args = ap.parse_args(argv)
     try:
-        found = shard_image_size(args.spec)
+        found = None if args.image_size else shard_image_size(args.spec)
         if not (args.image_size or found):
             raise ValueError(f"the image size of {args.spec} is unknown (no manifest, first image unreadable): "
                              "pass --image-size")
@@ -432,6 +432,7 @@ def shard_image_size(spec: str | list[str], urls: list[str] | None = None) -> tu
     except Exception:  # noqa: BLE001 - damage is the reader's to report, with the shard named
         return None
     return None
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -166,8 +166,7 @@ def check_args(args: argparse.Namespace) -> tuple[Config, dict]:
     not a cluster start; the docs test runs it on every training command in the docs): (config, DeepSpeed JSON)."""
     from ray_jobs.engine import load_zero_json
 
-    cfg = build_config(args)  # ConfigError names a bad key
-    cfg.validate()
+    cfg = build_config(args)  # validated; a ConfigError names a bad key
     check_batch_splits(cfg, args.workers)
     return cfg, load_zero_json(cfg.train.zero_stage, path=args.zero_config)
 
@@ -248,7 +247,6 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.validate()
     print(preset_line(args, cfg), flush=True)
     check_shard_sizes(args, cfg, train_shards, val_shards)
-    check_batch_splits(cfg, args.workers)
     storage.check_writable(args.output)
     resume_step = check_resume(cfg, run, args.workers)
     if resume_step >= cfg.train.steps:
