@@ -120,11 +120,11 @@ chromium:
 	    || { echo "error: apt-get could not install chromium (see above)" >&2; exit 1; }; \
 	  test -x /usr/bin/chromium || { echo "error: chromium installed but /usr/bin/chromium is missing" >&2; exit 1; }; }
 
-# Everything (CI runs this): about 17 minutes on 2 cores.
+# Everything (CI runs this): about 20 minutes on 2 cores.
 test: venv chromium
 	$(PY) -m pytest -q --durations=15 tests
 
-# Under two minutes: every test that starts no Ray, DeepSpeed, subprocess job or browser.
+# Under two minutes: every test that starts no Ray, DeepSpeed, Ray job or browser.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" --durations=10 tests
 

@@ -1,6 +1,6 @@
 """Shared pytest setup. Fixtures live in tests/fixtures/<topic>.py, one file per service.
 
-Two tiers: a test that starts Ray, DeepSpeed (a torch.distributed group), a subprocess job or a browser,
+Two tiers: a test that starts Ray, DeepSpeed (a torch.distributed group), a Ray job or a browser,
 or trains a model for minutes, carries `@pytest.mark.slow`. `make test-fast` runs the rest in under two
 minutes, `make test` runs everything. An unmarked test caught starting Ray, a process group or a browser
 fails, so the fast tier stays fast.
