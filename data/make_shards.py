@@ -95,7 +95,6 @@ class Summary:
         self.num_shards += part.num_shards
         self.num_reused += part.num_reused
         self.skipped.update(part.skipped)
-        self.stale += part.stale
 
     def line(self, fmt: str, size: int) -> str:
         rate = self.num_samples / self.seconds if self.seconds > 0 else 0.0
@@ -186,18 +185,20 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as tokenizer_captions:
         _write_samples(source, dest, writers, parts, route, tokenizer_captions, (image_size, resize, fmt, max_pixels),
                        workers, progress)
-        usable = sum(p.num_samples for p in parts.values())
-        if usable == 0:
-            skipped = collections.Counter()
-            for p in parts.values():
-                skipped.update(p.skipped)
+        if val_fraction > 0:  # the whole build's counts: the splits' added up
+            whole = Summary(dest, val_fraction=val_fraction, splits=parts)
+            for part in parts.values():
+                whole.add(part)
+        else:
+            whole = parts[WHOLE]
+        if whole.num_samples == 0:
             where = " and ".join(storage.join(p.dest, "skipped.jsonl") for p in parts.values())
-            raise ValueError(f"no usable samples in {src}: all {sum(skipped.values())} inputs were skipped "
-                             f"({dict(skipped)}); see {where}")
+            raise ValueError(f"no usable samples in {src}: all {whole.num_skipped} inputs were skipped "
+                             f"({dict(whole.skipped)}); see {where}")
         for n, p in parts.items():
             if p.num_samples == 0:
-                raise ValueError(f"--val-fraction {val_fraction:g} left the {n} split empty ({usable} usable samples "
-                                 f"in all): {'raise' if n == 'val' else 'lower'} it, or add inputs")
+                raise ValueError(f"--val-fraction {val_fraction:g} left the {n} split empty ({whole.num_samples} "
+                                 f"usable samples in all): {'raise' if n == 'val' else 'lower'} it, or add inputs")
 
         from onade.tokenizer import Tokenizer
 
@@ -237,22 +238,18 @@ def make_shards(src: str, dest: str, *, image_size: int = 64, shard_size: int = 
                                    (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         part.stale = _cleanup(writer.dest, {r.name for r in writer.records})
     if val_fraction > 0:
-        summary = Summary(dest, vocab_size=tok.vocab_size, val_fraction=val_fraction, splits=parts)
-        for part in parts.values():
-            summary.add(part)
+        whole.vocab_size = tok.vocab_size
         # Shards of an earlier build without a split, in DEST itself: --data DEST would still read them.
-        summary.stale += _cleanup(dest, set())
-    else:
-        summary = parts[WHOLE]
-    summary.seconds = time.monotonic() - t0
-    return summary
+        whole.stale = [s for part in parts.values() for s in part.stale] + _cleanup(dest, set())
+    whole.seconds = time.monotonic() - t0
+    return whole
 
 
 def _write_samples(source: sources.Source, dest: str, writers: dict[str, ShardWriter], parts: dict[str, Summary],
                    route: Callable[[str], str], tokenizer_captions: IO[str], encoding: tuple[int, str, str, int],
                    workers: int, progress: bool) -> None:
-    """Every input of `source` (but DEST's own files) encoded in `workers` processes (`encoding`: image size, resize mode, format, pixel
-    limit) and written in input order to the shards of its split (`route(input name)`, a key of `writers`); the
+    """Every input of `source` (but DEST's own files) encoded in `workers` processes (`encoding`: image size,
+    resize mode, format, pixel limit) and written in input order to the shards of its split (`route(input name)`, a key of `writers`); the
     captions of TOKENIZER_SPLITS to `tokenizer_captions`; every input skipped listed in its split's skipped.jsonl
     and counted in its `parts` summary, with the samples and shards written."""
     # A local DEST inside SRC would otherwise be read back as input on a re-run.

@@ -26,7 +26,7 @@ from onade import config as config_module  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "config-reference.md"
 SOURCE = Path(config_module.__file__)
-PRESET_NAMES = ("debug", "small", "base", "large")
+PRESET_NAMES = tuple(config_module.PRESETS)
 
 
 def fields_in_source(source: str) -> dict[tuple[str, str], tuple[str, str]]:
