@@ -13,6 +13,8 @@
 - `evaluate`: all but the loss profile over held-out batches, as training's validation and ray_jobs.evaluate
   report them (the metric names are the keys of METRICS and EXACT_CENTER); `one_shot_fill`, the centre hole
   filled in one forward pass, for the image grids.
+- `texture`, `sample_quality` (from onade.texture, numpy only): whether a fill looks like the image, from
+  its pixels: hole roughness over the originals' and the speck rate.
 - `centre_colour`, `hole_colour`, `caption_adherence`: on synthetic data with a known palette
   (data.synthetic), whether a sample's centre has the caption's colour.
 
@@ -35,6 +37,7 @@ from onade.masks import draw_observed, observed_except_center
 from onade.model import Caption
 from onade.plans import LossProfile, isotonic_decreasing
 from onade.precision import autocast
+from onade.texture import SPECK_L1, Texture, sample_quality, texture  # noqa: F401 (their home is onade.texture)
 
 LN2 = math.log(2)
 METRICS = ("bits_per_dim", "center_bits_true_caption", "center_bits_shuffled_caption")  # `evaluate`'s cheap ones
