@@ -48,6 +48,7 @@ class JobOptions:
     frames: int = 40  # frames of an animation
     threads: int = 0  # torch threads in an actor on CPU (0 = torch's default)
     max_forward_batch: int = 0  # rows per forward pass (a guided example is two); 0 = from free memory
+    reference: bool = False  # the holes hold the true content: score its texture beside the samples'
 
     def sample_config(self):
         """The job's onade.config.SampleConfig, validated."""

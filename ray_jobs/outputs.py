@@ -38,6 +38,7 @@ import numpy as np
 
 from data import storage, untrusted
 from data.images import ImageSkip, encode, pixel_limit, to_rgb
+from onade.texture import Texture, sample_quality, texture
 from ray_jobs.inpaint_inputs import JobOptions, image_seeds, input_digest, prepare, read_input
 
 GIF_FRAME_MS = 80
@@ -141,12 +142,14 @@ def encode_image(image_HWC: np.ndarray, fmt: str) -> bytes:
 
 
 def thumb(image_HWC: np.ndarray):
-    """A PIL image THUMB_PX high (at most 4 times as wide: a panorama is squeezed, not a 65,535 px JPEG)."""
+    """A PIL image THUMB_PX high (at most 4 times as wide: a panorama is squeezed, not a 65,535 px JPEG); an
+    RGBA image is composited on white first, as the masked view and JPEG outputs are (its hidden RGB under
+    alpha 0 is not shown)."""
     from PIL import Image
 
     h, w = image_HWC.shape[:2]
     size = (min(4 * THUMB_PX, max(1, round(w * THUMB_PX / h))), THUMB_PX)
-    return Image.fromarray(np.ascontiguousarray(image_HWC[..., :3])).resize(size, Image.Resampling.BICUBIC)
+    return to_rgb(Image.fromarray(np.ascontiguousarray(image_HWC))).resize(size, Image.Resampling.BICUBIC)
 
 
 def thumb_strip(tiles: list) -> bytes:
@@ -195,7 +198,7 @@ def _write_one(row: dict, o: JobOptions, sample, settings: str) -> dict:
     rel = str(row["rel"])
     try:
         names = OutputNames.of(rel, o)
-        blobs = _encode_outputs(row, o, rel)
+        blobs, quality = _encode_outputs(row, o, rel)
         files = names.all()
         if names.animation:
             blobs.append(bytes(row["gif"]))
@@ -211,30 +214,36 @@ def _write_one(row: dict, o: JobOptions, sample, settings: str) -> dict:
     return {"input": str(row["input"]), "rel": rel, "outputs": files, "files": names.files(),
             "caption": str(row["caption"]), **sampler_fields(sample, int(row["forward_passes"])),
             "precision": str(row["precision"]), "samples": o.samples, "seeds": image_seeds(o.seed, rel, o.samples),
-            **fit, "format": o.format, "settings": settings,
+            **fit, "format": o.format, "settings": settings, **quality,
             "seconds": round(float(row["actor_seconds"]), 4), "model_seconds": round(float(row["model_seconds"]), 4),
             "write_seconds": round(time.perf_counter() - start, 4), "status": "ok"}
 
 
-def _encode_outputs(row: dict, o: JobOptions, rel: str) -> list[bytes]:
-    """[each sample, masked view, thumbnail strip] encoded; one full-size image held at a time."""
+def _encode_outputs(row: dict, o: JobOptions, rel: str) -> tuple[list[bytes], dict]:
+    """[each sample, masked view, thumbnail strip] encoded, one full-size image held at a time; and the
+    texture sums (onade.texture) of the samples' holes at the output's size, with --reference the input's."""
     if o.fit == "context":
         data, mask_data = read_input(row, o)
         if input_digest(data, mask_data) != row["digest"]:
             raise ImageSkip("the input (or its mask) changed while the job ran; run the job again")
         prepared = prepare(data, mask_data, rel, o)
         del data, mask_data
-        masked = checkerboard(prepared.rgb_HWC, prepared.hidden_HW)
+        original, hidden = prepared.rgb_HWC, prepared.hidden_HW
         results = (prepared.window.paste(prepared.source_HWC, prepared.hidden_HW, s, o.feather)
                    for s in row["samples"])
     else:  # the outputs are the model's window itself, as the decode stage made it: nothing to read again
-        masked = checkerboard(row["image"], row["hidden"])
+        original, hidden = row["image"], row["hidden"]
         results = iter(row["samples"])
-    blobs, thumbs = [], [thumb(masked)]
+    masked = checkerboard(original, hidden)
+    blobs, thumbs, sums = [], [thumb(masked)], Texture()
     for result in results:
         blobs.append(encode_image(result, o.format))
         thumbs.append(thumb(result))
-    return blobs + [encode_image(masked, o.format), thumb_strip(thumbs)]
+        sums = sums + texture(result, hidden)
+    quality = {"texture": dataclasses.asdict(sums)}
+    if o.reference:
+        quality["reference_texture"] = dataclasses.asdict(texture(original, hidden))
+    return blobs + [encode_image(masked, o.format), thumb_strip(thumbs)], quality
 
 
 # ---- the gallery ------------------------------------------------------------------------------------
@@ -268,27 +277,60 @@ def read_records(path: str) -> Iterator[dict]:
                 yield rec
 
 
+def row_texture(rec: dict, key: str = "texture"):
+    """A row's onade.texture.Texture sums under `key` ("texture": its samples', "reference_texture": its
+    input's hole), or None when the row has none (an error row, a row from before they were recorded)."""
+    sums = rec.get(key)
+    fields = [f.name for f in dataclasses.fields(Texture)]
+    if not isinstance(sums, dict) or not all(isinstance(sums.get(f), (int, float)) for f in fields):
+        return None
+    return Texture(**{f: sums[f] for f in fields})
+
+
+def texture_text(samples, reference=None) -> str:
+    """Hole roughness and speck rate of the samples, beside the reference's (and the ratio) when given."""
+    if samples is None or not samples.pixels:
+        return ""
+    q = sample_quality(samples, reference)
+    text = f"hole roughness {q['hole_roughness']:.1f}, specks {100 * q['speck_rate']:.2f}%"
+    if reference is not None and reference.pixels:
+        text += (f" (reference {q['hole_roughness_originals']:.1f}, x{q['roughness_ratio']:.2f}; "
+                 f"specks {100 * q['speck_rate_originals']:.2f}%)")
+    return text
+
+
 @dataclasses.dataclass
 class Totals:
-    """Counts over every row of results.jsonl. `resumed` rows were done by an earlier run."""
+    """Counts over every row of results.jsonl (`resumed` rows were done by an earlier run), and the texture
+    sums of the rows that have them (onade.texture): every sample's, and the references' where recorded."""
     rows: int = 0
     done_now: int = 0
     done_before: int = 0
     failed: int = 0
+    samples: Texture = dataclasses.field(default_factory=Texture)
+    reference: Texture = dataclasses.field(default_factory=Texture)
 
     def add(self, rec: dict) -> None:
         self.rows += 1
         if rec.get("status") != "ok":
             self.failed += 1
-        elif rec.get("resumed"):
+            return
+        if rec.get("resumed"):
             self.done_before += 1
         else:
             self.done_now += 1
+        samples, reference = row_texture(rec), row_texture(rec, "reference_texture")
+        if samples is not None:
+            self.samples += samples
+            if reference is not None:
+                self.reference += reference
 
     def line(self) -> str:
         done = self.done_now + self.done_before
-        return (f"{self.rows:,} inputs: {done:,} done ({self.done_now:,} in this run, {self.done_before:,} skipped "
+        line = (f"{self.rows:,} inputs: {done:,} done ({self.done_now:,} in this run, {self.done_before:,} skipped "
                 f"as done by earlier runs), {self.failed:,} failed")
+        fills = texture_text(self.samples, self.reference if self.reference.pixels else None)
+        return line + (f". Fills: {fills}" if fills else "")
 
 
 @dataclasses.dataclass
@@ -349,14 +391,16 @@ def render_row(num: int, rec: dict) -> str:
     files = row_files(rec)
     if rec.get("status") != "ok" or not files.samples:
         error = _str(rec.get("error")) or ("no outputs" if rec.get("status") == "ok" else "failed")
-        return f'{head}<td colspan="2" class="error">{html.escape(error)}</td></tr>\n'
+        return f'{head}<td colspan="3" class="error">{html.escape(error)}</td></tr>\n'
     # Rows written before thumbnails existed show the first sample itself (small for this model), lazily.
     picture, cls = (files.thumb, "thumb") if files.thumb else (files.samples[0], "full")
     img = f'<img class="{cls}" src="{href(picture)}" alt="" loading="lazy" decoding="async">'
     links = [_link(s, str(i)) for i, s in enumerate(files.samples, 1)]
     links += [_link(files.masked, "masked")] if files.masked else []
     links += [_link(files.animation, "animation")] if files.animation else []
-    return f'{head}<td><a href="{href(files.samples[0])}">{img}</a></td><td class="links">{" ".join(links)}</td></tr>\n'
+    fills = html.escape(texture_text(row_texture(rec), row_texture(rec, "reference_texture")))
+    return (f'{head}<td><a href="{href(files.samples[0])}">{img}</a></td><td class="links">{" ".join(links)}</td>'
+            f'<td class="texture">{fills}</td></tr>\n')
 
 
 def nav(page: int, num_pages: int) -> str:
@@ -393,12 +437,14 @@ nav a, nav strong, nav span {{ margin-right: 0.4em; }}
 .caption {{ max-width: 22em; }}
 .name {{ max-width: 18em; overflow-wrap: anywhere; }}
 .error {{ color: #a00; }}
+.texture {{ max-width: 16em; font-size: 90%; }}
 </style></head><body>
 <h1>onade inpainting</h1>
 <p class="totals">{totals}</p>
 """
 
-_TABLE = "<table>\n<tr><th>#</th><th>input</th><th>caption</th><th>size</th><th>samples</th><th>full size</th></tr>\n"
+_TABLE = ("<table>\n<tr><th>#</th><th>input</th><th>caption</th><th>size</th><th>samples</th><th>full size</th>"
+          "<th>hole texture</th></tr>\n")
 
 
 def _head(totals: Totals, summary: str, page: int, num_pages: int) -> str:
@@ -439,4 +485,4 @@ def write_gallery(folder: str, records_path: str, summary: str = "", page_rows: 
 __all__ = ["OutputNames", "gif_bytes", "checkerboard", "encode_image", "thumb", "thumb_strip",
            "write_batch", "sampler_fields",
            "error_record", "href", "page_name", "read_records", "row_files", "Totals", "write_gallery", "THUMB_PX",
-           "PAGE_ROWS"]
+           "PAGE_ROWS", "row_texture", "texture_text"]

@@ -10,6 +10,7 @@ import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ray_jobs.outputs import NAV_WINDOW, row_files, write_gallery
@@ -97,7 +98,7 @@ def test_totals_count_all_rows_by_run_and_skip_garbage(tmp_path):
     assert first.count("(earlier run)") == 2
     third = (tmp_path / "out" / "index-3.html").read_text()
     assert "cannot decode" not in third and _row_nums(third) == [7, 8]
-    assert '<td colspan="2" class="error">cannot decode</td>' in (tmp_path / "out" / "index-2.html").read_text()
+    assert '<td colspan="3" class="error">cannot decode</td>' in (tmp_path / "out" / "index-2.html").read_text()
 
 
 def test_a_row_shows_thumbnail_size_and_links_to_every_full_size_file(tmp_path):
@@ -198,3 +199,31 @@ def test_100k_rows_in_bounded_time_and_page_size(tmp_path):
     sizes = [(tmp_path / "out" / n).stat().st_size for n in names]
     assert max(sizes) < 200_000, max(sizes)
     assert _row_nums((tmp_path / "out" / names[-1]).read_text())[-1] == 100_000
+
+
+def test_thumbnails_show_rgba_on_white_like_the_masked_view():
+    from ray_jobs.outputs import thumb
+
+    icon = np.zeros((40, 40, 4), np.uint8)  # black RGB under alpha 0: a transparent icon's background
+    icon[10:30, 10:30] = (200, 30, 30, 255)
+    tile = np.asarray(thumb(icon))
+    assert tile.shape[2] == 3 and (tile[:5, :5] == 255).all()  # transparent shows white, not the hidden black
+    assert (np.abs(tile[60, 60].astype(int) - (200, 30, 30)) <= 2).all()
+
+
+def test_rows_and_totals_show_how_the_fills_look(tmp_path):
+    from onade.texture import Texture
+    from ray_jobs.outputs import Totals, render_row, row_texture
+
+    row = {"rel": "a.png", "status": "ok", "files": {"samples": ["a.png"]},
+           "texture": {"l1_sum": 120.0, "pairs": 10, "specks": 1, "pixels": 50},
+           "reference_texture": {"l1_sum": 100.0, "pairs": 10, "specks": 0, "pixels": 50}}
+    assert row_texture(row) == Texture(120.0, 10, 1, 50)
+    html_row = render_row(1, row)
+    assert "hole roughness 12.0, specks 2.00% (reference 10.0, x1.20; specks 0.00%)" in html_row
+    totals = Totals()
+    for rec in (row, {**row, "reference_texture": None}, {"status": "ok", "texture": {"l1_sum": "x"}}):
+        totals.add(rec)
+    # Samples pool over the rows that have them; the reference over those that have one too.
+    assert totals.samples == Texture(240.0, 20, 2, 100) and totals.reference == Texture(100.0, 10, 0, 50)
+    assert "Fills: hole roughness 12.0, specks 2.00% (reference 10.0" in totals.line()

@@ -1,6 +1,7 @@
 """End-to-end tests of `python -m ray_jobs.inpaint` through its main(argv), on a real local Ray."""
 
 import contextlib
+import dataclasses
 import html
 import json
 import os
@@ -16,6 +17,7 @@ from PIL import Image
 import onade
 from data.synthetic import write_synthetic
 from onade.config import Config, ModelConfig, SampleConfig
+from onade.texture import texture
 from onade.tokenizer import Tokenizer
 from ray_jobs import inpaint as job
 from data.images import ImageSkip, has_alpha, pixel_limit, to_rgb
@@ -575,13 +577,19 @@ def test_crop_fit_and_other_formats(ray_local, checkpoint, tmp_path):
     _photo(200, 160, (50, 40, 150, 120), "RGBA").save(src / "alpha.png")
     _photo(120, 90, None).save(src / "plain.png")
     run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "webp", "--format", "webp",
-        "--steps", 2, "--mask", "box:50,40,100,80")
+        "--steps", 2, "--mask", "box:50,40,100,80", "--reference")
     r = records(tmp_path / "webp")["alpha.png"]
     assert r["files"]["samples"] == ["alpha.webp"] and r["files"]["masked"] == "alpha.masked.webp"
     result, original = np.asarray(Image.open(tmp_path / "webp/alpha.webp")), decoded(src / "alpha.png")
     hole = np.zeros((160, 200), bool)
     hole[40:120, 50:150] = True
     assert result.shape == (160, 200, 4) and (result[~hole] == original[~hole]).all()  # lossless, alpha kept
+    # How the fill looks, at the output's size, as a viewer sees it (on white); --reference adds the input's hole.
+    assert r["texture"] == dataclasses.asdict(texture(result, hole))
+    with Image.open(src / "alpha.png") as img:
+        assert r["reference_texture"] == dataclasses.asdict(texture(np.asarray(to_rgb(img)), hole))
+    page = (tmp_path / "webp/index.html").read_text()
+    assert "Fills: hole roughness" in page and page.count("(reference ") == 3  # the totals, two rows
     run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "jpg", "--format", "jpg", "--steps", 2,
         "--mask", "box:0.25,0.25,0.5,0.5", "--feather", 2)
     with Image.open(tmp_path / "jpg/alpha.jpg") as img:
@@ -589,7 +597,7 @@ def test_crop_fit_and_other_formats(ray_local, checkpoint, tmp_path):
     run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "crop", "--fit", "crop", "--steps", 2)
     recs = records(tmp_path / "crop")
     for rel in ("alpha.png", "plain.png"):
-        assert recs[rel]["fit"] == "crop"
+        assert recs[rel]["fit"] == "crop" and "texture" in recs[rel] and "reference_texture" not in recs[rel]
         with Image.open(tmp_path / "crop" / rel) as img:
             assert img.size == (SIZE, SIZE)  # the model-size centre crop, as before
 
