@@ -16,9 +16,9 @@ samples/s; exits 1 if a shard is unreadable):
 A spec is a folder or s3:// prefix (its manifest.json if any), a manifest, shard URLs, a brace
 pattern (expanded here: Ray's reader does not) or a comma list of those. S3 access uses a pyarrow
 filesystem built by data.storage from the standard AWS settings (AWS_ENDPOINT_URL included).
-Training takes a random crop (when shards are larger than `image_size`), a random horizontal flip
-and a random caption among a sample's captions; validation takes the centre, no flip and the first
-caption, so the same sample always gives the same row. Samples that cannot be decoded or have no
+Training takes a random crop (when shards are larger than `image_size`), a random caption among a
+sample's captions and a random horizontal flip (only when that caption names no side: a mirrored "left
+arrow" is a right arrow); validation takes the centre, no flip and the first caption, so the same sample always gives the same row. Samples that cannot be decoded or have no
 caption are logged, counted (see `make_skip_counter`) and dropped; they never stop the pipeline.
 
 Shards are read by `TarShards` (with data.shard_reader), not Ray's `read_webdataset`: a shard that
@@ -37,6 +37,7 @@ import functools
 import io
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -273,6 +274,15 @@ def _fit(img: np.ndarray, size: int, train: bool, rng: np.random.Generator) -> n
     return np.asarray(images.fit(Image.fromarray(img), size, "crop"), dtype=np.uint8)
 
 
+_SIDES = re.compile(r"\b(left|right)", re.IGNORECASE)
+
+
+def flip_keeps_caption(caption: str) -> bool:
+    """Whether a left-right mirror image still fits `caption`: not when it names a side ("left arrow",
+    "person walking facing right", "rightwards")."""
+    return _SIDES.search(caption) is None
+
+
 def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_tokens: int, tokenizer: Tokenizer,
                      train: bool, random_flip: bool = True, skip_counter=None) -> dict[str, np.ndarray]:
     """Raw WebDataset columns (bytes) -> {"image" uint8 [B,H,W,3], "tokens" int64 [B,T], "length" int64 [B]}."""
@@ -310,10 +320,11 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, image_size: int, max_token
             skips.append((where, f"undecodable image ({type(e).__name__})"))
             continue
         img = _fit(img, image_size, train, rng)
-        if train and random_flip and rng.random() < 0.5:
+        caption = caps[int(rng.integers(len(caps)))] if train else caps[0]
+        if train and random_flip and rng.random() < 0.5 and flip_keeps_caption(caption):
             img = img[:, ::-1]
         out_images.append(img)
-        captions.append(caps[int(rng.integers(len(caps)))] if train else caps[0])
+        captions.append(caption)
     if skips:
         for where, reason in skips:
             log.warning("skipping corrupt sample %s: %s", where, reason)

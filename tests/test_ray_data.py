@@ -235,3 +235,24 @@ def test_training_shard_order_is_shuffled_per_epoch_reproducibly_and_validation_
         assert epochs(read_shards(urls), 2) == [names, names]
     finally:
         ctx.execution_options.preserve_order = before
+
+
+def test_flips_keep_captions_true(tmp_path):
+    from ray_jobs.data import flip_keeps_caption, preprocess_batch
+
+    assert not flip_keeps_caption("Leftwards arrow") and not flip_keeps_caption("person walking facing right")
+    assert flip_keeps_caption("a red square on white") and flip_keeps_caption("bright sunrise")
+    asymmetric = np.zeros((8, 8, 3), np.uint8)
+    asymmetric[:, :4] = 255  # white left half
+    png = io.BytesIO()
+    Image.fromarray(asymmetric).save(png, format="PNG")
+    captions = ["left arrow", "a white and black square"]
+    batch = {"__key__": np.array(["a", "b"], dtype=object), "png": np.array([png.getvalue()] * 2, dtype=object),
+             "txt": np.array([c.encode() for c in captions], dtype=object)}
+    tok = Tokenizer.train(captions * 4, tmp_path / "tok.model", vocab_size=40)
+    flipped = {c: 0 for c in captions}
+    for _ in range(40):
+        out = preprocess_batch(batch, image_size=8, max_tokens=8, tokenizer=tok, train=True)
+        for caption, img in zip(captions, out["image"]):
+            flipped[caption] += bool(img[0, 0, 0] == 0)
+    assert flipped["left arrow"] == 0 and 5 < flipped["a white and black square"] < 35
