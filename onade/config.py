@@ -21,6 +21,7 @@ NUM_LEVELS = 256  # values of a subpixel (uint8): the head's softmax is this wid
 
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
 STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "maskgit", "greedy", "antigreedy")
+CHANNEL_ORDERS = ("joint", "sequence")  # SampleConfig.channels
 LAYOUTS = ("auto", "on", "off")  # model.channels_last
 # How a model computes, not what it computes: the same weights load and give the same function either way, so
 # a run may resume with them changed (e.g. on GPUs after CPUs) and an export may drop them.
@@ -42,6 +43,10 @@ class ModelConfig:
     input_mode: str = "embedding"  # "embedding" (per-channel tables) or "onehot" (771 channels: 3x256 one-hot and the mask)
     embed_dim: int = 16  # per colour channel; the three are concatenated
     coord_channels: bool = True  # two input channels holding each pixel's row and column
+    # The head also reads the pixel's own input embedding (its observed channels, hidden tokens for the rest):
+    # p(G | R of the same pixel) then needs no trip through the conv stack, so a sampler drawing a pixel's
+    # channels in sequence (SampleConfig.channels) gets colours that agree. False in models saved without it.
+    own_pixel: bool = False
     norm_groups: int = 8  # GroupNorm groups; must divide width
     vocab_size: int = 512  # set from the tokenizer that ships with the data
     text_dim: int = 64  # width of the caption reader's states
@@ -134,6 +139,13 @@ class SampleConfig:
     # schedule. 0: one sweep per hole subpixel (Gibbs), or `chunk` subpixels per pass.
     steps: int = 32
     temperature: float = 1.0  # divides the logits before each draw (0 = the most likely value)
+    # Nucleus sampling: each subpixel draws from its most likely values whose probabilities (after temperature)
+    # add up to top_p, renormalised. 1 = the whole distribution.
+    top_p: float = 1.0
+    # ancestral: "joint" draws a pass's subpixels together, a pixel's channels as independent as any two;
+    # "sequence" plans the passes over pixels and splits each into three, R, then G given R, then B given both,
+    # so a pass costs three forward passes (steps // 3 pixel passes within the budget).
+    channels: str = "joint"
     final_temperature: float = 0.0  # 0 = no annealing; else geometric schedule to this value
     # Gibbs strategies: sweep n of N hides each hole subpixel with p_n = max(pmin, pmax - (pmax - pmin) n / (alpha N))
     # (Yao et al. 2014's annealed schedule).
@@ -163,6 +175,15 @@ class SampleConfig:
         if self.temperature < 0 or self.final_temperature < 0:
             raise ConfigError(f"{k}temperature and {k}final_temperature must be >= 0 (0 = most likely value), "
                               f"got {self.temperature}, {self.final_temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{k}top_p must be in (0, 1] (1 = no nucleus cut), got {self.top_p}")
+        if self.channels not in CHANNEL_ORDERS:
+            raise ConfigError(f"{k}channels must be one of {CHANNEL_ORDERS}, got {self.channels!r}")
+        if self.channels == "sequence" and self.strategy != "ancestral":
+            raise ConfigError(f"{k}channels 'sequence' is a plan of the ancestral strategy, not of {self.strategy}")
+        if self.channels == "sequence" and 0 < self.steps < NUM_CHANNELS:
+            raise ConfigError(f"{k}channels 'sequence' takes three forward passes per pixel pass: {k}steps must be "
+                              f"0 or at least 3, got {self.steps}")
         if not 0 < self.pmin <= self.pmax <= 1:
             raise ConfigError(f"need 0 < {k}pmin <= {k}pmax <= 1, got pmin={self.pmin} pmax={self.pmax}")
         if self.alpha <= 0:
@@ -255,7 +276,7 @@ def _preset_debug() -> Config:
         # and the caption was worth 2.1 bits per hole subpixel (3.3 with a merger per block); without it, 5.6.
         # Set train.caption_dropout=0.1 to sample a debug model with guidance.
         model=ModelConfig(image_size=32, width=32, num_blocks=6, dilations=(1, 2, 4, 8, 16), embed_dim=8,
-                          text_dim=32, merge_every=1),
+                          text_dim=32, merge_every=1, own_pixel=True),
         data=DataConfig(global_batch_size=16),
         # A short run: an EMA half-life of ~70 steps; 4 exact-NLL images (~7 s on 2 CPU workers, beside ~5 s for
         # the end-of-run loss profile), so validation stays within 10% of a 600-step run.
@@ -267,15 +288,16 @@ def _preset_debug() -> Config:
 def _preset_small() -> Config:
     return Config(
         model=ModelConfig(image_size=32, width=96, num_blocks=8, dilations=(1, 2, 4, 8, 16), embed_dim=16,
-                          text_dim=96, merge_every=2, num_heads=2),
+                          text_dim=96, merge_every=2, num_heads=2, own_pixel=True),
         # Chosen with bench/quality.py on Twemoji under a 15-minute, 2-CPU budget (docs/benchmarks.md): this
         # orderless-heavier mixture, batch 16 and EMA 0.995 took held-out bits per subpixel from 2.51 (default
         # mixture, batch 32, EMA 0.99, same lr and time) to 2.23, below lossless PNG (2.45), the caption still
         # worth 0.63 bit.
         masks=MaskConfig(weights={"orderless": 0.6, "center": 0.2, "box": 0.15, "contiguish": 0.05}),
         data=DataConfig(global_batch_size=16),
+        # 4 exact-NLL images: with 16 a 1,200-step run on 2 CPUs spent 24% of its time validating.
         train=TrainConfig(steps=5000, lr=3e-3, warmup_steps=200, val_every=500, checkpoint_every=500,
-                          ema_decay=0.995),
+                          ema_decay=0.995, val_exact_images=4),
     )
 
 
@@ -426,5 +448,5 @@ def num_hole_side(image_size: int) -> int:
 __all__ = [
     "Config", "ModelConfig", "MaskConfig", "DataConfig", "TrainConfig", "SampleConfig", "ConfigError",
     "PRESETS", "get_preset", "load_config", "apply_overrides", "config_from_dict", "receptive_field",
-    "MASK_KINDS", "STRATEGIES", "LAYOUTS", "LAYOUT_KEYS", "num_hole_side",
+    "MASK_KINDS", "STRATEGIES", "CHANNEL_ORDERS", "LAYOUTS", "LAYOUT_KEYS", "num_hole_side",
 ]

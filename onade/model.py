@@ -88,7 +88,8 @@ class ONADE(nn.Module):
             for i in range(cfg.merge_every - 1, cfg.num_blocks, cfg.merge_every):
                 self.mergers[str(i)] = AttentionMerger(cfg.width, cfg.text_dim, cfg.num_heads)
         self.out_norm = nn.GroupNorm(cfg.norm_groups, cfg.width)
-        self.head_proj = nn.Linear(cfg.width, NUM_CHANNELS * NUM_LEVELS)
+        own = self.input.out_channels if cfg.own_pixel else 0
+        self.head_proj = nn.Linear(cfg.width + own, NUM_CHANNELS * NUM_LEVELS)
 
     def _coords(self, h_BDHW: torch.Tensor) -> torch.Tensor:
         B, _, H, W = h_BDHW.shape
@@ -102,8 +103,9 @@ class ONADE(nn.Module):
         return Caption(self.reader(tokens_BT, lengths_B) if self.reader is not None else None, lengths_B)
 
     def features(self, x_BHWC, observed_BHWC, caption: Caption) -> torch.Tensor:
-        """Per-pixel features [B,H,W,D] before the output head."""
-        h = self.input(x_BHWC, observed_BHWC).to(self.stem.weight.dtype)
+        """Per-pixel features [B,H,W,D] before the output head (with model.own_pixel, the pixel's own input
+        embedding is their last channels)."""
+        h = own = self.input(x_BHWC, observed_BHWC).to(self.stem.weight.dtype)
         if self.cfg.coord_channels:
             h = torch.cat([h, self._coords(h)], dim=1)
         if nhwc(self.cfg.channels_last, h.device):
@@ -119,7 +121,10 @@ class ONADE(nn.Module):
             merger = self.mergers[str(i)] if str(i) in self.mergers else None
             if merger is not None:
                 h_BDHW = merger(h_BDHW, caption.states_BTE, caption.lengths_B)
-        return F.silu(self.out_norm(h_BDHW)).permute(0, 2, 3, 1)
+        out_BDHW = F.silu(self.out_norm(h_BDHW))
+        if self.cfg.own_pixel:
+            out_BDHW = torch.cat([out_BDHW, own.to(out_BDHW.dtype)], dim=1)
+        return out_BDHW.permute(0, 2, 3, 1)
 
     def head(self, feats_xD: torch.Tensor) -> torch.Tensor:
         """Features [..., D] -> logits [..., 3, 256]."""

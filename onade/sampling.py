@@ -118,7 +118,9 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.T
     keyword is an error. `seed` is one int per example (its sample then depends on nothing else in the
     batch) or one int for the batch (see example_seeds). `profile` (onade.plans.LossProfile, shipped with an
     export as Loaded.profile) plans the passes of `ancestral` with steps > 0. When `stats` is a dict it
-    receives `forward_passes`.
+    receives `forward_passes` and `draw_kl_bits`: the mean over the subpixels drawn of KL(the distribution
+    drawn from || the model's conditional), in bits, what temperature and top_p trade for their looks
+    (ancestral and Gibbs draws; 0 for the confidence strategies, which are not measured).
 
     Returns `images_BHWC` (uint8, on x's device) and `chain_FBHWC` (uint8, CPU): the state after the initial
     fill (Gibbs) or before the first pass (ancestral, confidence; unknown subpixels grey), then every
@@ -137,10 +139,14 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.T
     with torch.inference_mode(), autocast(resolved, device):
         sampler = _Sampler(model, x_BHWC.to(device), observed_BHWC.to(device), tokens_BT.to(device),
                            lengths_B.to(device), cfg, seeds, record_every, profile)
+        if stats is not None:
+            sampler.kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
         images_BHWC = sampler.run()
         chain = sampler.frames
     if stats is not None:
         stats["forward_passes"] = sampler.passes
+        bits, draws = sampler.kl_sums.tolist()
+        stats["draw_kl_bits"] = bits / draws if draws else 0.0
     chain_FBHWC = (torch.stack(chain).cpu() if chain
                    else torch.empty((0, *x_BHWC.shape), dtype=torch.uint8))
     return images_BHWC.to(x_BHWC.device), chain_FBHWC
@@ -173,6 +179,9 @@ def planned_passes(config: SampleConfig, hole_size: int) -> int:
         return 0
     if o.strategy in ("independent-gibbs", "ancestral-gibbs"):
         return (o.steps or hole_size) + (o.init == "model")
+    if o.channels == "sequence":  # a hole of whole pixels: hole_size / 3 of them
+        pixels = math.ceil(hole_size / NUM_CHANNELS)
+        return NUM_CHANNELS * (min(o.steps // NUM_CHANNELS, pixels) if o.steps else math.ceil(pixels / o.chunk))
     return min(o.steps, hole_size) if o.steps else math.ceil(hole_size / o.chunk)
 
 
@@ -187,23 +196,52 @@ def _check_batch(x_BHWC, observed_BHWC, tokens_BT, lengths_B) -> None:
                          f"got {tuple(tokens_BT.shape)} and {tuple(lengths_B.shape)}")
 
 
-def _draw(logits_NK: torch.Tensor, u_N: torch.Tensor, temperature: float = 1.0,
-          inv_temperature_N: torch.Tensor | None = None) -> torch.Tensor:
-    """One categorical draw per row from its uniform u in [0, 1), on the logits' device. Inverse-CDF sampling
-    needs one uniform per row instead of Gumbel-max's K, and measured twice as fast on CPU; temperature 0
-    takes the most likely value. Per-row temperatures (all > 0) come as `inv_temperature_N`, reciprocals
-    computed on the host in float64 and stored in fp32: the very factor the scalar path multiplies by, so a
-    row draws the same value whichever path its batch takes (a device-side 1/t or division may round apart)."""
+def _draw_weights(logits_NK: torch.Tensor, temperature: float = 1.0, inv_temperature_N: torch.Tensor | None = None,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """The unnormalised probabilities a draw samples from [N, K]: the softmax at the temperature (per-row
+    reciprocals `inv_temperature_N`, else the scalar; 0 = the most likely value alone), cut to each row's
+    nucleus when top_p < 1: its smallest set of most likely values holding top_p of the probability (values
+    tied with the least likely kept one are kept too)."""
     if inv_temperature_N is not None:
         logits_NK = logits_NK * inv_temperature_N[:, None]
     elif temperature <= 0:
-        return logits_NK.argmax(-1)
+        return torch.nn.functional.one_hot(logits_NK.argmax(-1), logits_NK.shape[-1]).float()
     elif temperature != 1:
         logits_NK = logits_NK * (1.0 / temperature)
-    cdf_NK = torch.softmax(logits_NK, dim=-1).cumsum_(-1)
+    probs_NK = torch.softmax(logits_NK, dim=-1)
+    if top_p < 1:
+        sorted_NK = probs_NK.sort(dim=-1, descending=True).values
+        # A value is kept when the more likely ones hold less than top_p: always at least the first.
+        kept_N1 = ((sorted_NK.cumsum(-1) - sorted_NK) < top_p).sum(-1, keepdim=True)
+        probs_NK = torch.where(probs_NK >= sorted_NK.gather(-1, kept_N1 - 1), probs_NK, 0.0)
+    return probs_NK
+
+
+def _draw(logits_NK: torch.Tensor, u_N: torch.Tensor, temperature: float = 1.0,
+          inv_temperature_N: torch.Tensor | None = None, top_p: float = 1.0) -> torch.Tensor:
+    """One categorical draw per row from its uniform u in [0, 1), on the logits' device, from _draw_weights.
+    Inverse-CDF sampling needs one uniform per row instead of Gumbel-max's K, and measured twice as fast on CPU.
+    Per-row temperatures (all > 0) come as `inv_temperature_N`, reciprocals computed on the host in float64 and
+    stored in fp32: the very factor the scalar path multiplies by, so a row draws the same value whichever path
+    its batch takes (a device-side 1/t or division may round apart)."""
+    if inv_temperature_N is None and temperature <= 0:
+        return logits_NK.argmax(-1)
+    return _draw_from(_draw_weights(logits_NK, temperature, inv_temperature_N, top_p), u_N)
+
+
+def _draw_from(weights_NK: torch.Tensor, u_N: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draws from unnormalised probabilities (consumed: their cumsum is taken in place)."""
+    cdf_NK = weights_NK.cumsum_(-1)
     u_N1 = u_N[:, None] * cdf_NK[:, -1:]
     # right=True: a zero-probability level has cdf equal to its predecessor's, so it can never be chosen.
-    return torch.searchsorted(cdf_NK, u_N1, right=True).squeeze(1).clamp_(max=logits_NK.shape[-1] - 1)
+    return torch.searchsorted(cdf_NK, u_N1, right=True).squeeze(1).clamp_(max=cdf_NK.shape[-1] - 1)
+
+
+def _kl_bits(logits_NK: torch.Tensor, weights_NK: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) in bits per row, q the draw's distribution (weights, normalised), p the model's softmax."""
+    q_NK = weights_NK / weights_NK.sum(-1, keepdim=True)
+    log_ratio_NK = torch.log(q_NK.clamp(min=1e-30)) - torch.log_softmax(logits_NK, -1)
+    return torch.where(q_NK > 0, q_NK * log_ratio_NK, 0.0).sum(-1) / math.log(2)
 
 
 def _draw_id(draw: tuple) -> int:
@@ -248,6 +286,7 @@ class _Sampler:
         self.rngs = [np.random.default_rng(host) for _, host in children]
         self.frames: list[torch.Tensor] = []
         self.passes = 0
+        self.kl_sums = None  # [bits, draws] of KL(draw || model) when measured (inpaint's stats)
         # The hole of every example as a padded list of subpixel indices [B,S]; the one host sync of a run.
         hidden_BD = ~self.observed_BD
         self.hole_count = hidden_BD.sum(1).tolist()
@@ -306,20 +345,28 @@ class _Sampler:
     def draw_settings(self, n: int | None, counts: Sequence[int], width: int) -> dict:
         """_draw's temperature for a [B, width] pass at step n (None: the initial fill): one float when every
         drawing example has the same (always, without annealing), else per-row reciprocals (all > 0)."""
+        top_p = self.cfg.top_p
         if n is None or self.inv_temperature_NB is None:
-            return dict(temperature=self.cfg.temperature)
+            return dict(temperature=self.cfg.temperature, top_p=top_p)
         drawing = {float(t) for t, count in zip(self.temperature_NB[n], counts) if count}
         if len(drawing) <= 1:
-            return dict(temperature=drawing.pop() if drawing else self.cfg.temperature)
-        return dict(inv_temperature_N=self.inv_temperature_NB[n][:, None].expand(-1, width).flatten())
+            return dict(temperature=drawing.pop() if drawing else self.cfg.temperature, top_p=top_p)
+        return dict(inv_temperature_N=self.inv_temperature_NB[n][:, None].expand(-1, width).flatten(), top_p=top_p)
 
     def sample(self, observed_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None, j: int = 0) -> None:
         """Resample the subpixels sub_BM (where valid: the first counts[b] of row b) given everything observed_BD
         shows, at step n's temperatures (chunk j of the step)."""
         logits_BMK = self.logits(observed_BD, sub_BM)
         u_BM = self.uniforms(sub_BM.shape[1], "sample", -1 if n is None else n, j)
-        v_BM = _draw(logits_BMK.reshape(-1, NUM_LEVELS), u_BM.flatten(),
-                     **self.draw_settings(n, counts, sub_BM.shape[1])).view(sub_BM.shape)
+        logits_NK = logits_BMK.reshape(-1, NUM_LEVELS)
+        settings = self.draw_settings(n, counts, sub_BM.shape[1])
+        if self.kl_sums is None:
+            v_BM = _draw(logits_NK, u_BM.flatten(), **settings).view(sub_BM.shape)
+        else:
+            weights_NK = _draw_weights(logits_NK, **settings)
+            kl_BM = _kl_bits(logits_NK, weights_NK).view(sub_BM.shape)
+            self.kl_sums += torch.stack([torch.where(valid_BM, kl_BM, 0.0).sum(), valid_BM.sum()]).double()
+            v_BM = _draw_from(weights_NK, u_BM.flatten()).view(sub_BM.shape)
         _set(self.x_BD, sub_BM, valid_BM, v_BM.to(torch.uint8))
 
     def random_order(self, n: int = -1) -> torch.Tensor:
@@ -347,31 +394,34 @@ class _Sampler:
                 m_NB[:N, b] = rng.binomial(hole, schedules[N])
         return m_NB
 
-    def pass_bounds(self, plan) -> tuple[np.ndarray, list[int]]:
-        """Per example, the boundaries of its passes [B, K+1] (host) and its number of passes: `plan(hole_size)`
-        gives one example's 0 = t_0 < ... < t_k = hole; examples with fewer passes (a smaller hole) repeat their
-        last boundary."""
-        plans = {m: plan(m) for m in set(self.hole_count) if m > 0}
+    def pass_bounds(self, plan, sizes: Sequence[int] | None = None) -> tuple[np.ndarray, list[int]]:
+        """Per example, the boundaries of its passes [B, K+1] (host) and its number of passes: `plan(m)` gives
+        one example's 0 = t_0 < ... < t_k = m for its hole of m variables (`sizes`, default its subpixels);
+        examples with fewer passes (a smaller hole) repeat their last boundary."""
+        sizes = self.hole_count if sizes is None else sizes
+        plans = {m: plan(m) for m in set(sizes) if m > 0}
         K = max(len(p) - 1 for p in plans.values())
-        bounds_BK = np.zeros((len(self.hole_count), K + 1), np.int64)
-        for b, m in enumerate(self.hole_count):
+        bounds_BK = np.zeros((len(sizes), K + 1), np.int64)
+        for b, m in enumerate(sizes):
             if m:
                 p = plans[m]
                 bounds_BK[b, :len(p)], bounds_BK[b, len(p):] = p, p[-1]
-        return bounds_BK, [len(plans[m]) - 1 if m else 0 for m in self.hole_count]
+        return bounds_BK, [len(plans[m]) - 1 if m else 0 for m in sizes]
 
-    def planned(self):
-        """The plan of the ancestral and confidence strategies: `steps` passes (from the loss profile for
-        ancestral, MaskGIT's cosine schedule otherwise), or `chunk` subpixels per pass when steps is 0."""
+    def planned(self, steps: int | None = None):
+        """The plan of the ancestral and confidence strategies: `steps` passes (default the config's; from the
+        loss profile for ancestral, read at the fraction of the hole known, MaskGIT's cosine schedule
+        otherwise), or `chunk` variables per pass when steps is 0."""
         o = self.cfg
-        if not o.steps:
+        steps = o.steps if steps is None else steps
+        if not steps:
             return lambda m: list(range(0, m, o.chunk)) + [m]
         if o.strategy != "ancestral":
-            return lambda m: cosine_plan(m, o.steps)
+            return lambda m: cosine_plan(m, steps)
         if self.profile is None:
-            return lambda m: uniform_plan(m, o.steps)
+            return lambda m: uniform_plan(m, steps)
         bits = tuple(self.profile.bits)
-        return lambda m: list(_cached_step_plan(bits, o.steps, m))
+        return lambda m: list(_cached_step_plan(bits, steps, m))
 
     # ---- strategies -----------------------------------------------------------------------------------
 
@@ -381,6 +431,8 @@ class _Sampler:
             self.record(0)
         elif o.strategy in ("independent-gibbs", "ancestral-gibbs"):
             self.gibbs(block_chunk=o.chunk if o.strategy == "ancestral-gibbs" else None)
+        elif o.strategy == "ancestral" and o.channels == "sequence":
+            self.ancestral_by_pixel()
         elif o.strategy == "ancestral":
             self.ancestral()
         else:
@@ -444,6 +496,35 @@ class _Sampler:
             sub_BW = order_BS.gather(1, rank_BW.clamp(max=S - 1))
             self.sample(observed_BD, sub_BW, valid_BW, counts_B.tolist(), n)
             _set(observed_BD, sub_BW, valid_BW, True)
+            self.record(n + 1)
+
+    def ancestral_by_pixel(self) -> None:
+        """channels "sequence": ancestral over the hole's pixels in a random order, each planned pass split in
+        three forward passes, one per channel, so a pixel's G is drawn given its R and its B given both."""
+        B, C = self.shape[0], NUM_CHANNELS
+        hidden_BP = (~self.observed_BD).view(B, -1, C).any(-1)
+        pixels_B = hidden_BP.sum(1).tolist()
+        P = max(pixels_B)
+        bounds_BK, num_passes_B = self.pass_bounds(self.planned(self.cfg.steps // C), pixels_B)
+        self.anneal(num_passes_B)
+        start_dev_BK = torch.as_tensor(bounds_BK, device=self.device)
+        keys_BP = torch.where(hidden_BP, self.uniforms(hidden_BP.shape[1], "pixel order"), 2.0)
+        order_BP = keys_BP.argsort(dim=1, stable=True)[:, :P]  # stable: see random_order
+        observed_BD = self.observed_BD.clone()
+        self.record(0)
+        for n in range(bounds_BK.shape[1] - 1):
+            counts_B = bounds_BK[:, n + 1] - bounds_BK[:, n]
+            width = int(counts_B.max())
+            if width == 0:
+                continue
+            rank_BW = start_dev_BK[:, n:n + 1] + torch.arange(width, device=self.device)
+            in_pass_BW = rank_BW < start_dev_BK[:, n + 1:n + 2]
+            pix_BW = order_BP.gather(1, rank_BW.clamp(max=P - 1))
+            for c in range(C):
+                sub_BW = pix_BW * C + c
+                valid_BW = in_pass_BW & ~observed_BD.gather(1, sub_BW)  # a partly hidden pixel's known channel
+                self.sample(observed_BD, sub_BW, valid_BW, counts_B.tolist(), n, c)
+                _set(observed_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
 
     def confidence(self, strategy: str) -> None:

@@ -52,7 +52,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -60,7 +59,8 @@ import time
 
 from data.images import FORMATS
 from data.untrusted import DEFAULT_MAX_IMAGE_PIXELS
-from onade.config import PRECISIONS, STRATEGIES, ConfigError, SampleConfig
+from onade.config import SampleConfig
+from ray_jobs.cli import add_sampler_flags, describe_sampler, sample_config
 from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.inpaint_inputs import FITS, JobOptions, decode_batch, list_tree, mask_table, read_captions_jsonl
 from ray_jobs.outputs import INDEX, RESULTS, OutputClaims, OutputNames, error_record, write_batch, write_gallery
@@ -71,7 +71,6 @@ from ray_jobs.ray_env import init_ray, print_versions
 SETTINGS = ".onade-inpaint.json"
 IGNORED_EXTENSIONS = (".txt", ".json", ".jsonl", ".html")
 IO_CPUS = 0.25  # each decode or write task's share of a CPU
-SAMPLER_FLAGS = ("strategy", "steps", "temperature", "final_temperature", "chunk", "precision", "guidance")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,22 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="of the results and masked previews (default png; jpg is lossy outside the hole too)")
     p.add_argument("--feather", type=int, default=0, metavar="PX",
                    help="blend the sample in over PX pixels inside the hole's edge (default 0: a hard edge)")
-    sampler = p.add_argument_group("sampler (each defaults to onade.config.SampleConfig's)")
-    sampler.add_argument("--strategy", choices=STRATEGIES)
-    sampler.add_argument("--steps", type=int,
-                         help="the budget of forward passes (0 = one per hole subpixel, or --chunk per pass)")
-    sampler.add_argument("--temperature", type=float, help="sampling temperature (0 = most likely value)")
-    sampler.add_argument("--final-temperature", type=float,
-                         help="anneal geometrically from --temperature to this over the run (0: no annealing)")
-    sampler.add_argument("--chunk", type=int, help="subpixels per forward pass: with --steps 0 for ancestral, "
-                                                   "maskgit, greedy, antigreedy; ancestral-gibbs's blocks")
-    sampler.add_argument("--precision", choices=PRECISIONS,
-                         help="auto: bf16 on GPUs with it and CPUs with AMX/AVX512-BF16, else fp32")
-    sampler.add_argument("--guidance", type=float, metavar="S",
-                         help="classifier-free guidance scale; 1 = unguided; >1 follows the caption more, "
-                              "costs a batch twice the size per pass")
+    add_sampler_flags(p)
     p.add_argument("--samples", type=int, default=1, help="samples per image (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", action="store_true",
+                   help="the inputs' holes hold the true content: report its texture beside the samples'")
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (default 64)")
     p.add_argument("--max-forward-batch", type=int, default=0, metavar="ROWS",
                    help="rows per forward pass, a guided sample counting two (default: what half the device's free "
@@ -137,12 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(str(e))
     if args.feather and args.fit != "context":
         p.error("--feather blends a sample pasted back into its image: it needs --fit context")
-    # The flags given override SampleConfig's defaults; the job keeps no defaults of its own.
-    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
-    try:
-        args.sample = SampleConfig(**given).validate(where="--")
-    except ConfigError as e:  # its message names the field; name the flag instead (--final-temperature)
-        p.error(re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
+    args.sample = sample_config(p, args)
     return args
 
 
@@ -155,11 +138,6 @@ def guidance_warning(guidance: float, caption_dropout: float) -> str | None:
     return (f"warning: --guidance {guidance:g}, but this model was trained with train.caption_dropout 0: guidance "
             "needs a model trained with train.caption_dropout > 0 (it never saw the empty caption guidance compares "
             "against); expect worse samples than --guidance 1")
-
-
-def describe(sample: SampleConfig) -> str:
-    steps = f"{sample.steps} steps" if sample.steps else "steps from the hole size"
-    return f"strategy {sample.strategy}, {steps}, guidance {sample.guidance:g}"
 
 
 # ---- selecting the work (driver only, before any Ray work) ----------------------------------------
@@ -397,7 +375,7 @@ def job_options(args):
                       image_size=cfg.model.image_size, mask=mask, mask_dir=args.mask if mask == "dir" else "",
                       fit=args.fit, format=args.format, feather=args.feather, max_pixels=args.max_image_pixels,
                       sample=dataclasses.asdict(args.sample), samples=args.samples, seed=args.seed,
-                      animate=args.animate, max_forward_batch=args.max_forward_batch)
+                      animate=args.animate, max_forward_batch=args.max_forward_batch, reference=args.reference)
 
 
 def read_folder_settings(output: str) -> str | None:
@@ -422,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not todo and not known:
         raise ValueError(f"no images under {args.input!r}")
     skipped = sum(1 for r in known if r.get("resumed"))
-    print(f"inpainting {len(todo)} image(s) from {args.input} ({describe(args.sample)}; "
+    print(f"inpainting {len(todo)} image(s) from {args.input} ({describe_sampler(args.sample)}; "
           f"{skipped} already done, {len(known) - skipped} not images) -> {args.output}", flush=True)
 
     if todo:
@@ -441,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
         with open(results_path, "rb") as f:
             storage.write_file_atomic(storage.join(args.output, RESULTS), f)
         summary = (f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
-                   f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; {describe(args.sample)}")
+                   f"{counts['done'] / elapsed if elapsed else 0.0:.2f} images/s; {describe_sampler(args.sample)}")
         pages = os.path.join(tmp, "gallery")
         write_gallery(pages, results_path, summary)
         storage.upload_dir(pages, args.output)

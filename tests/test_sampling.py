@@ -506,3 +506,68 @@ def test_a_run_launches_the_same_ops_whatever_the_batch_size_and_reads_the_capti
     random_ops = {"aten::uniform_", "aten::random_", "aten::rand", "aten::randint", "aten::normal_",
                   "aten::multinomial", "aten::bernoulli_", "aten::exponential_"}
     assert not random_ops & set(ops[8])
+
+
+def test_top_p_draws_from_the_nucleus_renormalised():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.3, 0.05, 0.5, 0.15])
+    logits = probs.log().expand(100_000, 4).contiguous()
+    u = torch.rand(100_000, generator=g)
+    # 0.5 and 0.3 hold 0.8 >= 0.7: the nucleus; 0.15 would start past it.
+    freq = torch.bincount(_draw(logits, u, top_p=0.7), minlength=4).float() / 100_000
+    assert torch.allclose(freq, torch.tensor([0.375, 0.0, 0.625, 0.0]), atol=0.01)
+    assert torch.equal(_draw(logits, u, top_p=1.0), _draw(logits, u))
+    assert (_draw(logits, u, top_p=0.01) == 2).all()  # the most likely value alone
+    # Temperature first, then the nucleus of the sharpened distribution.
+    sharp = probs ** 2 / (probs ** 2).sum()  # 0.5 alone holds 0.66 of it
+    assert (_draw(logits, u, temperature=0.5, top_p=0.6) == 2).all() and sharp[2] > 0.6
+
+
+def test_channels_in_sequence_draw_r_then_g_then_b_of_each_planned_pass(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    observed = observed_except_box(2, 8, 1, 2, 4, 3)  # 12 hole pixels
+    observed[1, 2, 2, 1] = True  # a partly hidden pixel: its G is known
+    cfg = onade.SampleConfig(strategy="ancestral", steps=9, channels="sequence")
+    stats = {}
+    with Recorder(model) as rec:
+        images, _ = onade.inpaint(model, x, observed, tokens, lengths, cfg, stats=stats)
+    assert stats["forward_passes"] == len(rec.inputs) == 9 == onade.sampling.planned_passes(cfg, 36)
+    assert torch.equal(images[observed], x[observed])
+    # Each planned pass reveals the pass's pixels channel by channel: R, then G, then B of the same pixels (a
+    # channel already observed, like example 1's G at (2, 2), is skipped).
+    seen = [s for _, s in rec.inputs] + [torch.ones_like(observed)]
+    for k in range(3):
+        new = [seen[3 * k + c + 1] & ~seen[3 * k + c] for c in range(3)]
+        pixels = (new[0] | new[1] | new[2]).any(-1)
+        for c in range(3):
+            assert torch.equal(new[c][..., c], pixels & ~observed[..., c]), (k, c)
+            assert not new[c][..., [i for i in range(3) if i != c]].any()
+        assert pixels.flatten(1).sum(1).tolist() == [4, 4]
+    # An example alone samples what it samples in the batch.
+    alone, _ = onade.inpaint(model, x[:1], observed[:1], tokens[:1], lengths[:1], cfg,
+                             seed=[example_seeds(0, 2)[0]])
+    assert torch.equal(alone[0], images[0])
+    with pytest.raises(ValueError, match="channels 'sequence' is a plan of the ancestral strategy"):
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="maskgit", channels="sequence")
+    with pytest.raises(ValueError, match="steps must be 0 or at least 3"):
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=2, channels="sequence")
+
+
+def test_stats_measure_what_temperature_and_top_p_trade_without_changing_the_sample(peaked):
+    from onade.sampling import _draw_weights, _kl_bits
+
+    x, observed, tokens, lengths = random_batch(3, 8)
+    plain, with_stats = {}, {}
+    for top_p, temperature in ((1.0, 1.0), (0.6, 1.0), (1.0, 0.5), (0.6, 0.0)):
+        kw = dict(strategy="ancestral", steps=8, top_p=top_p, temperature=temperature, precision="fp32", seed=3)
+        stats = {}
+        a, _ = onade.inpaint(peaked, x, observed, tokens, lengths, **kw)
+        b, _ = onade.inpaint(peaked, x, observed, tokens, lengths, stats=stats, **kw)
+        assert torch.equal(a, b)
+        with_stats[(top_p, temperature)] = stats["draw_kl_bits"]
+    assert with_stats[(1.0, 1.0)] == pytest.approx(0.0, abs=1e-6)
+    assert 0 < with_stats[(0.6, 1.0)] <= math.log2(1 / 0.6) + 1e-6 and with_stats[(1.0, 0.5)] > 0
+    assert with_stats[(0.6, 0.0)] > with_stats[(0.6, 1.0)]  # the most likely value alone is the farthest
+    # A nucleus draw's KL from the model is -log2 of the mass it keeps.
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    assert float(_kl_bits(logits, _draw_weights(logits, top_p=0.7))) == pytest.approx(-math.log2(0.8), rel=1e-5)
