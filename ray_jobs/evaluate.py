@@ -48,6 +48,7 @@ in model pixels or as fractions of the side):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -58,10 +59,11 @@ import torch
 
 from onade.config import PRECISIONS
 from onade.metrics import EXACT_CENTER, EXACT_SEED_OFFSET, METRICS, PROFILE_POINTS, PROFILE_SEED_OFFSET
-from ray_jobs.cli import DeprecatedAlias
+from ray_jobs.cli import DeprecatedAlias, add_sampler_flags, describe_sampler, sample_config
 from ray_jobs.devices import check_gpus_per_process, warn_idle_gpus
 from ray_jobs.ray_env import print_versions
 
+SAMPLES, ORIGINALS = "samples_texture", "originals_texture"  # per batch: onade.texture.Texture's fields
 PROFILE = "profile_bits"  # per batch: the batch's loss profile [M]
 PLAN_BITS = "plan_bits"  # per batch: bits per hidden subpixel under each plan scored [P]
 FULL = "full"
@@ -105,8 +107,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(old, dest=new[2:].replace("-", "_"), type=kind, action=DeprecatedAlias, new=new)
     p.add_argument("--accelerator-type", default=None, metavar="TYPE",
                    help="GPU type each actor needs (e.g. A10G): steers the autoscaler to that node type")
+    p.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="fill the hole of every evaluated image N times with the sampler flags' settings (the "
+                        "inpainting job's) and report how the fills look: hole roughness over the originals', "
+                        "speck rates (onade.texture)")
+    add_sampler_flags(p, precision=False)
     args = p.parse_args(argv)
-    for flag in ("num_images", "batch_size", "num_masks", "workers", "exact_images"):
+    args.sample = dataclasses.replace(sample_config(p, args), precision=args.precision)
+    for flag in ("num_images", "batch_size", "num_masks", "workers", "exact_images", "samples"):
         if getattr(args, flag) < (1 if flag in ("batch_size", "num_masks") else 0):
             p.error(f"--{flag.replace('_', '-')} must be positive")
     try:
@@ -117,8 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--accelerator-type picks the GPU type of each actor: give --gpus-per-worker too")
     if (args.profile or args.budgets) and not args.exact_images:
         p.error("--profile and --budgets score the first --exact-images images: it must be > 0")
-    if args.hole != "center" and not (args.profile or args.budgets):
-        p.error("--hole is the hole of --profile and --budgets (the other metrics use the centre): give one of them")
+    if args.hole != "center" and not (args.profile or args.budgets or args.samples):
+        p.error("--hole is the hole of --profile, --budgets and --samples (the other metrics use the centre): "
+                "give one of them")
     if args.profile and (args.profile.startswith("s3://") or not os.path.isdir(os.path.dirname(args.profile) or ".")):
         p.error(f"--profile {args.profile!r}: a local file in an existing folder (copy it to S3 afterwards)")
     return args
@@ -165,7 +174,8 @@ class Scorer:
     the budgeted NLL under each of `plans`."""
 
     def __init__(self, checkpoint: str, num_masks: int, seed: int, precision: str, threads: int,
-                 exact: bool = False, profile: bool = False, plans: list[list[int]] = (), hole: str = "center"):
+                 exact: bool = False, profile: bool = False, plans: list[list[int]] = (), hole: str = "center",
+                 samples: int = 0, sample: dict | None = None):
         import onade
         from ray_jobs.devices import actor_device
         from ray_jobs.train_checkpoints import load_export
@@ -173,12 +183,15 @@ class Scorer:
         self.device = actor_device()  # CUDA exactly when Ray granted this actor a GPU
         if self.device.type == "cpu" and threads > 0:
             torch.set_num_threads(threads)
-        self.model = load_export(checkpoint, device=self.device).model
+        loaded = load_export(checkpoint, device=self.device)
+        self.model, self.loss_profile = loaded.model, loaded.profile
         self.precision = onade.resolve_precision(precision, self.device)
         self.num_masks, self.seed = num_masks, seed
         self.exact, self.profile, self.plans = exact, profile, [list(p) for p in plans]
         self.cheap = not (exact or profile or self.plans)
         self.hole_HW = hole_pixels(hole, self.model.cfg.image_size).to(self.device)
+        self.samples = samples
+        self.sample = onade.SampleConfig(**(sample or {})).validate()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from onade.metrics import budget_bits, evaluate, exact_center_bits, loss_profile
@@ -195,6 +208,8 @@ class Scorer:
         if self.cheap:
             metrics = evaluate(self.model, [(x, tokens, lengths)], num_masks=self.num_masks, seed=seed,
                                precision=self.precision)
+            if self.samples:
+                out.update(self.fill(x, tokens, lengths, seed))
             return {**{k: np.array([metrics[k]]) for k in METRICS}, **out}
         # The costly metrics (the cheap ones came from the first pass), in evaluate's orderings: the budgets
         # share the exact NLL's, so every plan is scored in the same ordering and the one-pass-per-subpixel
@@ -212,6 +227,23 @@ class Scorer:
                 out[PLAN_BITS] = np.array([[budget_bits(self.model, x, observed_BHWC, tokens, lengths, plan,
                                                         torch.Generator().manual_seed(seed + EXACT_SEED_OFFSET))
                                             for plan in self.plans]])
+        return out
+
+
+    def fill(self, x, tokens, lengths, seed: int) -> dict[str, np.ndarray]:
+        """Texture sums (onade.texture) of `samples` fills of the hole per image, and of the originals."""
+        import onade
+        from onade.texture import Texture, texture
+
+        observed_BHWC = ~self.hole_HW[None, :, :, None].expand(*x.shape)
+        sums, stats = Texture(), {}
+        for s in range(self.samples):
+            filled, _ = onade.inpaint(self.model, x, observed_BHWC, tokens, lengths, self.sample,
+                                      seed=(seed + s) % 2 ** 63, profile=self.loss_profile, stats=stats)
+            sums += texture(filled, self.hole_HW)
+        out = {f"{SAMPLES}_{k}": np.array([v]) for k, v in dataclasses.asdict(sums).items()}
+        out.update({f"{ORIGINALS}_{k}": np.array([v]) for k, v in dataclasses.asdict(texture(x, self.hole_HW)).items()})
+        out["forward_passes"] = np.array([stats.get("forward_passes", 0)])
         return out
 
 
@@ -238,7 +270,8 @@ def _score(ds, args, total: int, label: str, **tasks) -> list[dict]:
     scored = ds.map_batches(
         Scorer, fn_constructor_kwargs={"checkpoint": args.checkpoint, "num_masks": args.num_masks,
                                        "seed": args.seed, "precision": args.precision, "threads": threads,
-                                       "hole": args.hole, **tasks},
+                                       "hole": args.hole, "samples": args.samples,
+                                       "sample": dataclasses.asdict(args.sample), **tasks},
         batch_size=args.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus, num_gpus=args.gpus_per_worker or None,
         **({"accelerator_type": args.accelerator_type} if args.accelerator_type else {}))
@@ -253,6 +286,19 @@ def _score(ds, args, total: int, label: str, **tasks) -> list[dict]:
             shown = now
     print(f"{label}: {done} images in {time.perf_counter() - t0:.0f}s ({actors} worker(s))", flush=True)
     return rows
+
+
+def fill_figures(rows: list[dict], args) -> dict:
+    """onade.texture.sample_quality of the fills' pooled texture sums beside the originals', with the settings."""
+    from onade.texture import Texture, sample_quality
+
+    def pooled(prefix: str) -> Texture:
+        names = [f.name for f in dataclasses.fields(Texture)]
+        return Texture(**{n: type(getattr(Texture(), n))(sum(r[f"{prefix}_{n}"] for r in rows)) for n in names})
+
+    return {**sample_quality(pooled(SAMPLES), pooled(ORIGINALS)), "samples_per_image": args.samples,
+            "forward_passes": int(max(r["forward_passes"] for r in rows)), "hole": args.hole,
+            "settings": dataclasses.asdict(args.sample)}
 
 
 def _mean(rows: list[dict], keys) -> dict:
@@ -341,6 +387,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--data {args.data!r} gave no images to evaluate ({dropped['total']} samples skipped, "
                          f"{dropped['num_bad_shards']} unreadable shard(s), listed above)")
     result = _mean(rows, METRICS)
+    if args.samples:
+        result["samples"] = fill_figures(rows, args)
+        print(f"fills ({args.samples} per image, {describe_sampler(args.sample)}): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in result["samples"].items() if isinstance(v, float)), flush=True)
     result.update(skipped_samples=dropped["total"], skipped_by_reason=dropped["by_reason"],
                   num_bad_shards=dropped["num_bad_shards"], bad_shards=dropped["bad_shards"])
     result["precision"] = str(rows[0]["precision"])

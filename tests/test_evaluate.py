@@ -4,6 +4,7 @@ export written by onade.save_checkpoint; its numbers must match onade.metrics co
 import json
 
 import pytest
+import torch
 
 METRIC_KEYS = {"bits_per_dim", "exact_center_bits", "center_bits_true_caption", "center_bits_shuffled_caption",
                "num_images", "exact_num_images"}
@@ -48,6 +49,44 @@ def test_evaluate_writes_the_metrics_json_and_matches_direct_computation(ray_loc
     everything = main(["--checkpoint", export, "--data", local_shards["val"], "--batch-size", "16",
                        "--exact-images", "0"])
     assert everything["num_images"] == 32 and "exact_center_bits" not in everything  # whole set, no exact
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_samples_report_how_the_fills_look_as_a_direct_run_does(ray_local, export, local_shards):
+    import zlib
+
+    import numpy as np
+
+    import onade
+    from onade.masks import observed_except_center
+    from onade.texture import Texture, sample_quality, texture
+    from ray_jobs.data import shard_dataset
+    from ray_jobs.evaluate import main
+
+    result = main(["--checkpoint", export, "--data", local_shards["val"], "--num-images", "16", "--batch-size", "8",
+                   "--exact-images", "0", "--precision", "fp32", "--workers", "1", "--samples", "2",
+                   "--top-p", "0.9", "--steps", "12"])
+    fills = result["samples"]
+    assert fills["samples_per_image"] == 2 and fills["forward_passes"] == 12 and fills["settings"]["top_p"] == 0.9
+    # The same fills made here: each batch's samples are seeded by its content, as its masks are.
+    loaded = onade.load_checkpoint(export)
+    cfg = onade.SampleConfig(top_p=0.9, steps=12, precision="fp32")
+    ds = shard_dataset(local_shards["val"], 16, loaded.config.data.max_tokens, loaded.tokenizer, train=False)
+    samples, originals = Texture(), Texture()
+    for batch in ds.limit(16).iter_batches(batch_size=8, batch_format="numpy"):
+        seed = zlib.crc32(np.ascontiguousarray(batch["image"]).tobytes(), 0)
+        x = torch.from_numpy(batch["image"])
+        observed = observed_except_center(len(x), x.shape[1])
+        originals += texture(x, ~observed[0].all(-1))
+        for s in range(2):
+            filled, _ = onade.inpaint(loaded.model, x, observed, torch.from_numpy(batch["tokens"]),
+                                      torch.from_numpy(batch["length"]).view(-1), cfg, seed=seed + s,
+                                      profile=loaded.profile)
+            samples += texture(filled, ~observed[0].all(-1))
+    direct = sample_quality(samples, originals)
+    assert {k: fills[k] for k in direct} == pytest.approx(direct, rel=1e-9)
+    assert 0 < fills["hole_roughness"] and 0 <= fills["speck_rate"] <= 1
 
 
 @pytest.mark.timeout(60)
