@@ -12,18 +12,20 @@ Datasets, both built here (nothing is downloaded at run time):
              validation subjects are unseen in training (pip install -e ".[bench]").
 
 Steps: images -> shards (data.make_shards) -> `ray_jobs.train` (2 CPU workers by default, the preset's
-validation and export) -> `ray_jobs.evaluate` on the validation shards -> independent-Gibbs samples of the
-centre hole for the first validation images -> OUT/report.json and OUT/index.html (a gallery: original,
-masked, Gibbs sample). Printed: bits per subpixel of the whole image (the orderless estimate, comparable
+validation and export) -> `ray_jobs.evaluate` on the validation shards -> the centre hole of the first
+validation images filled by the inpainting job's default sampler -> OUT/report.json and OUT/index.html (a
+gallery: original, masked, fill). Printed: bits per subpixel of the whole image (the orderless estimate, comparable
 to a lossless codec's size), beside PNG and WebP of the same images; the one-shot centre NLL with the
 true and a shuffled caption (their difference is what the caption is worth); the exact chain-rule NLL
-of the centre hole; the run's wall time against its training steps' time; on synthetic data, the
-fraction of Gibbs samples whose centre has the caption's colour.
+of the centre hole; the run's wall time against its training steps' time; how the fills look (hole
+roughness over the originals', speck rates: onade.texture) and, on synthetic data, the fraction of fills
+whose centre has the caption's colour.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import json
 import os
@@ -65,35 +67,48 @@ def shards(images: Path, out: Path, image_size: int) -> str:
     return str(out)
 
 
-def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | None) -> dict:
-    """Independent-Gibbs samples of the centre hole for the first validation images (one step per hole
-    subpixel, the job's default before issue 10); on synthetic data, the share whose centre has the caption's colour."""
+def fill_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | None) -> dict:
+    """The centre holes of the first validation images filled by the inpainting job's default sampler
+    (onade.config.SampleConfig, the export's loss profile), --fill-samples times each: how the fills look
+    (onade.texture: hole roughness over the originals', speck rates) and, on synthetic data, the share whose
+    centre has the caption's colour; and a gallery of the first sample."""
     import onade
     from data.synthetic import COLOURS
-    from onade.metrics import centre_colour
     from onade.masks import observed_except_center
+    from onade.metrics import centre_colour
+    from onade.texture import Texture, sample_quality, texture
 
     loaded = onade.load_checkpoint(export)
-    paths = sorted(val_dir.glob("*.png"))[: args.gibbs_images]
+    paths = sorted(val_dir.glob("*.png"))[: args.fill_images]
     x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
     captions = [p.with_suffix(".txt").read_text(encoding="utf-8").splitlines()[0] for p in paths]
     tokens, lengths = loaded.tokenizer.encode_batch(captions, loaded.config.data.max_tokens)
     observed = observed_except_center(len(paths), x.shape[1])
+    hidden = ~observed[0].all(-1)
+    sums, stats, hits, draws = Texture(), {}, [], []
     tic = time.perf_counter()
-    samples, _ = onade.inpaint(loaded.model, x, observed, tokens, lengths, strategy="independent-gibbs", steps=0,
-                               seed=0)
+    for s in range(args.fill_samples):
+        filled = torch.cat([onade.inpaint(loaded.model, x[i:i + 64], observed[i:i + 64], tokens[i:i + 64],
+                                          lengths[i:i + 64], seed=1000 * s + i, profile=loaded.profile,
+                                          stats=stats)[0] for i in range(0, len(x), 64)])
+        sums += texture(filled, hidden)
+        draws.append(filled)
+        if colours:
+            hits += [g == colours[p.stem] for g, p in zip(centre_colour(filled.numpy(), COLOURS), paths)]
     seconds = time.perf_counter() - tic
-    result = {"gibbs_images": len(paths), "gibbs_seconds": round(seconds, 1)}
+    result = {"fill_images": len(paths), "fill_samples": args.fill_samples, "fill_seconds": round(seconds, 1),
+              "fill_settings": dataclasses.asdict(onade.SampleConfig()),
+              "fill_forward_passes": stats.get("forward_passes"),
+              **{f"fill_{k}": v for k, v in sample_quality(sums, texture(x, hidden)).items()}}
     if colours:
-        got = centre_colour(samples.numpy(), COLOURS)
-        result["gibbs_caption_colour_share"] = float(np.mean([g == colours[p.stem] for g, p in zip(got, paths)]))
+        result["fill_caption_colour_share"] = float(np.mean(hits))
     masked = torch.where(observed, x, torch.full_like(x, 128))
     scale = max(1, 96 // x.shape[1])
     (out / "gallery").mkdir(exist_ok=True)
     rows = []
     for i, p in enumerate(paths):
         cells = []
-        for kind, img in (("original", x[i]), ("masked", masked[i]), ("gibbs", samples[i])):
+        for kind, img in (("original", x[i]), ("masked", masked[i]), ("fill", draws[0][i])):
             name = f"gallery/{p.stem}.{kind}.png"
             Image.fromarray(img.numpy()).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(
                 out / name)
@@ -101,7 +116,7 @@ def gibbs_gallery(args, export: str, val_dir: Path, out: Path, colours: dict | N
         rows.append(f"<tr>{''.join(cells)}<td>{html.escape(captions[i])}</td></tr>")
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>onade quality</title><table>"
-        "<tr><th>original</th><th>masked</th><th>Gibbs sample</th><th>caption</th></tr>"
+        "<tr><th>original</th><th>masked</th><th>fill (the job's default sampler)</th><th>caption</th></tr>"
         + "\n".join(rows) + "</table>\n", encoding="utf-8")
     return result
 
@@ -118,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--val-images", type=int, default=256, help="synthetic only")
     p.add_argument("--eval-images", type=int, default=0, help="validation images to evaluate (0 = all)")
     p.add_argument("--exact-images", type=int, default=32)
-    p.add_argument("--gibbs-images", type=int, default=64)
+    p.add_argument("--fill-images", type=int, default=64, help="validation images whose centre hole is filled")
+    p.add_argument("--fill-samples", type=int, default=2, help="fills per image")
     p.add_argument("--out", default="bench_out/quality")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     args = p.parse_args(argv)
@@ -145,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - tic
     scored = evaluate.main(["--checkpoint", metrics["export"], "--data", data["val"],
                             "--num-images", str(args.eval_images), "--exact-images", str(args.exact_images)])
-    sampled = gibbs_gallery(args, metrics["export"], out / "images" / "val", out, colours) if args.gibbs_images else {}
+    sampled = fill_gallery(args, metrics["export"], out / "images" / "val", out, colours) if args.fill_images else {}
 
     report = {
         "data": built, "preset": args.preset, "steps": args.steps, "workers": args.workers, "sets": sets,
