@@ -132,7 +132,8 @@ class SampleConfig:
     # The default, from bench/sample.py --quality (docs/benchmarks.md): ancestral sampling in 32 passes planned
     # from the loss profile scores within 0.01 bit of the exact NLL and followed captions better than independent
     # Gibbs with one sweep per hole subpixel (769 passes for a 16x16 hole), at 33x its images/s in onade.inpaint
-    # and 25.5x in the inpainting job.
+    # and 25.5x in the inpainting job. Its draws are the model's own (top_p 1,
+    # joint channels); for fills that look like the data see channels and top_p (docs/inpainting.md).
     strategy: str = "ancestral"
     # The budget of forward passes. Gibbs strategies: the number of sweeps. ancestral: passes planned from
     # the model's loss profile (onade.plans); maskgit, greedy, antigreedy: passes on MaskGIT's cosine
@@ -142,10 +143,14 @@ class SampleConfig:
     # Nucleus sampling: each subpixel draws from its most likely values whose probabilities (after temperature)
     # add up to top_p, renormalised. 1 = the whole distribution.
     top_p: float = 1.0
-    # ancestral: "joint" draws a pass's subpixels together, a pixel's channels as independent as any two;
-    # "sequence" plans the passes over pixels and splits each into three, R, then G given R, then B given both,
-    # so a pass costs three forward passes (steps // 3 pixel passes within the budget).
+    # ancestral (the other strategies ignore it): "joint" draws a pass's subpixels together, a pixel's channels as
+    # independent as any two; "sequence" plans the passes over pixels and splits each into three, R, then G given
+    # R, then B given both, so a pass costs three forward passes (steps // 3 pixel passes within the budget).
     channels: str = "joint"
+    # ancestral: after the planned passes, this many Gibbs sweeps, each redrawing a random pmin share of the
+    # hole's pixels (whole pixels, one forward pass) given everything else: a lone pixel that disagrees with
+    # all its neighbours gets redrawn knowing them. Passes beyond `steps`.
+    polish: int = 0
     final_temperature: float = 0.0  # 0 = no annealing; else geometric schedule to this value
     # Gibbs strategies: sweep n of N hides each hole subpixel with p_n = max(pmin, pmax - (pmax - pmin) n / (alpha N))
     # (Yao et al. 2014's annealed schedule).
@@ -179,9 +184,11 @@ class SampleConfig:
             raise ConfigError(f"{k}top_p must be in (0, 1] (1 = no nucleus cut), got {self.top_p}")
         if self.channels not in CHANNEL_ORDERS:
             raise ConfigError(f"{k}channels must be one of {CHANNEL_ORDERS}, got {self.channels!r}")
-        if self.channels == "sequence" and self.strategy != "ancestral":
-            raise ConfigError(f"{k}channels 'sequence' is a plan of the ancestral strategy, not of {self.strategy}")
-        if self.channels == "sequence" and 0 < self.steps < NUM_CHANNELS:
+        if not isinstance(self.polish, int) or isinstance(self.polish, bool) or self.polish < 0:
+            raise ConfigError(f"{k}polish must be an integer >= 0 (Gibbs sweeps after the fill), got {self.polish!r}")
+        if self.polish and self.strategy != "ancestral":
+            raise ConfigError(f"{k}polish sweeps follow the ancestral strategy's fill, not {self.strategy}'s")
+        if self.strategy == "ancestral" and self.channels == "sequence" and 0 < self.steps < NUM_CHANNELS:
             raise ConfigError(f"{k}channels 'sequence' takes three forward passes per pixel pass: {k}steps must be "
                               f"0 or at least 3, got {self.steps}")
         if not 0 < self.pmin <= self.pmax <= 1:

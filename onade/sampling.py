@@ -16,7 +16,10 @@ Strategies (onade.config.STRATEGIES); the hole is every subpixel where `observed
   `chunk` subpixels per forward pass), so every block is an exact draw from its conditional when k = 1.
 - ancestral: orderless-NADE ancestral sampling in a random order. With steps = K it takes K passes whose
   sizes come from the model's loss profile by OA-ARDM's dynamic programme (onade.plans.step_plan; equal
-  chunks when no profile is given); with steps = 0, `chunk` subpixels per pass.
+  chunks when no profile is given); with steps = 0, `chunk` subpixels per pass. channels "sequence" orders
+  pixels instead and splits each planned pass in three forward passes, R, then G given R, then B given both
+  (K // 3 planned passes); `polish` Gibbs sweeps then redraw a pmin share of the hole's pixels given all
+  the rest, each in one pass.
 - maskgit (Chang et al. 2022): K passes; each samples every hidden subpixel, keeps the most confident
   (log-probability of the sample plus Gumbel noise annealed to 0) in the number MaskGIT's cosine schedule
   reveals (onade.plans.cosine_plan), and hides the rest again.
@@ -24,6 +27,11 @@ Strategies (onade.config.STRATEGIES); the hole is every subpixel where `observed
   lowest (greedy) or highest (antigreedy); steps = 0 means `chunk` subpixels per pass.
 Every schedule is the example's own: a small hole may need fewer passes than its batch's largest, and the
 temperature annealing (final_temperature > 0) and maskgit's noise run over the example's own passes.
+
+Every draw divides the logits by `temperature` and, with top_p < 1, keeps each subpixel's nucleus: its most
+likely values holding top_p of the probability. A 256-way softmax trained for minutes leaves a little
+probability on every value; drawn at temperature 1 that tail is where lone off-colour pixels come from
+(bench/sampler_ablation.py).
 
 Classifier-free guidance (`guidance` = s != 1): every pass runs the body on the batch twice over, with
 the captions and with empty ones, in one batched forward, and samples from l_u + s (l_c - l_u). s = 1
@@ -179,10 +187,11 @@ def planned_passes(config: SampleConfig, hole_size: int) -> int:
         return 0
     if o.strategy in ("independent-gibbs", "ancestral-gibbs"):
         return (o.steps or hole_size) + (o.init == "model")
-    if o.channels == "sequence":  # a hole of whole pixels: hole_size / 3 of them
+    if o.strategy == "ancestral" and o.channels == "sequence":  # a hole of whole pixels: hole_size / 3 of them
         pixels = math.ceil(hole_size / NUM_CHANNELS)
-        return NUM_CHANNELS * (min(o.steps // NUM_CHANNELS, pixels) if o.steps else math.ceil(pixels / o.chunk))
-    return min(o.steps, hole_size) if o.steps else math.ceil(hole_size / o.chunk)
+        return NUM_CHANNELS * (min(o.steps // NUM_CHANNELS, pixels) if o.steps else math.ceil(pixels / o.chunk)) \
+            + o.polish
+    return (min(o.steps, hole_size) if o.steps else math.ceil(hole_size / o.chunk)) + o.polish
 
 
 def _check_batch(x_BHWC, observed_BHWC, tokens_BT, lengths_B) -> None:
@@ -353,7 +362,7 @@ class _Sampler:
             return dict(temperature=drawing.pop() if drawing else self.cfg.temperature, top_p=top_p)
         return dict(inv_temperature_N=self.inv_temperature_NB[n][:, None].expand(-1, width).flatten(), top_p=top_p)
 
-    def sample(self, observed_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None, j: int = 0) -> None:
+    def sample(self, observed_BD, sub_BM, valid_BM, counts: Sequence[int], n: int | None, j: int | str = 0) -> None:
         """Resample the subpixels sub_BM (where valid: the first counts[b] of row b) given everything observed_BD
         shows, at step n's temperatures (chunk j of the step)."""
         logits_BMK = self.logits(observed_BD, sub_BM)
@@ -431,10 +440,9 @@ class _Sampler:
             self.record(0)
         elif o.strategy in ("independent-gibbs", "ancestral-gibbs"):
             self.gibbs(block_chunk=o.chunk if o.strategy == "ancestral-gibbs" else None)
-        elif o.strategy == "ancestral" and o.channels == "sequence":
-            self.ancestral_by_pixel()
         elif o.strategy == "ancestral":
-            self.ancestral()
+            self.ancestral_by_pixel() if o.channels == "sequence" else self.ancestral()
+            self.polish()
         else:
             self.confidence(o.strategy)
         if self.record_every and (not self.frames or not torch.equal(self.frames[-1], self.x_BD.view(self.shape))):
@@ -526,6 +534,29 @@ class _Sampler:
                 self.sample(observed_BD, sub_BW, valid_BW, counts_B.tolist(), n, c)
                 _set(observed_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
+
+    def polish(self) -> None:
+        """`polish` Gibbs sweeps over the filled hole: each hides a Binomial(pixels, pmin) set of the hole's
+        pixels (from the example's host rng, a random set from its counter-based numbers) and redraws them at
+        once given everything else."""
+        B, C = self.shape[0], NUM_CHANNELS
+        hidden_BP = (~self.observed_BD).view(B, -1, C).any(-1)
+        pixels_B = hidden_BP.sum(1).tolist()
+        arange_P = torch.arange(hidden_BP.shape[1], device=self.device)
+        for k in range(self.cfg.polish):
+            counts_B = [int(rng.binomial(p, self.cfg.pmin)) if p else 0 for rng, p in zip(self.rngs, pixels_B)]
+            M = max(counts_B)
+            if M == 0:
+                continue
+            keys_BP = torch.where(hidden_BP, self.uniforms(hidden_BP.shape[1], "polish order", k), 2.0)
+            pix_BM = keys_BP.argsort(dim=1, stable=True)[:, :M]
+            in_block_BM = arange_P[None, :M] < torch.as_tensor(counts_B, device=self.device)[:, None]
+            sub_BR = (pix_BM[..., None] * C + torch.arange(C, device=self.device)).flatten(1)
+            valid_BR = in_block_BM.repeat_interleave(C, dim=1) & ~self.observed_BD.gather(1, sub_BR)
+            observed_BD = torch.ones_like(self.observed_BD)
+            _set(observed_BD, sub_BR, valid_BR, False)
+            self.sample(observed_BD, sub_BR, valid_BR, counts_B, None, f"polish {k}")
+            self.record(0, force=True)
 
     def confidence(self, strategy: str) -> None:
         """maskgit, greedy, antigreedy: every pass scores the whole hole and fills the pass's count of the

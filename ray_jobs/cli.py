@@ -10,8 +10,8 @@ from typing import Any
 
 from onade.config import CHANNEL_ORDERS, PRECISIONS, STRATEGIES, ConfigError, SampleConfig
 
-SAMPLER_FLAGS = ("strategy", "steps", "temperature", "top_p", "channels", "final_temperature", "chunk", "precision",
-                 "guidance")
+SAMPLER_FLAGS = ("strategy", "steps", "temperature", "top_p", "channels", "polish", "final_temperature", "chunk",
+                 "precision", "guidance")
 
 
 def run(main: Callable[[], Any], exit_code: Callable[[Any], int] = lambda _: 0) -> None:
@@ -56,6 +56,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, precision: bool = True) -> Non
     sampler.add_argument("--channels", choices=CHANNEL_ORDERS,
                          help="ancestral: a pixel's channels drawn in one pass (joint) or in sequence, R then G "
                               "then B (three forward passes per planned pass)")
+    sampler.add_argument("--polish", type=int, metavar="N",
+                         help="ancestral: N Gibbs sweeps after the fill, each redrawing a pmin share (SampleConfig) of "
+                              "the hole's pixels given the rest (one forward pass each)")
     sampler.add_argument("--final-temperature", type=float,
                          help="anneal geometrically from --temperature to this over the run (0: no annealing)")
     sampler.add_argument("--chunk", type=int, help="subpixels per forward pass: with --steps 0 for ancestral, "
@@ -82,5 +85,5 @@ def describe_sampler(sample: SampleConfig) -> str:
     """The settings a run's summary line names."""
     steps = f"{sample.steps} steps" if sample.steps else "steps from the hole size"
     extra = "".join(f", {name} {getattr(sample, name):g}" for name in ("temperature", "top_p")
-                    if getattr(sample, name) != 1)
+                    if getattr(sample, name) != 1) + (f", polish {sample.polish}" if sample.polish else "")
     return f"strategy {sample.strategy}, {steps}, channels {sample.channels}{extra}, guidance {sample.guidance:g}"

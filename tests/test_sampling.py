@@ -543,12 +543,14 @@ def test_channels_in_sequence_draw_r_then_g_then_b_of_each_planned_pass(model):
             assert torch.equal(new[c][..., c], pixels & ~observed[..., c]), (k, c)
             assert not new[c][..., [i for i in range(3) if i != c]].any()
         assert pixels.flatten(1).sum(1).tolist() == [4, 4]
-    # An example alone samples what it samples in the batch.
-    alone, _ = onade.inpaint(model, x[:1], observed[:1], tokens[:1], lengths[:1], cfg,
-                             seed=[example_seeds(0, 2)[0]])
-    assert torch.equal(alone[0], images[0])
-    with pytest.raises(ValueError, match="channels 'sequence' is a plan of the ancestral strategy"):
-        onade.inpaint(model, x, observed, tokens, lengths, strategy="maskgit", channels="sequence")
+    # An example samples the same at another position of the batch (its own seed).
+    swapped, _ = onade.inpaint(model, x.flip(0), observed.flip(0), tokens.flip(0), lengths.flip(0), cfg,
+                               seed=example_seeds(0, 2)[::-1])
+    assert torch.equal(swapped.flip(0), images)
+    # The other strategies ignore it (it is the default): maskgit makes its 9 passes.
+    stats = {}
+    onade.inpaint(model, x, observed, tokens, lengths, strategy="maskgit", steps=9, channels="sequence", stats=stats)
+    assert stats["forward_passes"] == 9
     with pytest.raises(ValueError, match="steps must be 0 or at least 3"):
         onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=2, channels="sequence")
 
@@ -571,3 +573,24 @@ def test_stats_measure_what_temperature_and_top_p_trade_without_changing_the_sam
     # A nucleus draw's KL from the model is -log2 of the mass it keeps.
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     assert float(_kl_bits(logits, _draw_weights(logits, top_p=0.7))) == pytest.approx(-math.log2(0.8), rel=1e-5)
+
+
+def test_polish_sweeps_redraw_whole_pixels_of_the_filled_hole_given_the_rest(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    observed = observed_except_box(2, 8, 1, 1, 6, 6)  # 36 hole pixels
+    cfg = onade.SampleConfig(strategy="ancestral", steps=6, channels="sequence", polish=3, pmin=0.2)
+    stats = {}
+    with Recorder(model) as rec:
+        images, _ = onade.inpaint(model, x, observed, tokens, lengths, cfg, stats=stats)
+    assert stats["forward_passes"] == len(rec.inputs) == 9 == onade.sampling.planned_passes(cfg, 108)
+    assert torch.equal(images[observed], x[observed])
+    for seen_x, seen in rec.inputs[6:]:
+        hidden = ~seen
+        # Whole pixels of the hole, and only those; everything else shows (the fill around them included).
+        assert torch.equal(hidden.any(-1), hidden.all(-1)) and not (hidden & observed).any()
+        assert 0 < int(hidden.all(-1).sum()) <= 2 * 36 and torch.equal(seen_x[seen & observed], x[seen & observed])
+    swapped, _ = onade.inpaint(model, x.flip(0), observed.flip(0), tokens.flip(0), lengths.flip(0), cfg,
+                               seed=example_seeds(0, 2)[::-1])
+    assert torch.equal(swapped.flip(0), images)
+    with pytest.raises(ValueError, match="polish sweeps follow the ancestral"):
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="maskgit", polish=2)
