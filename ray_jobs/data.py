@@ -18,8 +18,9 @@ pattern (expanded here: Ray's reader does not) or a comma list of those. S3 acce
 filesystem built by data.storage from the standard AWS settings (AWS_ENDPOINT_URL included).
 Training takes a random crop (when shards are larger than `image_size`), a random caption among a
 sample's captions and a random horizontal flip (only when that caption names no side: a mirrored "left
-arrow" is a right arrow); validation takes the centre, no flip and the first caption, so the same sample always gives the same row. Samples that cannot be decoded or have no
-caption are logged, counted (see `make_skip_counter`) and dropped; they never stop the pipeline.
+arrow" is a right arrow); validation takes the centre, no flip and the first caption, so the same sample
+always gives the same row. Samples that cannot be decoded or have no caption are logged, counted (see
+`make_skip_counter`) and dropped; they never stop the pipeline.
 
 Shards are read by `TarShards` (with data.shard_reader), not Ray's `read_webdataset`: a shard that
 cannot be read to its end (truncated, garbage bytes, a damaged header mid-file, deleted or unreadable
