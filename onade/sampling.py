@@ -484,24 +484,28 @@ class _Sampler:
                     _set(observed_BD, sub_Bk, valid_Bk, True)
             self.record(n + 1)
 
-    def ancestral(self) -> None:
-        S = self.num_hole
-        bounds_BK, num_passes_B = self.pass_bounds(self.planned())
+    def ranked_passes(self, order_BV: torch.Tensor, sizes: Sequence[int], plan):
+        """The planned passes over each example's variables in the order `order_BV` (its first sizes[b] are
+        its own): anneals over each example's passes, records the start, then yields (n, counts_B, items_BW,
+        valid_BW) per pass n, items_BW the variables of ranks bounds[b, n] .. bounds[b, n+1]-1 (valid where
+        they are a real rank of the pass). The caller draws them and records pass n + 1."""
+        bounds_BK, num_passes_B = self.pass_bounds(plan, sizes)
         self.anneal(num_passes_B)
         start_dev_BK = torch.as_tensor(bounds_BK, device=self.device)
-        order_BS = self.random_order()
-        observed_BD = self.observed_BD.clone()
         self.record(0)
         for n in range(bounds_BK.shape[1] - 1):
-            # Pass n samples ranks bounds[b, n] .. bounds[b, n+1]-1 of example b's order.
             counts_B = bounds_BK[:, n + 1] - bounds_BK[:, n]
             width = int(counts_B.max())
             if width == 0:
                 continue
-            offset_W = torch.arange(width, device=self.device)
-            rank_BW = start_dev_BK[:, n:n + 1] + offset_W
+            rank_BW = start_dev_BK[:, n:n + 1] + torch.arange(width, device=self.device)
             valid_BW = rank_BW < start_dev_BK[:, n + 1:n + 2]
-            sub_BW = order_BS.gather(1, rank_BW.clamp(max=S - 1))
+            yield n, counts_B, order_BV.gather(1, rank_BW.clamp(max=order_BV.shape[1] - 1)), valid_BW
+
+    def ancestral(self) -> None:
+        observed_BD = self.observed_BD.clone()
+        for n, counts_B, sub_BW, valid_BW in self.ranked_passes(self.random_order(), self.hole_count,
+                                                                  self.planned()):
             self.sample(observed_BD, sub_BW, valid_BW, counts_B.tolist(), n)
             _set(observed_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
@@ -512,22 +516,11 @@ class _Sampler:
         B, C = self.shape[0], NUM_CHANNELS
         hidden_BP = (~self.observed_BD).view(B, -1, C).any(-1)
         pixels_B = hidden_BP.sum(1).tolist()
-        P = max(pixels_B)
-        bounds_BK, num_passes_B = self.pass_bounds(self.planned(self.cfg.steps // C), pixels_B)
-        self.anneal(num_passes_B)
-        start_dev_BK = torch.as_tensor(bounds_BK, device=self.device)
         keys_BP = torch.where(hidden_BP, self.uniforms(hidden_BP.shape[1], "pixel order"), 2.0)
-        order_BP = keys_BP.argsort(dim=1, stable=True)[:, :P]  # stable: see random_order
+        order_BP = keys_BP.argsort(dim=1, stable=True)[:, :max(pixels_B)]  # stable: see random_order
         observed_BD = self.observed_BD.clone()
-        self.record(0)
-        for n in range(bounds_BK.shape[1] - 1):
-            counts_B = bounds_BK[:, n + 1] - bounds_BK[:, n]
-            width = int(counts_B.max())
-            if width == 0:
-                continue
-            rank_BW = start_dev_BK[:, n:n + 1] + torch.arange(width, device=self.device)
-            in_pass_BW = rank_BW < start_dev_BK[:, n + 1:n + 2]
-            pix_BW = order_BP.gather(1, rank_BW.clamp(max=P - 1))
+        for n, counts_B, pix_BW, in_pass_BW in self.ranked_passes(order_BP, pixels_B,
+                                                                   self.planned(self.cfg.steps // C)):
             for c in range(C):
                 sub_BW = pix_BW * C + c
                 valid_BW = in_pass_BW & ~observed_BD.gather(1, sub_BW)  # a partly hidden pixel's known channel
