@@ -84,6 +84,7 @@ def sample_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> Sampl
 def describe_sampler(sample: SampleConfig) -> str:
     """The settings a run's summary line names."""
     steps = f"{sample.steps} steps" if sample.steps else "steps from the hole size"
-    extra = "".join(f", {name} {getattr(sample, name):g}" for name in ("temperature", "top_p")
-                    if getattr(sample, name) != 1) + (f", polish {sample.polish}" if sample.polish else "")
-    return f"strategy {sample.strategy}, {steps}, channels {sample.channels}{extra}, guidance {sample.guidance:g}"
+    extra = f", channels {sample.channels}" if sample.strategy == "ancestral" else ""
+    extra += "".join(f", {name} {getattr(sample, name):g}" for name in ("temperature", "top_p")
+                     if getattr(sample, name) != 1) + (f", polish {sample.polish}" if sample.polish else "")
+    return f"strategy {sample.strategy}, {steps}{extra}, guidance {sample.guidance:g}"
