@@ -229,7 +229,6 @@ class Scorer:
                                             for plan in self.plans]])
         return out
 
-
     def fill(self, x, tokens, lengths, seed: int) -> dict[str, np.ndarray]:
         """Texture sums (onade.texture) of `samples` fills of the hole per image, and of the originals."""
         import onade
@@ -242,7 +241,8 @@ class Scorer:
                                       seed=(seed + s) % 2 ** 63, profile=self.loss_profile, stats=stats)
             sums += texture(filled, self.hole_HW)
         out = {f"{SAMPLES}_{k}": np.array([v]) for k, v in dataclasses.asdict(sums).items()}
-        out.update({f"{ORIGINALS}_{k}": np.array([v]) for k, v in dataclasses.asdict(texture(x, self.hole_HW)).items()})
+        originals = dataclasses.asdict(texture(x, self.hole_HW))
+        out.update({f"{ORIGINALS}_{k}": np.array([v]) for k, v in originals.items()})
         out["forward_passes"] = np.array([stats.get("forward_passes", 0)])
         return out
 
