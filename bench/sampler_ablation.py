@@ -155,7 +155,8 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         colour = f"{100 * row['caption_colour_share']:.1f}%" if colours else "-"
         print(f"| {name} | {passes} | {row['roughness_ratio']:.3f} | {100 * row['speck_rate']:.2f}% "
-              f"({100 * row['speck_rate_originals']:.2f}%) | {colour} | {kl:.3f} | {row['images_per_s']:.1f} |", flush=True)
+              f"({100 * row['speck_rate_originals']:.2f}%) | {colour} | {kl:.3f} | {row['images_per_s']:.1f} |",
+              flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "images": len(x), "rows": rows}, indent=2))
     return rows
