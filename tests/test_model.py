@@ -209,3 +209,24 @@ def test_model_under_bf16_autocast_matches_fp32_within_bf16_rounding():
             out = model(x, observed, tokens, lengths)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_own_pixel_gives_the_head_the_pixels_known_channels_and_never_a_hidden_one():
+    from onade.config import ModelConfig, config_from_dict
+    from tests.helpers import random_batch, tiny_model
+
+    model = tiny_model(8, own_pixel=True)
+    x, _, tokens, lengths = random_batch(2, 8)
+    observed = torch.ones_like(x, dtype=torch.bool)
+    observed[:, 3, 4, 1:] = False  # pixel (3, 4): R known, G and B hidden
+    base = model(x, observed, tokens, lengths)
+    changed_hidden = x.clone()
+    changed_hidden[:, 3, 4, 1:] ^= 0x55
+    assert torch.equal(model(changed_hidden, observed, tokens, lengths), base)
+    changed_known = x.clone()
+    changed_known[:, 3, 4, 0] ^= 0x55
+    assert not torch.allclose(model(changed_known, observed, tokens, lengths)[:, 3, 4], base[:, 3, 4])
+    # The head reads the embedding beside the body's features; a config saved before the key builds without it.
+    assert model.head_proj.in_features == 16 + 3 * 4
+    old = config_from_dict({"model": {k: v for k, v in vars(ModelConfig()).items() if k != "own_pixel"}})
+    assert old.model.own_pixel is False
