@@ -101,7 +101,8 @@ def run_variant(loaded, x, observed, tokens, lengths, settings: dict, samples: i
             stats = {}
             tic = time.perf_counter()
             y, _ = onade.inpaint(loaded.model, x[i:i + batch], observed[i:i + batch], tokens[i:i + batch],
-                                 lengths[i:i + batch], seed=1000 * s + i, profile=profile, stats=stats, **settings)
+                                 lengths[i:i + batch], seed=1000 * s + i, profile=profile, stats=stats, measure_kl=True,
+                                 **settings)
             seconds += time.perf_counter() - tic
             passes = stats["forward_passes"]
             kl.append(stats["draw_kl_bits"])

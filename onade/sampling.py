@@ -118,7 +118,7 @@ def example_seeds(seed: int | Sequence[int], batch_size: int) -> list[int]:
 def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
             lengths_B: torch.Tensor, config: SampleConfig | None = None, *, seed: int | Sequence[int] = 0,
             record_every: int = 0, profile: LossProfile | None = None, stats: dict | None = None,
-            **settings) -> tuple[torch.Tensor, torch.Tensor]:
+            measure_kl: bool = False, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint the hidden subpixels (observed_BHWC False) of a batch.
 
     Settings come from `config` (a SampleConfig; its defaults when None); keyword arguments naming its
@@ -126,9 +126,10 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.T
     keyword is an error. `seed` is one int per example (its sample then depends on nothing else in the
     batch) or one int for the batch (see example_seeds). `profile` (onade.plans.LossProfile, shipped with an
     export as Loaded.profile) plans the passes of `ancestral` with steps > 0. When `stats` is a dict it
-    receives `forward_passes` and `draw_kl_bits`: the mean over the subpixels drawn of KL(the distribution
-    drawn from || the model's conditional), in bits, what temperature and top_p trade for their looks
-    (ancestral and Gibbs draws; 0 for the confidence strategies, which are not measured).
+    receives `forward_passes`, and with `measure_kl` (work on every pass: off in the job) `draw_kl_bits`: the
+    mean over the subpixels drawn of KL(the distribution drawn from || the model's conditional), in bits, what
+    temperature and top_p trade for their looks (ancestral and Gibbs draws; 0 for the confidence strategies,
+    which are not measured).
 
     Returns `images_BHWC` (uint8, on x's device) and `chain_FBHWC` (uint8, CPU): the state after the initial
     fill (Gibbs) or before the first pass (ancestral, confidence; unknown subpixels grey), then every
@@ -147,14 +148,15 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.T
     with torch.inference_mode(), autocast(resolved, device):
         sampler = _Sampler(model, x_BHWC.to(device), observed_BHWC.to(device), tokens_BT.to(device),
                            lengths_B.to(device), cfg, seeds, record_every, profile)
-        if stats is not None:
+        if measure_kl:
             sampler.kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
         images_BHWC = sampler.run()
         chain = sampler.frames
     if stats is not None:
         stats["forward_passes"] = sampler.passes
-        bits, draws = sampler.kl_sums.tolist()
-        stats["draw_kl_bits"] = bits / draws if draws else 0.0
+        if measure_kl:
+            bits, draws = sampler.kl_sums.tolist()
+            stats["draw_kl_bits"] = bits / draws if draws else 0.0
     chain_FBHWC = (torch.stack(chain).cpu() if chain
                    else torch.empty((0, *x_BHWC.shape), dtype=torch.uint8))
     return images_BHWC.to(x_BHWC.device), chain_FBHWC

@@ -235,15 +235,18 @@ class Scorer:
         from onade.texture import Texture, texture
 
         observed_BHWC = ~self.hole_HW[None, :, :, None].expand(*x.shape)
-        sums, stats = Texture(), {}
+        sums, stats, kl = Texture(), {}, 0.0
         for s in range(self.samples):
             filled, _ = onade.inpaint(self.model, x, observed_BHWC, tokens, lengths, self.sample,
-                                      seed=(seed + s) % 2 ** 63, profile=self.loss_profile, stats=stats)
+                                      seed=(seed + s) % 2 ** 63, profile=self.loss_profile, stats=stats,
+                                      measure_kl=True)
             sums += texture(filled, self.hole_HW)
+            kl += stats["draw_kl_bits"] / self.samples
         out = {f"{SAMPLES}_{k}": np.array([v]) for k, v in dataclasses.asdict(sums).items()}
         originals = dataclasses.asdict(texture(x, self.hole_HW))
         out.update({f"{ORIGINALS}_{k}": np.array([v]) for k, v in originals.items()})
         out["forward_passes"] = np.array([stats.get("forward_passes", 0)])
+        out["draw_kl_bits"] = np.array([kl])
         return out
 
 
@@ -297,7 +300,8 @@ def fill_figures(rows: list[dict], args) -> dict:
         return Texture(**{n: type(getattr(Texture(), n))(sum(r[f"{prefix}_{n}"] for r in rows)) for n in names})
 
     return {**sample_quality(pooled(SAMPLES), pooled(ORIGINALS)), "samples_per_image": args.samples,
-            "forward_passes": int(max(r["forward_passes"] for r in rows)), "hole": args.hole,
+            "forward_passes": int(max(r["forward_passes"] for r in rows)),
+            "draw_kl_bits": _mean(rows, ("draw_kl_bits",))["draw_kl_bits"], "hole": args.hole,
             "settings": dataclasses.asdict(args.sample)}
 
 

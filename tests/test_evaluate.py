@@ -86,7 +86,7 @@ def test_samples_report_how_the_fills_look_as_a_direct_run_does(ray_local, expor
             samples += texture(filled, ~observed[0].all(-1))
     direct = sample_quality(samples, originals)
     assert {k: fills[k] for k in direct} == pytest.approx(direct, rel=1e-9)
-    assert 0 < fills["hole_roughness"] and 0 <= fills["speck_rate"] <= 1
+    assert 0 < fills["hole_roughness"] and 0 <= fills["speck_rate"] <= 1 and 0 < fills["draw_kl_bits"] < 8
 
 
 @pytest.mark.timeout(60)
