@@ -512,12 +512,17 @@ class _Sampler:
             _set(observed_BD, sub_BW, valid_BW, True)
             self.record(n + 1)
 
+    @functools.cached_property
+    def hole_pixels(self) -> tuple[torch.Tensor, list[int]]:
+        """The hole's pixels (any channel hidden) [B, H*W], and how many each example has (host)."""
+        hidden_BP = (~self.observed_BD).view(self.shape[0], -1, NUM_CHANNELS).any(-1)
+        return hidden_BP, hidden_BP.sum(1).tolist()
+
     def ancestral_by_pixel(self) -> None:
         """channels "sequence": ancestral over the hole's pixels in a random order, each planned pass split in
         three forward passes, one per channel, so a pixel's G is drawn given its R and its B given both."""
-        B, C = self.shape[0], NUM_CHANNELS
-        hidden_BP = (~self.observed_BD).view(B, -1, C).any(-1)
-        pixels_B = hidden_BP.sum(1).tolist()
+        C = NUM_CHANNELS
+        hidden_BP, pixels_B = self.hole_pixels
         keys_BP = torch.where(hidden_BP, self.uniforms(hidden_BP.shape[1], "pixel order"), 2.0)
         order_BP = keys_BP.argsort(dim=1, stable=True)[:, :max(pixels_B)]  # stable: see random_order
         observed_BD = self.observed_BD.clone()
@@ -534,9 +539,8 @@ class _Sampler:
         """`polish` Gibbs sweeps over the filled hole: each hides a Binomial(pixels, pmin) set of the hole's
         pixels (from the example's host rng, a random set from its counter-based numbers) and redraws them at
         once given everything else."""
-        B, C = self.shape[0], NUM_CHANNELS
-        hidden_BP = (~self.observed_BD).view(B, -1, C).any(-1)
-        pixels_B = hidden_BP.sum(1).tolist()
+        C = NUM_CHANNELS
+        hidden_BP, pixels_B = self.hole_pixels
         arange_P = torch.arange(hidden_BP.shape[1], device=self.device)
         for k in range(self.cfg.polish):
             counts_B = [int(rng.binomial(p, self.cfg.pmin)) if p else 0 for rng, p in zip(self.rngs, pixels_B)]
@@ -569,8 +573,8 @@ class _Sampler:
         # The head runs once per hole pixel (not per subpixel): rows R = P*C are the subpixels of the
         # hole's pixels, some of which may be observed (a partly hidden pixel). Example b's are the first
         # rows_B[b] of its row.
-        hidden_BP = (~observed_BD).view(B, -1, NUM_CHANNELS).any(-1)
-        rows_B = [NUM_CHANNELS * p for p in hidden_BP.sum(1).tolist()]
+        hidden_BP, pixels_B = self.hole_pixels
+        rows_B = [NUM_CHANNELS * p for p in pixels_B]
         P = max(rows_B) // NUM_CHANNELS
         pix_BP = torch.argsort((~hidden_BP).to(torch.uint8), dim=1, stable=True)[:, :P]
         sub_BR = (pix_BP[..., None] * NUM_CHANNELS + torch.arange(NUM_CHANNELS, device=self.device)).flatten(1)
