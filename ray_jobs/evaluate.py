@@ -295,9 +295,10 @@ def fill_figures(rows: list[dict], args) -> dict:
     """onade.texture.sample_quality of the fills' pooled texture sums beside the originals', with the settings."""
     from onade.texture import Texture, sample_quality
 
+    names = [f.name for f in dataclasses.fields(Texture)]
+
     def pooled(prefix: str) -> Texture:
-        names = [f.name for f in dataclasses.fields(Texture)]
-        return Texture(**{n: type(getattr(Texture(), n))(sum(r[f"{prefix}_{n}"] for r in rows)) for n in names})
+        return sum((Texture(**{n: r[f"{prefix}_{n}"] for n in names}) for r in rows), Texture())
 
     return {**sample_quality(pooled(SAMPLES), pooled(ORIGINALS)), "samples_per_image": args.samples,
             "forward_passes": int(max(r["forward_passes"] for r in rows)),
