@@ -22,6 +22,7 @@ NUM_LEVELS = 256  # values of a subpixel (uint8): the head's softmax is this wid
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
 STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "maskgit", "greedy", "antigreedy")
 CHANNEL_ORDERS = ("joint", "sequence")  # SampleConfig.channels
+HEADS = ("softmax", "logistic")  # model.head
 LAYOUTS = ("auto", "on", "off")  # model.channels_last
 # How a model computes, not what it computes: the same weights load and give the same function either way, so
 # a run may resume with them changed (e.g. on GPUs after CPUs) and an export may drop them.
@@ -47,6 +48,10 @@ class ModelConfig:
     # p(G | R of the same pixel) then needs no trip through the conv stack, so a sampler drawing a pixel's
     # channels in sequence (SampleConfig.channels) gets colours that agree. False in models saved without it.
     own_pixel: bool = False
+    # The output head: "softmax" (256 logits per subpixel) or "logistic", a discretized mixture of `mixtures`
+    # logistics per subpixel (PixelCNN++, onade.mixture): neighbouring values share probability mass.
+    head: str = "softmax"
+    mixtures: int = 10  # components of the logistic head
     norm_groups: int = 8  # GroupNorm groups; must divide width
     vocab_size: int = 512  # set from the tokenizer that ships with the data
     text_dim: int = 64  # width of the caption reader's states
@@ -226,6 +231,11 @@ class Config:
             raise ConfigError(f"model.channels_last must be one of {LAYOUTS}, got {m.channels_last!r}")
         if m.input_mode not in ("embedding", "onehot"):
             raise ConfigError(f"model.input_mode must be 'embedding' or 'onehot', got {m.input_mode!r}")
+        if m.head not in HEADS:
+            raise ConfigError(f"model.head must be one of {HEADS}, got {m.head!r}")
+        if not isinstance(m.mixtures, int) or isinstance(m.mixtures, bool) or m.mixtures < 1:
+            raise ConfigError(f"model.mixtures must be a positive integer (the logistic head's components), "
+                              f"got {m.mixtures!r}")
         if m.width % m.norm_groups or m.width % max(m.num_heads, 1):
             raise ConfigError("model.width must be divisible by model.norm_groups and model.num_heads")
         if m.text_dim % max(m.num_heads, 1):

@@ -23,21 +23,33 @@ def hidden_nats(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC:
     return ce.view(x_BHWC.shape) * (~observed_BHWC)
 
 
-def per_example_bits(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
-    """Each example's mean cross-entropy over its hidden subpixels, in bits [B] (0 where nothing is hidden).
+def example_bits(nats_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
+    """Each example's mean cross-entropy over its hidden subpixels, in bits [B] (0 where nothing is hidden),
+    from the nats of every hidden subpixel (`hidden_nats`, or the model's forward with score=True).
     For an orderless mask this is the unbiased per-subpixel NLL estimate; for a whole centre hole it is the
     one-shot centre NLL."""
-    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, observed_BHWC)
     num_hidden_B = (~observed_BHWC).flatten(1).sum(1)
     return nats_BHWC.flatten(1).sum(1) / num_hidden_B.clamp(min=1) / math.log(2)
 
 
-def nade_loss(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor,
-              kind: str = "orderless") -> torch.Tensor:
-    """Scalar loss in bits per subpixel; see the module docstring for the two kinds."""
+def per_example_bits(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor) -> torch.Tensor:
+    """`example_bits` from logits."""
+    return example_bits(hidden_nats(logits_BHWCK, x_BHWC, observed_BHWC), observed_BHWC)
+
+
+def loss_from_nats(nats_BHWC: torch.Tensor, observed_BHWC: torch.Tensor, kind: str = "orderless") -> torch.Tensor:
+    """Scalar loss in bits per subpixel from every hidden subpixel's nats; see the module docstring for the two
+    kinds."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
     if kind == "orderless":
-        return per_example_bits(logits_BHWCK, x_BHWC, observed_BHWC).mean()
-    nats_BHWC = hidden_nats(logits_BHWCK, x_BHWC, observed_BHWC)
+        return example_bits(nats_BHWC, observed_BHWC).mean()
     return nats_BHWC.sum() / (~observed_BHWC).sum().clamp(min=1) / math.log(2)
+
+
+def nade_loss(logits_BHWCK: torch.Tensor, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor,
+              kind: str = "orderless") -> torch.Tensor:
+    """`loss_from_nats` from logits."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
+    return loss_from_nats(hidden_nats(logits_BHWCK, x_BHWC, observed_BHWC), observed_BHWC, kind)

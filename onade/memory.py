@@ -44,7 +44,11 @@ def forward_bytes_per_row(cfg: ModelConfig, max_tokens: int = 64) -> int:
     body = BODY_MAPS * cfg.width * FP32
     inputs = 3 * (3 * cfg.embed_dim + 2) * FP32  # the value embedding, coordinates, their NHWC copy
     attention = 3 * cfg.num_heads * max_tokens * FP32 if cfg.merge_every > 0 else 0  # scores, softmax, weights
-    head = HEAD_COPIES * NUM_CHANNELS * NUM_LEVELS * FP32
+    # The logistic head builds its 256-value table a chunk of subpixels at a time (a fixed scratch, about 66 MB
+    # for 10 components, onade.mixture.TABLE_CHUNK), so a row keeps one copy of it: 4.1 MB a row measured for
+    # small against the softmax head's 6.9.
+    copies = 1 if cfg.head == "logistic" else HEAD_COPIES
+    head = copies * NUM_CHANNELS * NUM_LEVELS * FP32
     return pixels * (body + inputs + attention + head)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from onade.config import MaskConfig, num_hole_side
-from onade.loss import nade_loss
+from onade.loss import loss_from_nats
 from onade.masks import draw_observed, observed_except_center
 from onade.model import Caption
 from onade.plans import LossProfile, isotonic_decreasing
@@ -56,7 +56,7 @@ def orderless_bits(model, x_BHWC, tokens_BT, lengths_B, num_masks: int = 4, gene
     total = 0.0
     for _ in range(num_masks):
         observed_BHWC = draw_observed(cfg, x_BHWC.shape[0], x_BHWC.shape[1], generator)[0].to(x_BHWC.device)
-        total += float(nade_loss(model(x_BHWC, observed_BHWC, tokens_BT, lengths_B), x_BHWC, observed_BHWC))
+        total += float(loss_from_nats(model(x_BHWC, observed_BHWC, tokens_BT, lengths_B, score=True), observed_BHWC))
     return total / num_masks
 
 

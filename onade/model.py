@@ -1,6 +1,6 @@
-"""The network: (image with hidden subpixels, mask, caption) -> a 256-way softmax for every subpixel.
+"""The network: (image with hidden subpixels, mask, caption) -> a 256-way distribution for every subpixel.
 
-It knows nothing of how masks are drawn, of losses or of samplers.
+It knows nothing of how masks are drawn, of how the loss weighs them or of samplers.
 
 Shapes: B batch, H/W image side, C = 3 colour channels, K = 256 levels, D conv width, T tokens,
 P selected pixels. `observed_BHWC` is True where a subpixel is observed.
@@ -16,7 +16,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from onade.caption import AttentionMerger, CaptionReader
+from onade import mixture
 from onade.config import NUM_CHANNELS, NUM_LEVELS, Config, ModelConfig, get_preset
+from onade.loss import hidden_nats
 
 
 class ValueEmbedding(nn.Module):
@@ -89,7 +91,8 @@ class ONADE(nn.Module):
                 self.mergers[str(i)] = AttentionMerger(cfg.width, cfg.text_dim, cfg.num_heads)
         self.out_norm = nn.GroupNorm(cfg.norm_groups, cfg.width)
         own = self.input.out_channels if cfg.own_pixel else 0
-        self.head_proj = nn.Linear(cfg.width + own, NUM_CHANNELS * NUM_LEVELS)
+        per_channel = mixture.PARAMS * cfg.mixtures if cfg.head == "logistic" else NUM_LEVELS
+        self.head_proj = nn.Linear(cfg.width + own, NUM_CHANNELS * per_channel)
 
     def _coords(self, h_BDHW: torch.Tensor) -> torch.Tensor:
         B, _, H, W = h_BDHW.shape
@@ -127,12 +130,22 @@ class ONADE(nn.Module):
         return out_BDHW.permute(0, 2, 3, 1)
 
     def head(self, feats_xD: torch.Tensor) -> torch.Tensor:
-        """Features [..., D] -> logits [..., 3, 256]."""
-        return self.head_proj(feats_xD).unflatten(-1, (NUM_CHANNELS, NUM_LEVELS))
+        """Features [..., D] -> logits [..., 3, 256] (the logistic head's are normalised log-probabilities)."""
+        out = self.head_proj(feats_xD).unflatten(-1, (NUM_CHANNELS, -1))
+        return mixture.log_probs(out, self.cfg.mixtures) if self.cfg.head == "logistic" else out
 
-    def forward(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B) -> torch.Tensor:
+    def forward(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B, score: bool = False) -> torch.Tensor:
+        """Logits [B,H,W,3,256], fp32. With `score`, instead the nats of each hidden subpixel's true value
+        [B,H,W,3] (0 where observed), what training needs: the logistic head then computes one value's bin,
+        not 256."""
         self._check_inputs(x_BHWC, observed_BHWC, tokens_BT, lengths_B)
-        return self.head(self.features(x_BHWC, observed_BHWC, self.read_caption(tokens_BT, lengths_B))).float()
+        feats = self.features(x_BHWC, observed_BHWC, self.read_caption(tokens_BT, lengths_B))
+        if not score:
+            return self.head(feats).float()
+        if self.cfg.head == "logistic":
+            out = self.head_proj(feats).unflatten(-1, (NUM_CHANNELS, -1))
+            return mixture.nats(out, x_BHWC, self.cfg.mixtures) * (~observed_BHWC)
+        return hidden_nats(self.head(feats), x_BHWC, observed_BHWC)
 
     def logits_at(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B, where_BHW) -> torch.Tensor:
         """Logits [P,3,256] only at the pixels where `where_BHW` is True (in `nonzero()` order). The head is

@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from onade.config import MASK_KINDS, Config, config_from_dict
 from onade.ema import EMA
-from onade.loss import nade_loss, per_example_bits
+from onade.loss import example_bits, loss_from_nats
 from onade.metrics import EXACT_CENTER, PROFILE_POINTS, PROFILE_SEED_OFFSET, evaluate, loss_profile, one_shot_fill
 from onade.model import build_model, num_parameters
 from onade.plans import LossProfile
@@ -117,14 +117,14 @@ def train_step(engine, micro_batches: list[dict], draws: DrawStream, loss_kind: 
     for batch in micro_batches:
         d = draws.next()
         x_BHWC, tokens_BT, lengths_B = training_inputs(batch, engine.device, d)
-        logits = engine(x_BHWC, d.observed_BHWC, tokens_BT, lengths_B)
+        nats = engine(x_BHWC, d.observed_BHWC, tokens_BT, lengths_B, score=True)
         # The orderless loss is the mean of the per-example bits the per-kind statistics need: computed once.
         if loss_kind == "orderless":
-            bits_B = per_example_bits(logits, x_BHWC, d.observed_BHWC)
+            bits_B = example_bits(nats, d.observed_BHWC)
             loss = bits_B.mean()
         else:
-            bits_B = per_example_bits(logits.detach(), x_BHWC, d.observed_BHWC)
-            loss = nade_loss(logits, x_BHWC, d.observed_BHWC, kind=loss_kind)
+            bits_B = example_bits(nats.detach(), d.observed_BHWC)
+            loss = loss_from_nats(nats, d.observed_BHWC, kind=loss_kind)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()

@@ -1,6 +1,8 @@
 """onade.memory: the per-row activation estimate bounds what a forward really allocates, and a batch run in
 pieces (capped, or split on an out-of-memory error injected into the network) gives the same bytes."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -35,10 +37,11 @@ def cpu_peak_bytes(model, batch: int) -> int:
     return peak
 
 
-@pytest.mark.parametrize("preset", ["debug", "small"])
-def test_the_estimate_bounds_a_forwards_real_allocations_without_wasting_much(preset):
+@pytest.mark.parametrize("preset,head", [("debug", "softmax"), ("small", "softmax"), ("small", "logistic")])
+def test_the_estimate_bounds_a_forwards_real_allocations_without_wasting_much(preset, head):
     torch.manual_seed(0)
-    model = onade.build_model(get_preset(preset)).eval()
+    cfg = get_preset(preset).model
+    model = onade.build_model(dataclasses.replace(cfg, head=head)).eval()
     per_row = (cpu_peak_bytes(model, 4) - cpu_peak_bytes(model, 2)) / 2
     estimate = forward_bytes_per_row(model.cfg, max_tokens=16)
     assert per_row <= estimate <= 2.5 * per_row, (per_row, estimate)
