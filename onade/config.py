@@ -137,8 +137,10 @@ class SampleConfig:
     # The default, from bench/sample.py --quality (docs/benchmarks.md): ancestral sampling in 32 passes planned
     # from the loss profile scores within 0.01 bit of the exact NLL and followed captions better than independent
     # Gibbs with one sweep per hole subpixel (769 passes for a 16x16 hole), at 33x its images/s in onade.inpaint
-    # and 25.5x in the inpainting job. Its draws are the model's own (top_p 1,
-    # joint channels); for fills that look like the data see channels and top_p (docs/inpainting.md).
+    # and 25.5x in the inpainting job. Its draws are not the model's own: a pixel's channels in sequence, each
+    # from its nucleus top_p 0.3, give fills with the data's texture where the model's draws (channels "joint",
+    # top_p 1) give specks (bench/sampler_ablation.py, docs/benchmarks.md), at 0.3-1 bit of KL from the model
+    # per drawn subpixel.
     strategy: str = "ancestral"
     # The budget of forward passes. Gibbs strategies: the number of sweeps. ancestral: passes planned from
     # the model's loss profile (onade.plans); maskgit, greedy, antigreedy: passes on MaskGIT's cosine
@@ -147,11 +149,11 @@ class SampleConfig:
     temperature: float = 1.0  # divides the logits before each draw (0 = the most likely value)
     # Nucleus sampling: each subpixel draws from its most likely values whose probabilities (after temperature)
     # add up to top_p, renormalised. 1 = the whole distribution.
-    top_p: float = 1.0
+    top_p: float = 0.3
     # ancestral (the other strategies ignore it): "joint" draws a pass's subpixels together, a pixel's channels as
     # independent as any two; "sequence" plans the passes over pixels and splits each into three, R, then G given
     # R, then B given both, so a pass costs three forward passes (steps // 3 pixel passes within the budget).
-    channels: str = "joint"
+    channels: str = "sequence"
     # ancestral: after the planned passes, this many Gibbs sweeps, each redrawing a random pmin share of the
     # hole's pixels (whole pixels, one forward pass) given everything else: a lone pixel that disagrees with
     # all its neighbours gets redrawn knowing them. Passes beyond `steps`.

@@ -170,6 +170,7 @@ def sampler_fields(sample, forward_passes: int = 0) -> dict:
     """What every results line records of the sampler: the settings as configured (steps 0 = the strategy's
     per-subpixel default) and the forward passes that inpainted the input (0 when none did)."""
     return {"strategy": sample.strategy, "steps": sample.steps, "guidance": sample.guidance,
+            "temperature": sample.temperature, "top_p": sample.top_p, "channels": sample.channels,
             "forward_passes": forward_passes}
 
 

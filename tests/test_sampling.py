@@ -24,6 +24,9 @@ def fast(strategy: str) -> dict:
 
 # Every sampler guarantee holds in both precisions the library runs in (bf16: autocast of the body).
 PRECISIONS = pytest.mark.parametrize("precision", ["fp32", "bf16"])
+# The model's own draws, a subpixel at a time: what the pass-counting tests below pin (the defaults draw a pixel's
+# channels in sequence from a nucleus).
+MODEL_DRAWS = dict(channels="joint", top_p=1.0)
 
 
 class Recorder:
@@ -149,7 +152,8 @@ def test_ancestral_makes_one_forward_per_chunk_of_subpixels(model, chunk):
     handle = model.stem.register_forward_hook(lambda *a: calls.append(1))
     try:
         with Recorder(model) as rec:
-            images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=chunk)
+            images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=chunk,
+                                          **MODEL_DRAWS)
     finally:
         handle.remove()
     assert len(calls) == math.ceil(36 / chunk)
@@ -164,7 +168,7 @@ def test_confidence_fills_the_lowest_or_highest_entropy_subpixel_first(model, st
     x, _, tokens, lengths = random_batch(2, 8)
     observed = observed_except_center(2, 8)
     with Recorder(model) as rec:
-        onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, steps=0, chunk=1)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy, steps=0, chunk=1, top_p=1.0)
     assert len(rec.inputs) == 48
     with torch.inference_mode():
         for (seen_x, seen), (_, next_seen) in list(zip(rec.inputs, rec.inputs[1:]))[:6]:
@@ -181,7 +185,7 @@ def test_chain_records_every_kth_state(model):
     x, _, tokens, lengths = random_batch(2, 8)
     observed = observed_except_center(2, 8)
     images, chain = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=0, chunk=4,
-                                  record_every=3)
+                                  record_every=3, **MODEL_DRAWS)
     # 12 passes: frames before pass 1 and after passes 3, 6, 9, 12 (the last is also the result).
     assert chain.shape == (5, 2, 8, 8, 3) and chain.device.type == "cpu"
     assert (chain[0][~observed] == 127).all()
@@ -246,7 +250,7 @@ def test_sample_config_is_honoured_and_keywords_override_it(model):
     """Every field of the config reaches the sampler (strategy and temperature once fell back to defaults)."""
     x, _, tokens, lengths = random_batch(2, 8)
     observed = observed_except_center(2, 8)
-    cfg = onade.SampleConfig(strategy="ancestral", steps=1, temperature=0.0)
+    cfg = onade.SampleConfig(strategy="ancestral", steps=1, temperature=0.0, channels="joint")
     seen, (a, _) = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, config=cfg, seed=1))
     assert len(seen) == 1  # ancestral with a budget of one pass, not 48 Gibbs sweeps
     b, _ = onade.inpaint(model, x, observed, tokens, lengths, config=cfg, seed=2)
@@ -265,7 +269,7 @@ def test_budgeted_strategies_make_exactly_steps_passes(model, strategy):
     observed = observed_except_box(3, 8, 1, 2, 4, 3)  # 36 hole subpixels
     stats = {}
     seen, (images, _) = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy=strategy,
-                                                             steps=7, stats=stats))
+                                                             steps=7, stats=stats, **MODEL_DRAWS))
     assert len(seen) == 7 == stats["forward_passes"]
     assert torch.equal(images[observed], x[observed])
     revealed = [int(s.flatten(1).sum(1)[0]) - (192 - 36) for _, s in seen] + [36]
@@ -280,11 +284,12 @@ def test_ancestral_follows_the_profile_plan(model):
     observed = observed_except_center(2, 8)
     profile = LossProfile(bits=list(8 * np.exp(-np.arange(48) / 6.0) + 1))
     seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=5,
-                                                   profile=profile))
+                                                   profile=profile, **MODEL_DRAWS))
     revealed = [int(s.flatten(1).sum(1)[0]) - (192 - 48) for _, s in seen]
     assert revealed == step_plan(profile, 5)[:-1]
     assert revealed != uniform_plan(48, 5)[:-1]  # a profile that falls fast front-loads small passes
-    seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=5))
+    seen, _ = _passes(model, lambda: onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=5,
+                                                   **MODEL_DRAWS))
     assert [int(s.flatten(1).sum(1)[0]) - (192 - 48) for _, s in seen] == uniform_plan(48, 5)[:-1]
 
 
@@ -326,7 +331,7 @@ def test_guided_logits_extrapolate_from_the_unconditional(model):
         uncond = model(x, observed, tokens, torch.zeros_like(lengths))
     for s in (0.0, 2.5):
         images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=1, temperature=0.0,
-                                  guidance=s, precision="fp32")
+                                  guidance=s, precision="fp32", **MODEL_DRAWS)
         expected = (uncond + s * (cond - uncond)).argmax(-1).to(torch.uint8)
         assert torch.equal(images[~observed], expected[~observed])
 
@@ -350,13 +355,14 @@ def test_planned_passes_fill_every_hole_of_a_ragged_batch(model):
     profile = LossProfile(bits=list(np.linspace(6, 2, 768)))
     assert step_plan(profile, 8, 126)[-2:] == [111, 126] and step_plan(profile, 8, 123)[-2:] == [107, 123]
     with Recorder(model) as rec:
-        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=8, profile=profile)
+        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=8, profile=profile,
+                      **MODEL_DRAWS)
     # Pass k shows exactly the plan's first t_k hole subpixels; after the last one every hole subpixel is known.
     shown = [(~observed).flatten(1).sum(1) - (~seen).flatten(1).sum(1) for _, seen in rec.inputs]
     assert [int(s[0]) for s in shown] == step_plan(profile, 8, 126)[:-1]
     assert [int(s[1]) for s in shown] == step_plan(profile, 8, 123)[:-1]
     filled = [onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=8, profile=profile,
-                            seed=s)[0] for s in range(3)]
+                            seed=s, **MODEL_DRAWS)[0] for s in range(3)]
     assert all(torch.equal(f[observed], x[observed]) for f in filled)
     # A subpixel left unsampled shows the placeholder grey whatever the seed.
     assert not ((~observed) & (filled[0] == 127) & (filled[1] == 127) & (filled[2] == 127)).any()
@@ -467,7 +473,7 @@ def test_bad_seeds_raise_clear_errors(model):
                           ([0, 2**63], r"seed\[1\] must be an int in"), ([0, 1.5], r"seed\[1\]"), (True, "seed must"),
                           ("12", "seed must be an int or a sequence"), (None, "seed must be an int or a sequence")]:
         with pytest.raises(ValueError, match=message):
-            onade.inpaint(model, x, observed, tokens, lengths, seed=seed, steps=2)
+            onade.inpaint(model, x, observed, tokens, lengths, seed=seed, steps=2, **MODEL_DRAWS)
 
 
 # Ops that only make a view (no kernel runs); whether indexing makes one can depend on a shape.
