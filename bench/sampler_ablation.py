@@ -3,7 +3,7 @@
     python -m bench.quality --data twemoji --preset small --steps 1240 --out bench_out/tw   # a model and images
     python -m bench.sampler_ablation --checkpoint bench_out/tw/runs/run/export --images bench_out/tw/images/val
 
-For each variant (SampleConfig settings over the job's defaults) the centre hole of every image is filled
+For each variant (SampleConfig settings over MODEL_DRAWS, the model's own draws) the centre hole of every image is filled
 with `onade.inpaint` (seed 0, --samples per image) and scored with onade.metrics.texture: hole roughness
 over the originals' (about 1 is the data's texture), the speck rate beside the originals', forward passes per
 image, images/s and what the draws trade for their looks: KL(the distribution drawn from || the model's
@@ -27,8 +27,10 @@ from PIL import Image
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # run as a script, bench/data.py would shadow `data`
 
+# The model's own draws (the defaults until 2026-12-07): every variant below changes some of these.
+MODEL_DRAWS = dict(strategy="ancestral", steps=32, channels="joint", temperature=1.0, top_p=1.0)
 VARIANTS = {
-    # name: SampleConfig settings over the defaults
+    # name: SampleConfig settings over MODEL_DRAWS
     "ancestral 32, joint channels, T 1": dict(strategy="ancestral", steps=32, channels="joint", temperature=1.0),
     "ancestral 32, channels in sequence": dict(strategy="ancestral", steps=32, channels="sequence"),
     "joint, T 0.8": dict(strategy="ancestral", steps=32, channels="joint", temperature=0.8),
@@ -46,7 +48,9 @@ VARIANTS = {
     "sequence, T 0.5": dict(strategy="ancestral", steps=32, channels="sequence", temperature=0.5),
     "sequence, top-p 0.7, 96 passes": dict(strategy="ancestral", steps=96, channels="sequence", top_p=0.7),
     "sequence, top-p 0.4": dict(strategy="ancestral", steps=32, channels="sequence", top_p=0.4),
+    "sequence, top-p 0.35": dict(strategy="ancestral", steps=32, channels="sequence", top_p=0.35),
     "sequence, top-p 0.3": dict(strategy="ancestral", steps=32, channels="sequence", top_p=0.3),
+    "sequence, top-p 0.27": dict(strategy="ancestral", steps=32, channels="sequence", top_p=0.27),
     "sequence, top-p 0.25": dict(strategy="ancestral", steps=32, channels="sequence", top_p=0.25),
     "sequence, top-p 0.2": dict(strategy="ancestral", steps=32, channels="sequence", top_p=0.2),
     "sequence, T 0.8, top-p 0.3": dict(strategy="ancestral", steps=32, channels="sequence", temperature=0.8,
@@ -94,7 +98,7 @@ def run_variant(loaded, x, observed, tokens, lengths, settings: dict, samples: i
     drawn subpixel)."""
     import onade
 
-    settings = dict(settings)
+    settings = {**MODEL_DRAWS, **settings}
     profile = None if settings.pop("plan", "dp") == "uniform" else loaded.profile
     if settings.get("guidance", 1.0) != 1.0 and loaded.config.train.caption_dropout == 0:
         return None
@@ -122,7 +126,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--num-images", type=int, default=0, help="the first N (0 = all)")
     p.add_argument("--samples", type=int, default=2, help="samples per image and variant")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--only", default="", help="comma-separated substrings: run the variants whose name has one")
+    p.add_argument("--only", default="", help="';'-separated substrings (names hold commas): run the variants "
+                                              "whose name has one")
     p.add_argument("--out", default="bench_out/sampler_ablation.json")
     args = p.parse_args(argv)
 
@@ -138,7 +143,7 @@ def main(argv=None) -> list[dict]:
     hidden = ~observed[0].all(-1)
     originals = texture(x, hidden)
     colours = synthetic_colours(paths)
-    wanted = [w for w in args.only.split(",") if w]
+    wanted = [w for w in args.only.split(";") if w]
     rows = []
     print(f"{len(x)} images, {args.samples} samples each; originals: roughness {originals.roughness:.2f}, "
           f"speck rate {100 * originals.speck_rate:.2f}%", flush=True)
@@ -152,7 +157,7 @@ def main(argv=None) -> list[dict]:
             continue
         samples, passes, seconds, kl = got
         figures = sample_quality(texture(samples.flatten(0, 1), hidden), originals)
-        row = {"variant": name, "settings": settings, "forward_passes": passes, "draw_kl_bits": kl, **figures,
+        row = {"variant": name, "settings": {**MODEL_DRAWS, **settings}, "forward_passes": passes, "draw_kl_bits": kl, **figures,
                "images_per_s": samples.shape[0] * samples.shape[1] / seconds}
         if colours:
             got_colours = [c for s in samples for c in centre_colour(s.numpy(), COLOURS)]

@@ -189,7 +189,7 @@ def planned_passes(config: SampleConfig, hole_size: int) -> int:
         return 0
     if o.strategy in ("independent-gibbs", "ancestral-gibbs"):
         return (o.steps or hole_size) + (o.init == "model")
-    if o.strategy == "ancestral" and o.channels == "sequence":  # a hole of whole pixels: hole_size / 3 of them
+    if o.by_pixel:  # a hole of whole pixels: hole_size / 3 of them
         pixels = math.ceil(hole_size / NUM_CHANNELS)
         return NUM_CHANNELS * (min(o.steps // NUM_CHANNELS, pixels) if o.steps else math.ceil(pixels / o.chunk)) \
             + o.polish
@@ -443,7 +443,7 @@ class _Sampler:
         elif o.strategy in ("independent-gibbs", "ancestral-gibbs"):
             self.gibbs(block_chunk=o.chunk if o.strategy == "ancestral-gibbs" else None)
         elif o.strategy == "ancestral":
-            self.ancestral_by_pixel() if o.channels == "sequence" else self.ancestral()
+            self.ancestral_by_pixel() if o.by_pixel else self.ancestral()
             self.polish()
         else:
             self.confidence(o.strategy)

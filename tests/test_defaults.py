@@ -40,7 +40,7 @@ def test_help_says_the_default_preset_and_the_start_says_which_preset_trains(cap
     assert preset_line(parse_args([*base, "--preset", "debug"]), cfg) == "preset debug (0.20 M parameters, 32 px images)"
     small = load_config("small", sets=["model.vocab_size=512", "model.image_size=16"])
     assert preset_line(parse_args([*base, "--preset", "small", "--set", "model.image_size=16"]), small) == \
-        "preset small with --config/--set overrides (1.68 M parameters, 16 px images)"
+        "preset small with --config/--set overrides (1.91 M parameters, 16 px images)"
 
 
 def test_shards_larger_than_the_window_warn_and_smaller_ones_are_an_error():

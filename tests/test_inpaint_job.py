@@ -222,7 +222,7 @@ def test_sampler_flags_reach_the_actor_and_every_row_records_them(ray_local, che
         assert (r["strategy"], r["steps"], r["guidance"]) == ("maskgit", 4, 2.0), r
         # maskgit makes exactly its budget of passes; none are made for an input that could not be read.
         assert r["forward_passes"] == (0 if rel == "broken.png" else 4), r
-    assert "strategy maskgit, 4 steps, top_p 0.3, guidance 2" in capsys.readouterr().out  # the default nucleus
+    assert "strategy maskgit, 4 steps, top_p 0.4, guidance 2" in capsys.readouterr().out  # the default nucleus
 
 
 @pytest.mark.slow
@@ -237,7 +237,7 @@ def test_without_sampler_flags_the_job_samples_with_sample_config_defaults(ray_l
         default.strategy, default.steps, default.guidance, default.temperature, default.top_p, default.channels]
     # 32 planned passes, a pixel's channels in sequence: 10 pixel passes of three forward passes each.
     assert (default.channels, default.steps, r["forward_passes"]) == ("sequence", 32, 30)
-    assert and r["precision"] == onade.resolve_precision(default.precision, "cpu")
+    assert r["precision"] == onade.resolve_precision(default.precision, "cpu")
 
 
 @pytest.mark.parametrize("flags,named", [

@@ -557,8 +557,14 @@ def test_channels_in_sequence_draw_r_then_g_then_b_of_each_planned_pass(model):
     stats = {}
     onade.inpaint(model, x, observed, tokens, lengths, strategy="maskgit", steps=9, channels="sequence", stats=stats)
     assert stats["forward_passes"] == 9
-    with pytest.raises(ValueError, match="steps must be 0 or at least 3"):
-        onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=2, channels="sequence")
+    # Fewer passes than a pixel takes draw the channels jointly, within the budget.
+    for steps in (1, 2):
+        stats = {}
+        joint, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=steps,
+                                 channels="joint", seed=3)
+        got, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="ancestral", steps=steps,
+                               channels="sequence", seed=3, stats=stats)
+        assert torch.equal(got, joint) and stats["forward_passes"] == steps
 
 
 def test_stats_measure_what_temperature_and_top_p_trade_without_changing_the_sample(peaked):
