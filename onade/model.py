@@ -131,8 +131,12 @@ class ONADE(nn.Module):
 
     def head(self, feats_xD: torch.Tensor) -> torch.Tensor:
         """Features [..., D] -> logits [..., 3, 256] (the logistic head's are normalised log-probabilities)."""
-        out = self.head_proj(feats_xD).unflatten(-1, (NUM_CHANNELS, -1))
+        out = self._head_outputs(feats_xD)
         return mixture.log_probs(out, self.cfg.mixtures) if self.cfg.head == "logistic" else out
+
+    def _head_outputs(self, feats_xD: torch.Tensor) -> torch.Tensor:
+        """[..., 3, 256] logits, or the logistic head's [..., 3, 3K] mixture parameters."""
+        return self.head_proj(feats_xD).unflatten(-1, (NUM_CHANNELS, -1))
 
     def forward(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B, score: bool = False) -> torch.Tensor:
         """Logits [B,H,W,3,256], fp32. With `score`, instead the nats of each hidden subpixel's true value
@@ -143,8 +147,7 @@ class ONADE(nn.Module):
         if not score:
             return self.head(feats).float()
         if self.cfg.head == "logistic":
-            out = self.head_proj(feats).unflatten(-1, (NUM_CHANNELS, -1))
-            return mixture.nats(out, x_BHWC, self.cfg.mixtures) * (~observed_BHWC)
+            return mixture.nats(self._head_outputs(feats), x_BHWC, self.cfg.mixtures) * (~observed_BHWC)
         return hidden_nats(self.head(feats), x_BHWC, observed_BHWC)
 
     def logits_at(self, x_BHWC, observed_BHWC, tokens_BT, lengths_B, where_BHW) -> torch.Tensor:
