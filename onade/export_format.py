@@ -46,6 +46,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 PROFILE_FILE = "profile.json"
+STEP_KEY = "onade.train_step"  # in the weights file's safetensors metadata
 FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)  # what every export holds
 
 # A run's folder and its training checkpoints.
@@ -71,18 +72,21 @@ class Loaded:
     tokenizer: Tokenizer
     config: Config
     profile: LossProfile | None = None  # None when the checkpoint ships none (exports before profiles)
+    train_step: int | None = None  # the optimizer steps its weights had taken (None: not recorded)
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, config: Config, tokenizer,
-                    profile: LossProfile | None = None) -> Path:
-    """Write an export into a local directory (created if needed)."""
+                    profile: LossProfile | None = None, train_step: int | None = None) -> Path:
+    """Write an export into a local directory (created if needed). `train_step`, the optimizer steps the
+    weights had taken, goes in the weights file's metadata."""
     import torch
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
+    meta = None if train_step is None else {STEP_KEY: str(int(train_step))}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata=meta)
     (directory / TOKENIZER_FILE).write_bytes(tokenizer.to_bytes())
     (directory / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
     if profile is not None:
@@ -108,6 +112,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, sou
     config = parse_config((directory / CONFIG_FILE).read_bytes(), name)
     model = build_model(config)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    train_step = _train_step(directory / WEIGHTS_FILE)
     tokenizer = Tokenizer.from_bytes((directory / TOKENIZER_FILE).read_bytes())
     profile = None
     if (directory / PROFILE_FILE).is_file():
@@ -115,7 +120,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, sou
             profile = LossProfile.from_json((directory / PROFILE_FILE).read_bytes())
         except ValueError as e:
             raise ValueError(f"{name}/{PROFILE_FILE}: {e}") from None
-    return Loaded(model.to(device).eval(), tokenizer, config, profile)
+    return Loaded(model.to(device).eval(), tokenizer, config, profile, train_step)
+
+
+def _train_step(weights: Path) -> int | None:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        value = (f.metadata() or {}).get(STEP_KEY, "")
+    return int(value) if value.isdigit() else None
 
 
 def require_files(name: str, present: Collection[str]) -> None:

@@ -21,8 +21,9 @@ workspaces and the sampler's own tensors; the split on an out-of-memory error ca
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +104,12 @@ class PieceRun:
 
 def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor,
                       tokens_BT: torch.Tensor, lengths_B: torch.Tensor, config: SampleConfig, *, seeds: Sequence[int],
-                      max_rows: int | None, record_every: int = 0, profile=None) -> PieceRun:
+                      max_rows: int | None, record_every: int = 0, profile=None,
+                      on_frame: Callable[[int, torch.Tensor], None] | None = None) -> PieceRun:
     """onade.inpaint over the batch in pieces of at most `max_rows` rows (None: the whole batch at first),
     halving a piece that runs out of memory. `seeds` has one int per example (onade.sampling.example_seeds):
-    a piece must not derive its examples' seeds from its own size."""
+    a piece must not derive its examples' seeds from its own size. `on_frame(start, frame)` receives each
+    piece's recorded frames as they come (onade.inpaint's on_frame), `start` the piece's first example."""
     from onade.sampling import inpaint
 
     B = x_BHWC.shape[0]
@@ -122,7 +125,8 @@ def inpaint_in_pieces(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHW
         try:
             out, chain = inpaint(model, x_BHWC[start:end], observed_BHWC[start:end], tokens_BT[start:end],
                                  lengths_B[start:end], config, seed=list(seeds[start:end]),
-                                 record_every=record_every, profile=profile, stats=stats)
+                                 record_every=record_every, profile=profile, stats=stats,
+                                 on_frame=None if on_frame is None else functools.partial(on_frame, start))
         except RuntimeError as e:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(e):
                 raise

@@ -16,6 +16,7 @@ A profile is estimated by onade.metrics.loss_profile and ships with an export as
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 import math
 from dataclasses import asdict, dataclass
 
@@ -120,6 +121,17 @@ def step_plan(profile: LossProfile | np.ndarray | list[float], num_passes: int,
     return plan
 
 
+def budget_table(profile: LossProfile, budgets: Sequence[int]) -> list[dict]:
+    """What the profile forecasts for its own hole at each pass budget K (at most one pass per variable):
+    expected bits per hole variable of K passes planned by `step_plan` and of K equal chunks."""
+    bits = profile.at(profile.hole_size)
+    rows = []
+    for k in sorted({min(int(b), profile.hole_size) for b in budgets}):
+        rows.append({"passes": k, "dp_bits": plan_cost(bits, step_plan(bits, k)) / profile.hole_size,
+                     "uniform_bits": plan_cost(bits, uniform_plan(profile.hole_size, k)) / profile.hole_size})
+    return rows
+
+
 def _strictly_increasing(bounds: np.ndarray, hole_size: int) -> list[int]:
     """Boundaries made 0 < ... < M with at least one variable per pass, staying as close as allowed."""
     K = len(bounds) - 1
@@ -157,4 +169,4 @@ def isotonic_decreasing(values: np.ndarray, weights: np.ndarray | None = None) -
     return np.concatenate([np.full(n, m) for m, _, n in blocks])
 
 
-__all__ = ["LossProfile", "step_plan", "uniform_plan", "cosine_plan", "plan_cost", "isotonic_decreasing"]
+__all__ = ["LossProfile", "step_plan", "uniform_plan", "cosine_plan", "plan_cost", "budget_table", "isotonic_decreasing"]

@@ -63,7 +63,7 @@ import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -118,7 +118,8 @@ def example_seeds(seed: int | Sequence[int], batch_size: int) -> list[int]:
 def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.Tensor, tokens_BT: torch.Tensor,
             lengths_B: torch.Tensor, config: SampleConfig | None = None, *, seed: int | Sequence[int] = 0,
             record_every: int = 0, profile: LossProfile | None = None, stats: dict | None = None,
-            measure_kl: bool = False, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+            measure_kl: bool = False, on_frame: Callable[[torch.Tensor], None] | None = None,
+            **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint the hidden subpixels (observed_BHWC False) of a batch.
 
     Settings come from `config` (a SampleConfig; its defaults when None); keyword arguments naming its
@@ -134,7 +135,9 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.T
     Returns `images_BHWC` (uint8, on x's device) and `chain_FBHWC` (uint8, CPU): the state after the initial
     fill (Gibbs) or before the first pass (ancestral, confidence; unknown subpixels grey), then every
     `record_every`-th step, then the final images; empty (F = 0) when record_every is 0. The draws use
-    fp32 probabilities in every precision.
+    fp32 probabilities in every precision. With `on_frame`, each frame (uint8 [B,H,W,C] on the device) goes to
+    on_frame as it is recorded instead of into the chain (then empty): a caller can stream a long chain without
+    holding it, or stop the run by raising.
     """
     cfg = resolve_settings(config, settings)
     if not isinstance(record_every, int) or record_every < 0:
@@ -148,6 +151,7 @@ def inpaint(model: torch.nn.Module, x_BHWC: torch.Tensor, observed_BHWC: torch.T
     with torch.inference_mode(), autocast(resolved, device):
         sampler = _Sampler(model, x_BHWC.to(device), observed_BHWC.to(device), tokens_BT.to(device),
                            lengths_B.to(device), cfg, seeds, record_every, profile)
+        sampler.on_frame = on_frame
         if measure_kl:
             sampler.kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
         images_BHWC = sampler.run()
@@ -296,6 +300,8 @@ class _Sampler:
                                     device=self.device).view(B, 2)
         self.rngs = [np.random.default_rng(host) for _, host in children]
         self.frames: list[torch.Tensor] = []
+        self.on_frame = None  # inpaint's on_frame
+        self.last_frame: torch.Tensor | None = None
         self.passes = 0
         self.kl_sums = None  # [bits, draws] of KL(draw || model) when measured (inpaint's stats)
         # The hole of every example as a padded list of subpixel indices [B,S]; the one host sync of a run.
@@ -389,7 +395,12 @@ class _Sampler:
     def record(self, n: int, force: bool = False) -> None:
         every = self.record_every
         if every and (force or n % every == 0):
-            self.frames.append(self.x_BD.view(self.shape).clone())
+            frame = self.x_BD.view(self.shape).clone()
+            if self.on_frame is None:
+                self.frames.append(frame)
+            else:
+                self.on_frame(frame)
+            self.last_frame = frame
 
     def block_sizes(self, num_steps_B: Sequence[int]) -> np.ndarray:
         """Subpixels resampled per step and example [N,B] ~ Binomial(hole, p_n) (0 once an example's N_b steps
@@ -447,7 +458,8 @@ class _Sampler:
             self.polish()
         else:
             self.confidence(o.strategy)
-        if self.record_every and (not self.frames or not torch.equal(self.frames[-1], self.x_BD.view(self.shape))):
+        if self.record_every and (self.last_frame is None or not torch.equal(self.last_frame,
+                                                                              self.x_BD.view(self.shape))):
             self.record(0, force=True)
         # Observed subpixels are only ever written with their own values; this makes it a guarantee.
         return torch.where(self.observed_BD, self.x_in_BD, self.x_BD).view(self.shape)

@@ -98,27 +98,47 @@ class Prepared:
 def prepare(data: bytes, mask_data: bytes | None, rel: str, o: JobOptions) -> Prepared:
     """Decode an input and find its hole and window; raises ImageSkip (or ValueError) saying why it cannot
     be inpainted. Call inside data.images.pixel_limit(o.max_pixels)."""
-    from onade.holes import HoleSpec, centre_window, context_window
+    source_HWC, rgb_HWC = decode_input(data)
+    hidden_HW = find_hole(mask_data, o.mask, rgb_HWC.shape[1::-1], rel)
+    return Prepared(source_HWC, rgb_HWC, hidden_HW, fit_window(hidden_HW, o.fit, o.image_size))
 
+
+def decode_input(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """An input's bytes -> (the decoded image upright, 8-bit RGB or RGBA when it has transparency; what the
+    model reads, transparency composited on data.images.BACKGROUND). Raises ImageSkip."""
     img, _, _ = open_upright(data)
-    w, h = img.size
     rgb_HWC = np.asarray(to_rgb(img), dtype=np.uint8)
     source_HWC = np.asarray(img.convert("RGBA"), dtype=np.uint8) if has_alpha(img) else rgb_HWC
-    del img
+    return source_HWC, rgb_HWC
+
+
+def find_hole(mask_data: bytes | None, spec: str, image_size: tuple[int, int], rel: str) -> np.ndarray:
+    """The hole (True = inpaint) of an image of upright size (w, h): from its mask PNG, else from the
+    onade.holes.HoleSpec string `spec` (keyed by `rel` for random boxes). Raises ImageSkip or ValueError."""
+    from onade.holes import HoleSpec
+
     if mask_data is None:
-        hidden_HW = HoleSpec.parse(o.mask).hidden(w, h, key=rel)
+        hidden_HW = HoleSpec.parse(spec).hidden(*image_size, key=rel)
     else:
-        hidden_HW = hole_from_png(mask_data, (w, h))
+        hidden_HW = hole_from_png(mask_data, image_size)
     if not hidden_HW.any():
         raise ImageSkip("the mask hides nothing (white = hide)")
-    if o.fit == "context":
-        window = context_window(hidden_HW, o.image_size)
-    else:
-        window = centre_window(w, h, o.image_size)
-        left, top, right, bottom = window.box
-        if not hidden_HW[top:bottom, left:right].any():
-            raise ImageSkip("the hole lies outside the centre square that --fit crop inpaints; use --fit context")
-    return Prepared(source_HWC, rgb_HWC, hidden_HW, window)
+    return hidden_HW
+
+
+def fit_window(hidden_HW: np.ndarray, fit: str, image_size: int):
+    """The onade.holes.Window the model sees of an image with this hole (see FITS). Raises ImageSkip or
+    ValueError (a hole longer than the image's shorter side)."""
+    from onade.holes import centre_window, context_window
+
+    if fit == "context":
+        return context_window(hidden_HW, image_size)
+    h, w = hidden_HW.shape
+    window = centre_window(w, h, image_size)
+    left, top, right, bottom = window.box
+    if not hidden_HW[top:bottom, left:right].any():
+        raise ImageSkip("the hole lies outside the centre square that --fit crop inpaints; use --fit context")
+    return window
 
 
 def hole_from_png(data: bytes, image_size: tuple[int, int]) -> np.ndarray:

@@ -146,7 +146,8 @@ def export_checkpoint(checkpoint_url: str, out_url: str, weights: str = "ema") -
             profile = LossProfile.from_json((src / PROFILE_FILE).read_bytes())
         cfg.model.activation_checkpointing = False  # a training-only memory trade, useless at inference
         out = Path(tmp, EXPORT_DIR)
-        save_checkpoint(out, model, cfg, tokenizer, profile=profile)
+        step = TrainState.from_json((src / STATE_FILE).read_bytes()).step
+        save_checkpoint(out, model, cfg, tokenizer, profile=profile, train_step=step)
         storage.upload_dir(out, out_url)  # local or s3://, each file written whole
     return out_url
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from onade.plans import (LossProfile, cosine_plan, isotonic_decreasing, plan_cost, step_plan,
+from onade.plans import (LossProfile, budget_table, cosine_plan, isotonic_decreasing, plan_cost, step_plan,
                          uniform_plan)
 
 pytestmark = pytest.mark.timeout(120)
@@ -83,3 +83,14 @@ def test_bad_plans_are_refused():
         uniform_plan(10, 0)
     with pytest.raises(ValueError, match="hole"):
         step_plan([], 3)
+
+
+def test_budget_table_forecasts_from_the_profile():
+    bits = [8.0 - 7.0 * t / 99 for t in range(100)]  # falling: more context, fewer bits
+    rows = budget_table(LossProfile(bits), [1, 4, 16, 100, 500])
+    assert [r["passes"] for r in rows] == [1, 4, 16, 100]  # at most one pass per variable
+    assert rows[0]["dp_bits"] == rows[0]["uniform_bits"] == 8.0  # one pass: every variable knows nothing
+    assert rows[-1]["dp_bits"] == pytest.approx(np.mean(bits))  # one variable per pass: the exact NLL
+    for r in rows:
+        assert r["dp_bits"] <= r["uniform_bits"] + 1e-9
+    assert all(a["dp_bits"] > b["dp_bits"] for a, b in zip(rows, rows[1:]))

@@ -194,6 +194,30 @@ def test_chain_records_every_kth_state(model):
     assert none.shape == (0, 2, 8, 8, 3)
 
 
+def test_on_frame_sees_each_frame_as_it_is_recorded_and_can_stop_the_run(model):
+    x, _, tokens, lengths = random_batch(2, 8)
+    observed = observed_except_center(2, 8)
+    seen = []
+    kw = dict(strategy="ancestral", steps=0, chunk=4, record_every=3, **MODEL_DRAWS)
+    images, chain = onade.inpaint(model, x, observed, tokens, lengths, **kw)
+    streamed, empty = onade.inpaint(model, x, observed, tokens, lengths, on_frame=seen.append, **kw)
+    assert torch.equal(images, streamed) and empty.shape[0] == 0  # the frames went to on_frame, not the chain
+    assert len(seen) == len(chain) == 5 and all(torch.equal(a, b) for a, b in zip(seen, chain))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_the_second(frame):
+        seen.append(frame)
+        if len(seen) == 2:
+            raise Stop
+
+    seen = []
+    with pytest.raises(Stop):
+        onade.inpaint(model, x, observed, tokens, lengths, on_frame=stop_at_the_second, **kw)
+    assert len(seen) == 2
+
+
 def test_uniform_init_and_annealing_run_and_keep_observed(model):
     x, observed, tokens, lengths = ragged_batch()
     images, _ = onade.inpaint(model, x, observed, tokens, lengths, strategy="independent-gibbs", steps=4,

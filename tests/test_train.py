@@ -164,6 +164,7 @@ def test_export_loads_from_s3_without_deepspeed_and_predicts(trained, shards):
     loaded = load_export(metrics["export"])
     assert loaded.config.model.image_size == 16
     assert loaded.config.model.vocab_size == loaded.tokenizer.vocab_size
+    assert loaded.train_step == STEPS  # the checkpoint's step, in the weights file's metadata
     # The loss profile of the exported (EMA) weights, measured at the end of training over the 8x8 centre hole
     # on train.profile_images (32: capped at the 4 + 4 validation images held).
     assert loaded.profile is not None
