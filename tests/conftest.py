@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.flaky_s3", "tests.fixtures.ray_local",
-                  "tests.fixtures.ray_cluster", "tests.fixtures.train_data"]
+                  "tests.fixtures.ray_cluster", "tests.fixtures.train_data", "tests.fixtures.serve"]
 
 
 def _heavy_services() -> set[str]:

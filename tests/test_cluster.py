@@ -7,10 +7,13 @@ and the autoscaler's node planner (`get_nodes_for`). A guard fails any test that
 connection.
 
 The job commands come from docs/cluster.md (and a "Run on a cluster" section of README.md, if it has one).
+The Serve config (cluster/serve.yaml, and the RayService that carries it) goes through Ray Serve's own schema
+and the app's own settings check (ServeOptions), and its replicas through the same planner as the jobs.
 """
 
 import copy
 import functools
+import importlib
 import math
 import re
 import shlex
@@ -30,7 +33,9 @@ from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscali
 from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
 from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
 from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.serve.schema import HTTPOptionsSchema, ServeApplicationSchema, ServeDeploySchema
 
+from ray_jobs.serve.options import TOKEN_ENV, ServeOptions
 from tests.pins import read_pins
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,8 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 AWS_YAML = ROOT / "cluster" / "aws.yaml"
 KUBERAY = ROOT / "cluster" / "kuberay"
 RAYJOBS = {"ray_jobs.train": KUBERAY / "rayjob-train.yaml", "ray_jobs.inpaint": KUBERAY / "rayjob-inpaint.yaml"}
+SERVE_YAML = ROOT / "cluster" / "serve.yaml"
+RAYSERVICE = KUBERAY / "rayservice.yaml"
+# What rayservice.yaml's rayClusterConfig adds to raycluster.yaml's spec: the port KubeRay's serve service
+# targets, on the head, and the app's token from a Secret, on every container (the builder may run anywhere).
+SERVE_PORT = {"containerPort": 8000, "name": "serve"}
+TOKEN_FROM_SECRET = {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "onade-serve", "key": "token"}}}
 # Where each job's workers must land, on AWS and on KubeRay alike.
 JOB_NODE_TYPE = {"ray_jobs.train": "gpu-train", "ray_jobs.inpaint": "gpu-inpaint"}
+SERVE_NODE_TYPE = "gpu-inpaint"  # Serve replicas share the inpainting job's GPU nodes
 CPU_NODE_TYPE = "cpu-worker"
 IMAGE = f"rayproject/ray:{ray.__version__}-py{sys.version_info.major}{sys.version_info.minor}-gpu"
 # The exact versions the suite runs with; the nodes install these (tests/test_install.py checks this venv).
@@ -196,28 +208,34 @@ def plan(config: dict, demands: list[dict]) -> tuple[dict, list]:
 def check_command_fits(config: dict, where: str, module: str, args: list[str]) -> None:
     """The command's workers fit its node type, and the autoscaler adds that type and no other."""
     num_workers, bundle = worker_request(module, args)
+    # Ray Data's read tasks need CPUs next to the workers (they hang when none is free).
+    check_fits(config, where, f"`python -m {module}`", num_workers, bundle, JOB_NODE_TYPE[module], spare_cpus=1)
+
+
+def check_fits(config: dict, where: str, what: str, count: int, bundle: dict, expected: str,
+               spare_cpus: float = 0) -> None:
+    """`count` requests of `bundle` fit node type `expected`, within its max_workers, with `spare_cpus` left on a
+    full node, and the autoscaler adds that type and no other."""
     node_types = config["available_node_types"]
     workers = {name: t for name, t in node_types.items() if name != config["head_node_type"]}
     holders = [name for name, t in workers.items() if per_node(t["resources"], bundle) >= 1]
-    assert holders, (f"{where}: `python -m {module}` asks {bundle} per worker, more than any node type offers: "
+    assert holders, (f"{where}: {what} asks {bundle} per worker, more than any node type offers: "
                      + ", ".join(f"{n} {t['resources']}" for n, t in workers.items()))
 
-    expected = JOB_NODE_TYPE[module]
     target = node_types[expected]
     fit = per_node(target["resources"], bundle)
-    assert fit >= 1, f"{where}: `python -m {module}` asks {bundle} per worker; {expected} offers {target['resources']}"
-    needed = math.ceil(num_workers / fit)
+    assert fit >= 1, f"{where}: {what} asks {bundle} per worker; {expected} offers {target['resources']}"
+    needed = math.ceil(count / fit)
     assert needed <= target["max_workers"], (
-        f"{where}: {num_workers} workers of `python -m {module}` need {needed} {expected} nodes "
+        f"{where}: {count} workers of {what} need {needed} {expected} nodes "
         f"({fit} per node) but max_workers is {target['max_workers']}: the job would wait forever")
-    # Ray Data's read tasks need CPUs next to the workers (they hang when none is free).
     spare = target["resources"].get("CPU", 0) - fit * bundle.get("CPU", 0)
-    assert spare >= 1, f"{where}: a full {expected} node leaves {spare} CPUs for Ray Data's reads"
+    assert spare >= spare_cpus, f"{where}: a full {expected} node leaves {spare} CPUs, fewer than {spare_cpus}"
 
-    to_add, residual = plan(config, [dict(bundle) for _ in range(num_workers)])
-    assert not residual, f"{where}: the autoscaler cannot place {residual} for `python -m {module}`"
+    to_add, residual = plan(config, [dict(bundle) for _ in range(count)])
+    assert not residual, f"{where}: the autoscaler cannot place {residual} for {what}"
     assert to_add == {expected: needed}, (
-        f"{where}: for `python -m {module}` the autoscaler would add {to_add}, not {needed} x {expected}")
+        f"{where}: for {what} the autoscaler would add {to_add}, not {needed} x {expected}")
 
 
 # ---------------------------------------------------------------- AWS
@@ -415,15 +433,26 @@ def check_pip_list(where: str, entries: list[str]) -> None:
         assert not req.extras or req.extras == wanted[name].extras, f"{where}: {req}"
 
 
-@pytest.mark.parametrize("where", ["runtime-env.yaml", *sorted(p.name for p in RAYJOBS.values())])
+def runtime_env_of(where: str) -> dict:
+    """The runtime environment a KubeRay manifest (or cluster/serve.yaml) gives the code it runs."""
+    if where == "runtime-env.yaml":
+        return load_yaml(KUBERAY / where)
+    if where == "serve.yaml":
+        return serve_app(load_yaml(SERVE_YAML))["runtime_env"]
+    if where == "rayservice.yaml":
+        return serve_app(yaml.safe_load(load_yaml(RAYSERVICE)["spec"]["serveConfigV2"]))["runtime_env"]
+    return yaml.safe_load(load_yaml(KUBERAY / where)["spec"]["runtimeEnvYAML"])
+
+
+@pytest.mark.parametrize("where", ["runtime-env.yaml", *sorted(p.name for p in RAYJOBS.values()), "serve.yaml",
+                                   "rayservice.yaml"])
 def test_kuberay_pip_lists_pin_what_the_tests_ran(where):
-    data = load_yaml(KUBERAY / where)
-    runtime_env = data if where == "runtime-env.yaml" else yaml.safe_load(data["spec"]["runtimeEnvYAML"])
-    check_pip_list(where, runtime_env["pip"])
+    check_pip_list(where, runtime_env_of(where)["pip"])
 
 
 def test_kuberay_images_and_ray_version_are_the_pinned_ray():
-    specs = {"raycluster.yaml": load_yaml(KUBERAY / "raycluster.yaml")["spec"]}
+    specs = {"raycluster.yaml": load_yaml(KUBERAY / "raycluster.yaml")["spec"],
+             "rayservice.yaml": load_yaml(RAYSERVICE)["spec"]["rayClusterConfig"]}
     specs.update({p.name: load_yaml(p)["spec"]["rayClusterSpec"] for p in RAYJOBS.values()})
     for where, spec in specs.items():
         assert spec["rayVersion"] == PINS["ray"], f"{where}: rayVersion {spec['rayVersion']} is not ray=={PINS['ray']}"
@@ -441,3 +470,143 @@ def test_pin_check_rejects_a_manifest_that_disagrees_with_the_constraints():
             check_pip_list("here", [bad if canonicalize_name(Requirement(e).name) == "torch" else e for e in good])
     with pytest.raises(AssertionError, match="pyproject's dependencies"):
         check_pip_list("here", [e for e in good if not e.startswith("tqdm")])
+
+
+# ---------------------------------------------------------------- Ray Serve (cluster/serve.yaml, rayservice.yaml)
+
+
+def serve_app(config: dict) -> dict:
+    (app,) = config["applications"]
+    return app
+
+
+def serve_options(config: dict, monkeypatch) -> ServeOptions:
+    """The app's settings as its builder on the cluster reads them, with the token in the environment."""
+    monkeypatch.setenv(TOKEN_ENV, "a-token-from-the-environment")
+    return ServeOptions.from_args(serve_app(config)["args"])
+
+
+def replica_request(o: ServeOptions) -> tuple[int, dict]:
+    """How many replicas the app may run and the bundle each asks Ray for, from the app's own deployment options."""
+    actor = o.deployment_options()["ray_actor_options"]
+    bundle = {"CPU": float(actor["num_cpus"]), "GPU": float(actor["num_gpus"])}
+    if actor.get("accelerator_type"):
+        bundle[f"accelerator_type:{actor['accelerator_type']}"] = ACCELERATOR_SLIVER
+    return o.max_replicas, {k: v for k, v in bundle.items() if v > 0}
+
+
+def without_serve_additions(spec: dict) -> dict:
+    """rayservice.yaml's rayClusterConfig less the port and the token it adds to raycluster.yaml's spec."""
+    spec = copy.deepcopy(spec)
+    (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
+    assert SERVE_PORT in head.get("ports", []), "rayservice.yaml: the head must expose port 8000 named `serve`"
+    head["ports"].remove(SERVE_PORT)
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            name = group.get("groupName", "head")
+            assert TOKEN_FROM_SECRET in container.get("env", []), (
+                f"rayservice.yaml: {name}'s {container['name']} must take {TOKEN_ENV} from the Secret: "
+                f"{TOKEN_FROM_SECRET}")
+            container["env"].remove(TOKEN_FROM_SECRET)
+            if not container["env"]:
+                del container["env"]
+    return spec
+
+
+def test_serve_yaml_passes_serves_schema_with_no_key_it_would_ignore():
+    config = load_yaml(SERVE_YAML)
+    schema = ServeDeploySchema.model_validate(config)
+    # These models ignore unknown keys (forward compatibility): a misspelt key would be dropped silently.
+    for where, data, model in (("the file", config, ServeDeploySchema),
+                               ("http_options", config["http_options"], HTTPOptionsSchema),
+                               ("the application", serve_app(config), ServeApplicationSchema)):
+        ignored = sorted(set(data) - set(model.model_fields))
+        assert not ignored, f"cluster/serve.yaml: {where} has keys Serve ignores: {ignored}"
+    (app,) = schema.applications
+    assert (app.name, app.route_prefix, app.import_path) == ("onade", "/", "ray_jobs.serve.app:build")
+
+
+def test_serve_yaml_import_path_is_the_app_builder():
+    # What Serve's builder task does first on the cluster; it builds no deployment and starts no Ray.
+    module, attr = serve_app(load_yaml(SERVE_YAML))["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr)), f"{module}:{attr} is not the app builder"
+
+
+def test_serve_yaml_args_are_what_the_app_accepts(monkeypatch):
+    config = load_yaml(SERVE_YAML)
+    o = serve_options(config, monkeypatch)
+    http = config["http_options"]
+    assert (o.host, o.port) == (http["host"], http["port"]), "the app's host and port are where Serve listens"
+    assert http["request_timeout_s"] == o.deadline_s + 30, "Serve's timeout backs up the app's deadline, 30 s later"
+    assert (o.gpus_per_replica, o.accelerator_type) == (1, "A10G")
+    assert o.min_replicas < o.max_replicas, "the app autoscales"
+    assert o.max_batch <= o.max_ongoing_requests, "a replica sees enough requests to fill a batch"
+    inpaint_checkpoints = {args[args.index("--checkpoint") + 1] for _, module, args in all_doc_commands()
+                           if module == "ray_jobs.inpaint"}
+    assert o.checkpoint in inpaint_checkpoints, f"serve the model docs/cluster.md inpaints with: {inpaint_checkpoints}"
+
+
+def test_serve_yaml_without_a_token_is_refused(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    args = serve_app(load_yaml(SERVE_YAML))["args"]
+    assert "token" not in args, "the token comes from the environment, never from the file"
+    with pytest.raises(ValueError, match="refusing to listen on 0.0.0.0 without a token"):
+        ServeOptions.from_args(args)
+
+
+def test_serve_yaml_runs_the_jobs_code_and_packages():
+    runtime_env = dict(runtime_env_of("serve.yaml"))
+    jobs_dirs = {runtime_env_of(p.name)["working_dir"] for p in RAYJOBS.values()}
+    assert runtime_env.pop("working_dir") in jobs_dirs, f"the code is the zip the RayJobs run: {jobs_dirs}"
+    assert runtime_env == load_yaml(KUBERAY / "runtime-env.yaml")
+
+
+@pytest.mark.parametrize("cluster", ["aws.yaml", "rayservice.yaml"])
+def test_serve_replicas_fit_the_inpainting_nodes(cluster, monkeypatch):
+    o = serve_options(load_yaml(SERVE_YAML), monkeypatch)
+    count, bundle = replica_request(o)
+    assert bundle == {"CPU": 4.0, "GPU": 1.0, "accelerator_type:A10G": ACCELERATOR_SLIVER}
+    if cluster == "aws.yaml":
+        config = aws_runtime_config(validated_aws_config(), monkeypatch)
+    else:
+        config = kuberay_autoscaling_config("onade", load_yaml(RAYSERVICE)["spec"]["rayClusterConfig"])
+    # All max_replicas at once fit the group's max_workers, and nothing but gpu-inpaint nodes start.
+    check_fits(config, f"cluster/serve.yaml on {cluster}", "a Serve replica", count, bundle, SERVE_NODE_TYPE)
+
+
+def test_serve_fit_check_rejects_too_many_or_the_wrong_replicas(monkeypatch):
+    config = aws_runtime_config(validated_aws_config(), monkeypatch)
+    replica = {"CPU": 4.0, "GPU": 1.0, "accelerator_type:A10G": ACCELERATOR_SLIVER}
+    with pytest.raises(AssertionError, match="wait forever"):
+        check_fits(config, "here", "a Serve replica", 9, replica, SERVE_NODE_TYPE)
+    with pytest.raises(AssertionError, match="more than any node type offers"):
+        check_fits(config, "here", "a Serve replica", 1, {**replica, "CPU": 9.0}, SERVE_NODE_TYPE)
+    with pytest.raises(AssertionError, match="gpu-train"):  # without accelerator_type a replica may take an A100
+        check_fits(config, "here", "a Serve replica", 8, {"CPU": 4.0, "GPU": 1.0}, SERVE_NODE_TYPE)
+
+
+def test_rayservice_carries_serve_yaml_on_the_raycluster():
+    service = load_yaml(RAYSERVICE)
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    spec = service["spec"]
+    assert isinstance(spec["serveConfigV2"], str), "KubeRay takes serveConfigV2 as a YAML string"
+    assert yaml.safe_load(spec["serveConfigV2"]) == load_yaml(SERVE_YAML), (
+        "rayservice.yaml's serveConfigV2 must be cluster/serve.yaml")
+    assert without_serve_additions(spec["rayClusterConfig"]) == load_yaml(KUBERAY / "raycluster.yaml")["spec"], (
+        "rayservice.yaml's rayClusterConfig must be raycluster.yaml's spec plus the serve port and the token")
+    head = spec["rayClusterConfig"]["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress")
+    assert SERVE_PORT["containerPort"] == load_yaml(SERVE_YAML)["http_options"]["port"]
+
+
+def test_rayservice_check_rejects_a_missing_port_or_token():
+    good = load_yaml(RAYSERVICE)["spec"]["rayClusterConfig"]
+    no_port = copy.deepcopy(good)
+    no_port["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"].remove(SERVE_PORT)
+    with pytest.raises(AssertionError, match="port 8000"):
+        without_serve_additions(no_port)
+    literal = copy.deepcopy(good)
+    env = literal["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["env"]
+    env[env.index(TOKEN_FROM_SECRET)] = {"name": TOKEN_ENV, "value": "written-into-the-manifest"}
+    with pytest.raises(AssertionError, match="gpu-inpaint's ray-worker must take ONADE_SERVE_TOKEN"):
+        without_serve_additions(literal)
