@@ -17,6 +17,7 @@ request the same way (Serve cancels its task).
 # in the replica, where string annotations of the pickled class no longer resolve.
 import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import hmac
 import io
@@ -117,14 +118,28 @@ def _error(e: RequestError) -> JSONResponse:
 @serve.ingress(api)
 class Inpainter:
     def __init__(self, options: dict):
+        from onade.config import SampleConfig
+        from ray_jobs.malloc import keep_freed_memory
+
+        self.o = ServeOptions(**options).validate()
+        keep_freed_memory()  # a fresh process runs the model 1.5x slower without (ray_jobs/malloc.py)
+        # All torch work on one thread, the model's, loading included: a CPU model ran 30% slower on a thread
+        # of a process whose other thread had run torch before (two OpenMP teams on 2 cores; bench/serve.py).
+        self.model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onade-model")
+        self.model_thread.submit(self.load).result()
+        self.defaults = SampleConfig()  # the batch job's defaults
+        self.max_rows = None
+        self.run_batch.set_max_batch_size(self.o.max_batch)
+        self.run_batch.set_batch_wait_timeout_s(self.o.batch_wait_s)
+        self.budget_rows = None
+
+    def load(self) -> None:
         import torch
 
         import onade
-        from onade.config import SampleConfig
         from ray_jobs.devices import actor_device
         from ray_jobs.train_checkpoints import load_export
 
-        self.o = ServeOptions(**options).validate()
         self.device = actor_device()
         if self.device.type == "cpu":
             torch.set_num_threads(self.o.threads or max(1, int(self.o.num_cpus)))
@@ -132,12 +147,7 @@ class Inpainter:
         self.model, self.tokenizer, self.config, self.profile = (loaded.model, loaded.tokenizer, loaded.config,
                                                                  loaded.profile)
         self.train_step = loaded.train_step
-        self.defaults = SampleConfig()  # the batch job's defaults
-        self.precision = onade.precision.resolve_precision(self.defaults.precision, self.device)
-        self.max_rows = None
-        self.run_batch.set_max_batch_size(self.o.max_batch)
-        self.run_batch.set_batch_wait_timeout_s(self.o.batch_wait_s)
-        self.budget_rows = None
+        self.precision = onade.precision.resolve_precision("auto", self.device)
         self.parameters = sum(p.numel() for p in self.model.parameters())
 
     # ---- routes ----------------------------------------------------------------------------------
@@ -328,7 +338,7 @@ class Inpainter:
             raise outcome.error
         return outcome
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
     async def run_batch(self, tickets: list[Ticket]) -> list[Outcome]:
         groups = defaultdict(list)
         for i, t in enumerate(tickets):
@@ -339,7 +349,8 @@ class Inpainter:
             if not live:
                 continue
             try:
-                done = await asyncio.to_thread(self.run_group, [tickets[i] for i in live])
+                done = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.run_group,
+                                                                        [tickets[i] for i in live])
             except _Abandoned:
                 continue
             except Exception as e:  # noqa: BLE001 - one group's failure is its requests' 500, not the replica's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import time
 
 from ray_jobs.serve.options import TOKEN_ENV, ServeOptions
@@ -57,25 +58,28 @@ def start(o: ServeOptions) -> str:
     serve.start(http_options={"host": o.host, "port": o.port,
                               # Serve's own backstop behind the app's deadline (which answers 504 first)
                               "request_timeout_s": o.deadline_s + 30})
-    args = {k: v for k, v in dataclasses.asdict(o).items()}
-    serve.run(build(args), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build(dataclasses.asdict(o)), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if o.host in ("0.0.0.0", "::") else o.host
     return f"http://{host}:{o.port}/"
 
 
 def main(argv: list[str] | None = None) -> None:
     o = check_args(parse_args(argv))
+    # Ctrl-C, or `kill -INT` (a script's background job starts with SIGINT ignored), from the start: the app
+    # answers before this function is done. Ray's own SIGTERM handler ends the process without cleaning up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ray_jobs.ray_env import init_ray, print_versions
 
     print_versions()
     init_ray()
-    url = start(o)
-    page = url + (f"?token={o.token}" if o.token else "")  # the page keeps it as a same-site cookie
-    print(f"serving {o.checkpoint} at {page} (API: {url}docs); Ctrl-C stops", flush=True)
     try:
+        url = start(o)
+        page = url + (f"?token={o.token}" if o.token else "")  # the page keeps it as a same-site cookie
+        print(f"serving {o.checkpoint} at {page} (API: {url}docs); Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         from ray import serve
 
         serve.shutdown()
+        print("stopped", flush=True)
