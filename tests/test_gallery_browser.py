@@ -8,7 +8,6 @@ import functools
 import http.server
 import io
 import json
-import os
 import threading
 import urllib.parse
 from pathlib import Path
@@ -17,13 +16,10 @@ import pytest
 from PIL import Image
 
 from ray_jobs.outputs import write_gallery
+from tests.fixtures.browser import chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-# No sandbox (containers run as root), and nothing that reaches out to the network on its own.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NUM_ROWS, PAGE_ROWS = 450, 200
 
 
@@ -92,22 +88,10 @@ def served(tmp_path):
 
 @pytest.fixture
 def page():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: this test needs a real browser. Run `make test` "
-                    "(it installs Debian's chromium) or `sudo apt-get install -y chromium`.")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: `pip install -e '.[dev]'` (no `playwright install` needed: "
-                    f"the test drives {CHROMIUM})")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            pg = browser.new_page(viewport={"width": 1280, "height": 800})
-            pg.set_default_timeout(30_000)
-            yield pg
-        finally:
-            browser.close()
+    with chromium() as browser:
+        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        pg.set_default_timeout(30_000)
+        yield pg
 
 
 def _rows(pg) -> list[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_gallery_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.fixtures.browser import chromium
 
 pytestmark = pytest.mark.slow
 
@@ -40,20 +40,8 @@ def photo(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: this test needs a real browser. Run `make test` "
-                    "(it installs Debian's chromium) or `sudo apt-get install -y chromium`.")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: `pip install -e '.[dev]'` (no `playwright install` needed: "
-                    f"the test drives {CHROMIUM})")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def open_page(browser, url: str, **context) -> tuple:

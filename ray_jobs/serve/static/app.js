@@ -137,6 +137,22 @@ function setStatus(text) {
 
 // ---- the image ---------------------------------------------------------------------------------------
 
+// A picked file as the browser decodes it, or null with the error shown beside `field`; the caller owns the
+// object URL in its src.
+async function decodeFile(file, field) {
+  const url = URL.createObjectURL(file);
+  const img = new Image();
+  img.src = url;
+  try {
+    await img.decode();
+    return img;
+  } catch {
+    URL.revokeObjectURL(url);
+    showError(field, `${file.name}: the browser cannot read this image`);
+    return null;
+  }
+}
+
 async function pickImage(file) {
   if (!file) return;
   showError("image", "");
@@ -144,16 +160,9 @@ async function pickImage(file) {
     showError("image", `${file.name} is not an image (${file.type})`);
     return;
   }
-  const url = URL.createObjectURL(file);
-  const img = new Image();
-  img.src = url;
-  try {
-    await img.decode();
-  } catch {
-    URL.revokeObjectURL(url);
-    showError("image", `${file.name}: the browser cannot read this image`);
-    return;
-  }
+  const img = await decodeFile(file, "image");
+  if (!img) return;
+  const url = img.src;
   const w = img.naturalWidth, h = img.naturalHeight;
   if (state.limits.max_pixels && w * h > state.limits.max_pixels) {
     showError("image", `${w}x${h} is ${(w * h).toLocaleString()} pixels; this server takes at most ` +
@@ -433,17 +442,9 @@ $("mask-file").addEventListener("change", async (e) => {
     showError("mask", "pick the image first: a mask must have its image's size");
     return;
   }
-  const url = URL.createObjectURL(file);
-  const img = new Image();
-  img.src = url;
-  try {
-    await img.decode();
-  } catch {
-    showError("mask", `${file.name}: the browser cannot read this image`);
-    return;
-  } finally {
-    URL.revokeObjectURL(url);
-  }
+  const img = await decodeFile(file, "mask");
+  if (!img) return;
+  URL.revokeObjectURL(img.src);  // decoded: drawing it needs the URL no more
   if (img.naturalWidth !== state.width || img.naturalHeight !== state.height) {
     showError("mask", `mask is ${img.naturalWidth}x${img.naturalHeight} but the image is ` +
               `${state.width}x${state.height}: a mask must have its image's size`);
