@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="the app's max batch, and the direct calls' batch")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the replica (0 = every CPU)")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -172,8 +173,8 @@ def main(argv=None) -> dict:
     ray.init(num_cpus=cpus, _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"), include_dashboard=False,
              log_to_driver=False)
     try:
-        o = ServeOptions(checkpoint=export, port=free_port(), num_cpus=cpus, threads=cpus, max_batch=args.batch,
-                         batch_wait_s=0.05, max_ongoing_requests=max(args.clients) + args.batch,
+        o = ServeOptions(checkpoint=export, port=free_port(), num_cpus=cpus, threads=args.threads or cpus,
+                         max_batch=args.batch, batch_wait_s=0.05, max_ongoing_requests=max(args.clients) + args.batch,
                          max_queued_requests=4 * MAX_CLIENTS, deadline_s=600).validate()
         url = start(o)
         load(url, images, max(args.clients), 5.0, args.steps)  # warm-up: the first full batches allocate
