@@ -24,7 +24,7 @@ import io
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,6 @@ class Outcome:
     batch_requests: int = 0
     forward_passes: int = 0
     error: RequestError | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class _Abandoned(Exception):

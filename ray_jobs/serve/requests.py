@@ -16,11 +16,11 @@ import numpy as np
 from data import untrusted
 from data.images import FORMATS, ImageSkip, pixel_limit
 from onade.config import NUM_CHANNELS, ConfigError, SampleConfig
+from ray_jobs.cli import SAMPLER_FLAGS
 from ray_jobs.inpaint_inputs import decode_input, find_hole, fit_window, image_seeds
 
-# The SampleConfig fields a request may set (precision is the server's: it follows the replica's device).
-SAMPLER_FIELDS = ("strategy", "steps", "temperature", "top_p", "channels", "polish", "final_temperature", "chunk",
-                  "guidance")
+# The batch job's sampler flags, as form fields; precision is the server's (it follows the replica's device).
+SAMPLER_FIELDS = tuple(f for f in SAMPLER_FLAGS if f != "precision")
 FIELDS = ("image", "mask", "hole", "caption", "seed", "samples", "format", "output", "feather", *SAMPLER_FIELDS)
 OUTPUTS = ("json", "image")
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
