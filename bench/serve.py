@@ -9,8 +9,8 @@ requests for --seconds (each: a --size photo, the centre hole, one sample, the j
 the run reports images/s, p50/p95/p99 latency and the error count by status. Beside it, on the same export
 and the same model windows, `onade.inpaint` runs in this process at --batch images per call (no HTTP, no
 decoding, no pasting back): images/s served / images/s direct is the ratio (target >= 0.8 at 16 clients).
-Both keep freed memory (ray_jobs/malloc.py), as the replica does: without it a process runs the model 1.5x
-slower until glibc adapts, which would make the comparison one of process histories.
+Both keep freed memory (ray_jobs/malloc.py), as the replica does: without it the model's speed depends on the
+process's history (one that had started and stopped Ray ran it 1.5x faster than a fresh one).
 Rounds alternate the direct calls (the app idle, Ray up) and the loads; the best of each counts. The
 replica's resident memory is read after a warm-up at the most clients and after the last round (target:
 within 10%). The clients share the machine's CPUs with the app: they ask for the image bytes (output=image),
