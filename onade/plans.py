@@ -16,8 +16,8 @@ A profile is estimated by onade.metrics.loss_profile and ships with an export as
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -169,4 +169,5 @@ def isotonic_decreasing(values: np.ndarray, weights: np.ndarray | None = None) -
     return np.concatenate([np.full(n, m) for m, _, n in blocks])
 
 
-__all__ = ["LossProfile", "step_plan", "uniform_plan", "cosine_plan", "plan_cost", "budget_table", "isotonic_decreasing"]
+__all__ = ["LossProfile", "step_plan", "uniform_plan", "cosine_plan", "plan_cost", "budget_table",
+           "isotonic_decreasing"]

@@ -20,7 +20,6 @@ import base64
 import concurrent.futures
 import dataclasses
 import hmac
-import io
 import json
 import time
 from collections import defaultdict
@@ -93,16 +92,17 @@ def _frames(job: Job) -> int:
 
 def _previews(frame_KSSC: np.ndarray) -> list[str]:
     """The model window's state of each sample as a PNG data URL, scaled up by whole pixels."""
-    from PIL import Image
+    from ray_jobs.outputs import encode_image
 
-    out = []
-    for img in frame_KSSC:
-        side = img.shape[0]
-        scale = max(1, PREVIEW_SIDE // side)
-        buf = io.BytesIO()
-        Image.fromarray(img).resize((side * scale, side * scale), Image.NEAREST).save(buf, format="PNG")
-        out.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
-    return out
+    scale = max(1, PREVIEW_SIDE // frame_KSSC.shape[1])
+    return ["data:image/png;base64," + base64.b64encode(encode_image(img.repeat(scale, 0).repeat(scale, 1),
+                                                                      "png")).decode()
+            for img in frame_KSSC]
+
+
+def _in_json(body: dict) -> dict:
+    """A finished request's body with its samples' bytes base64-encoded, for JSON."""
+    return {**body, "samples": [{**s, "data": base64.b64encode(s["data"]).decode()} for s in body["samples"]]}
 
 
 def _line(obj: dict) -> bytes:
@@ -199,9 +199,9 @@ class Inpainter:
             return _error(e)
         if job.output == "image":
             meta = {k: v for k, v in body.items() if k != "samples"}
-            return Response(base64.b64decode(body["samples"][0]["data"]), media_type=MEDIA_TYPES[job.format],
+            return Response(body["samples"][0]["data"], media_type=MEDIA_TYPES[job.format],
                             headers={"X-Onade-Metadata": json.dumps(meta, ensure_ascii=True)})
-        return JSONResponse(body)
+        return JSONResponse(_in_json(body))
 
     @api.post("/v1/inpaint/stream")
     async def inpaint_stream(self, request: Request):
@@ -234,7 +234,7 @@ class Inpainter:
                     try:
                         outcome = task.result()
                         body = await asyncio.to_thread(self.finish, job, outcome, start)
-                        yield _line({"event": "result", **body})
+                        yield _line({"event": "result", **_in_json(body)})
                     except RequestError as e:
                         yield _line({"event": "error", **e.to_json()})
                     return
@@ -402,14 +402,15 @@ class Inpainter:
                         batch_requests=len(jobs), forward_passes=j.passes()) for i, j in enumerate(jobs)]
 
     def finish(self, job: Job, outcome: Outcome, start: float) -> dict:
-        """The samples pasted back at the input's size and encoded, with the request's metadata."""
+        """The samples pasted back at the input's size and encoded (bytes: `_in_json` makes them JSON), with the
+        request's metadata."""
         from ray_jobs.outputs import encode_image, sampler_fields
 
         samples = []
         for k, (seed, sample_SSC) in enumerate(zip(job.seeds, outcome.samples_KSSC)):
             full = job.window.paste(job.source_HWC, job.hidden_HW, sample_SSC, job.feather)
             samples.append({"index": k, "seed": seed, "format": job.format,
-                            "data": base64.b64encode(encode_image(full, job.format)).decode()})
+                            "data": encode_image(full, job.format)})
         return {**job.record(), **sampler_fields(job.sample, outcome.forward_passes), "precision": self.precision,
                 "model_seconds": round(outcome.model_seconds, 4), "batch_requests": outcome.batch_requests,
                 "seconds": round(time.monotonic() - start, 4), "command": job.command(self.o.checkpoint),
