@@ -2,9 +2,11 @@
 
     python -m bench.serve                         # small (fresh weights: speed only), 256 px photos, 1/4/16 clients
     python -m bench.serve --checkpoint runs/small1/export --seconds 60
+    python -m bench.serve --replicas 1            # one replica with every CPU's threads instead of one per CPU
 
-Starts a local Ray (2 CPUs, its own temp dir) and the app (ray_jobs.serve) on a free loopback port, one
-replica with every CPU, batching up to --batch requests. For each client count, that many threads post
+Starts a local Ray (every CPU, its own temp dir) and the app (ray_jobs.serve) on a free loopback port, with
+--replicas replicas sharing the CPUs (default: one per CPU, one torch thread each), each batching up to
+--batch requests. For each client count, that many threads post
 requests for --seconds (each: a --size photo, the centre hole, one sample, the job's default sampler) and
 the run reports images/s, p50/p95/p99 latency and the error count by status. Beside it, on the same export
 and the same model windows, `onade.inpaint` runs in this process at --batch images per call (no HTTP, no
@@ -43,12 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="the app's max batch, and the direct calls' batch")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch threads of the replica (0 = every CPU)")
+    p.add_argument("--replicas", type=int, default=0, help="replicas sharing the CPUs (0 = one per CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per replica (0 = its share of the CPUs)")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
     if not all(1 <= c <= MAX_CLIENTS for c in args.clients):
         p.error(f"--clients must be between 1 and {MAX_CLIENTS}")
+    if args.replicas < 0 or args.replicas > (os.cpu_count() or 1):
+        p.error(f"--replicas must be between 1 and the CPUs here ({os.cpu_count()}), or 0 for one per CPU")
     return args
 
 
@@ -173,8 +178,10 @@ def main(argv=None) -> dict:
     ray.init(num_cpus=cpus, _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"), include_dashboard=False,
              log_to_driver=False)
     try:
-        o = ServeOptions(checkpoint=export, port=free_port(), num_cpus=cpus, threads=args.threads or cpus,
-                         max_batch=args.batch, batch_wait_s=0.05, max_ongoing_requests=max(args.clients) + args.batch,
+        replicas = args.replicas or cpus
+        o = ServeOptions(checkpoint=export, port=free_port(), num_cpus=cpus / replicas, min_replicas=replicas,
+                         max_replicas=replicas, threads=args.threads or max(1, cpus // replicas), max_batch=args.batch,
+                         batch_wait_s=0.05, max_ongoing_requests=max(args.clients) + args.batch,
                          max_queued_requests=4 * MAX_CLIENTS, deadline_s=600).validate()
         url = start(o)
         load(url, images, max(args.clients), 5.0, args.steps)  # warm-up: the first full batches allocate
@@ -196,10 +203,11 @@ def main(argv=None) -> dict:
         ray.shutdown()
     report = {"checkpoint": export, "preset": args.preset if not args.checkpoint else "", "photo_size": args.size,
               "batch": args.batch, "steps": args.steps, "precision": info["precision"], "cpus": cpus,
+              "replicas": replicas, "threads_per_replica": o.threads,
               "direct_images_per_s": direct_ips, "load": rows, "replica_rss_before": rss_before,
               "replica_rss_after": rss_after, "rss_change": (rss_after - rss_before) / max(1, rss_before)}
     print(f"direct onade.inpaint at batch {args.batch}: {direct_ips:.2f} images/s ({info['precision']}, "
-          f"{args.steps} steps, {cpus} CPUs)")
+          f"{args.steps} steps, {cpus} CPUs); served by {replicas} replica(s) of {o.threads} torch thread(s)")
     print("clients  images/s  ratio   p50 s   p95 s   p99 s  errors")
     for r in rows:
         print(f"{r['clients']:7d}  {r['images_per_s']:8.2f}  {r['images_per_s'] / direct_ips:5.2f}  "

@@ -5,6 +5,7 @@
     python -m bench.train --gpus-per-worker 1 --preset small --global-batch 64   # on a GPU node
     python -m bench.train --recovery            # time to training again after a kill and a drain (bench.recovery)
     python -m bench.train --optimizer           # AdamW step: the fused kernel the engine uses vs torch's loop
+    python -m bench.train --malloc --preset small   # a fresh worker process with and without keep_freed_memory
 
 Measurements in one run, on the same synthetic shards, model, masks, loss and optimizer (AdamW with
 the same parameter groups, warmup + cosine LR, clipping):
@@ -18,6 +19,10 @@ the same parameter groups, warmup + cosine LR, clipping):
   optimizer  (--optimizer, instead of the above) one AdamW step over one flat fp32 tensor of half a preset's
              parameters, as ZeRO hands a rank its partition on 2 workers, one torch thread: torch's default
              (for-loop) step against the fused kernel ray_jobs.engine.make_optimizer picks; rounds alternate
+  malloc     (--malloc, instead of the above) the bare loop in a fresh process per round, as a Ray Train worker
+             is one, with glibc's defaults against ray_jobs.malloc.keep_freed_memory() called first (as the
+             Serve replica does); rounds alternate and the best rate of each counts, with each process's
+             minor page faults
 Reported: overhead = bare / ray1 samples/s (target <= 1.10), scaling = ray2 / ray1 (target >= 1.7 with
 one core per worker), and validation share = time validating / whole run (target <= 0.10). A loop's rate
 is the median of its logged windows after the first (which holds start-up); the bare loop runs before
@@ -197,6 +202,45 @@ def optimizer_ratios(presets: list[str], rounds: int, steps: int = 3) -> dict:
     return out
 
 
+def _fresh_bare_loop(shards: str, preset: str, sets: list[str], steps: int, threads: int, keep: bool, out) -> None:
+    """One round of --malloc, in a spawned process: (samples/s, minor page faults of the loop)."""
+    import resource
+
+    from onade.config import load_config
+    from ray_jobs.malloc import keep_freed_memory
+
+    if keep:
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    cfg = load_config(preset, sets=sets)
+    batches, cfg.model.vocab_size = load_batches(shards, cfg, cfg.data.global_batch_size)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    rate = bare_loop(cfg, batches, steps, max(1, steps // 4), "cpu")
+    out.put((rate, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+
+
+def malloc_ratio(args, shards: str) -> dict:
+    """Samples/s of the bare loop in fresh processes, glibc's defaults against keep_freed_memory."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter and a fresh heap, like a Ray worker's
+    sets = [f"model.image_size={args.image_size}", f"data.global_batch_size={args.global_batch}", *args.set]
+    best = {"defaults": (0.0, 0), "keep_freed_memory": (0.0, 0)}
+    for _ in range(args.rounds):
+        for name in best:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_fresh_bare_loop, args=(shards, args.preset, sets, args.steps, args.threads,
+                                                              name == "keep_freed_memory", queue))
+            proc.start()
+            got = queue.get()
+            proc.join()
+            best[name] = max(best[name], got)
+    (base, base_faults), (kept, kept_faults) = best["defaults"], best["keep_freed_memory"]
+    return {"defaults_samples_per_s": round(base, 2), "keep_freed_memory_samples_per_s": round(kept, 2),
+            "speedup": round(kept / base, 2), "page_faults_defaults": base_faults,
+            "page_faults_keep_freed_memory": kept_faults, "threads": args.threads}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="debug")
@@ -216,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--optimizer", action="store_true",
                    help="instead: AdamW step time, fused vs torch's default loop, for --optimizer-presets")
     p.add_argument("--optimizer-presets", default="debug,small,large")
+    p.add_argument("--malloc", action="store_true",
+                   help="instead: the bare loop in fresh processes, glibc's defaults vs ray_jobs.malloc")
     p.add_argument("--recovery", action="store_true",
                    help="instead: seconds and steps lost after a killed worker and a drained node (bench/recovery.py)")
     args, rest = p.parse_known_args(argv)
@@ -228,6 +274,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.optimizer:
         result = {"optimizer": optimizer_ratios(args.optimizer_presets.split(","), args.rounds)}
+        print(json.dumps(result, indent=2))
+        return result
+
+    if args.malloc:
+        with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+            shards = build_data(Path(tmp), 8 * args.global_batch, args.image_size)
+            result = {"preset": args.preset, "global_batch": args.global_batch, "steps": args.steps,
+                      "malloc": malloc_ratio(args, shards)}
         print(json.dumps(result, indent=2))
         return result
 
