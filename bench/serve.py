@@ -124,20 +124,17 @@ def direct(export: str, images: list[bytes], batch: int, steps: int, seconds: fl
     import torch
 
     from onade import inpaint, load_checkpoint
-    from onade.config import NUM_CHANNELS, SampleConfig
+    from onade.config import SampleConfig
     from onade.precision import resolve_precision
-    from ray_jobs.serve.requests import parse
+    from ray_jobs.serve.requests import batch_rows, parse
 
     loaded = load_checkpoint(export)
     size = loaded.config.model.image_size
     jobs = [parse({"steps": str(steps), "caption": "a red disc"}, (f"p{i}.jpg", d), None, image_size=size,
                   max_pixels=10 ** 8, max_samples=1, max_steps=4096, defaults=SampleConfig())
             for i, d in enumerate(images[:batch])]
-    x = torch.from_numpy(np.stack([j.image_SSC for j in jobs]))
-    observed = ~torch.from_numpy(np.stack([j.hidden_SS for j in jobs]))[..., None].expand(-1, -1, -1, NUM_CHANNELS)
-    tokens, lengths = loaded.tokenizer.encode_batch([j.caption for j in jobs], loaded.config.data.max_tokens)
+    x, observed, tokens, lengths, seeds = batch_rows(jobs, loaded.tokenizer, loaded.config.data.max_tokens)
     sample = SampleConfig(steps=steps, precision=resolve_precision("auto", torch.device("cpu")))
-    seeds = [j.seeds[0] for j in jobs]
     inpaint(loaded.model, x, observed, tokens, lengths, sample, seed=seeds)  # warm-up
     done, tic = 0, time.perf_counter()
     while time.perf_counter() - tic < seconds:
@@ -163,11 +160,10 @@ def main(argv=None) -> dict:
     import torch
     from ray import serve
 
+    from ray_jobs.malloc import keep_freed_memory
     from ray_jobs.ray_env import free_port
     from ray_jobs.serve.cli import start
     from ray_jobs.serve.options import ServeOptions
-
-    from ray_jobs.malloc import keep_freed_memory
 
     keep_freed_memory()
     cpus = os.cpu_count() or 1

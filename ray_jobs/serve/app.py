@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 
 from ray_jobs.serve.options import ServeOptions
-from ray_jobs.serve.requests import MEDIA_TYPES, Job, RequestError, parse
+from ray_jobs.serve.requests import MEDIA_TYPES, Job, RequestError, batch_rows, parse
 
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript"),
@@ -363,17 +363,11 @@ class Inpainter:
         """One onade.inpaint run over requests that sample alike (the sampler's thread)."""
         import torch
 
-        from onade.config import NUM_CHANNELS
         from onade.memory import forward_batch_limit, inpaint_in_pieces
 
         jobs = [t.job for t in tickets]
         sample = jobs[0].sample
-        rows = [k for j in jobs for k in [j] * j.samples]
-        x = torch.from_numpy(np.stack([j.image_SSC for j in rows]))
-        hidden = torch.from_numpy(np.stack([j.hidden_SS for j in rows]))
-        observed = ~hidden[..., None].expand(-1, -1, -1, NUM_CHANNELS)
-        tokens, lengths = self.tokenizer.encode_batch([j.caption for j in rows], self.config.data.max_tokens)
-        seeds = [s for j in jobs for s in j.seeds]
+        x, observed, tokens, lengths, seeds = batch_rows(jobs, self.tokenizer, self.config.data.max_tokens)
         owner = np.repeat(np.arange(len(jobs)), [j.samples for j in jobs])  # row -> its ticket
         first = np.concatenate([[0], np.cumsum([j.samples for j in jobs])[:-1]])
         if self.max_rows is None:

@@ -188,4 +188,17 @@ def _sample_config(form: dict, defaults: SampleConfig, max_steps: int) -> Sample
     return sample
 
 
-__all__ = ["Job", "RequestError", "parse", "FIELDS", "SAMPLER_FIELDS", "MEDIA_TYPES"]
+def batch_rows(jobs: list[Job], tokenizer, max_tokens: int):
+    """The model inputs of one onade.inpaint run over `jobs`, each repeated for its samples: (x_BSSC uint8,
+    observed_BSSC, tokens_BT, lengths_B, seeds), rows in the jobs' order."""
+    import torch
+
+    rows = [j for j in jobs for _ in range(j.samples)]
+    x = torch.from_numpy(np.stack([j.image_SSC for j in rows]))
+    hidden = torch.from_numpy(np.stack([j.hidden_SS for j in rows]))
+    observed = ~hidden[..., None].expand(-1, -1, -1, NUM_CHANNELS)
+    tokens, lengths = tokenizer.encode_batch([j.caption for j in rows], max_tokens)
+    return x, observed, tokens, lengths, [s for j in jobs for s in j.seeds]
+
+
+__all__ = ["Job", "RequestError", "parse", "batch_rows", "FIELDS", "SAMPLER_FIELDS", "MEDIA_TYPES"]
