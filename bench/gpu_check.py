@@ -8,7 +8,8 @@ Checks, in order (each a row of the table, with its figures):
               the first convolution computes in, for train.precision bf16 and fp32 (bf16 must really run:
               DeepSpeed switches off an autocast opened around its forward), and train steps/s of each, with
               peak memory, for --presets (small and base on a GPU); what precision "auto" picks on this device
-  train       `ray_jobs.train`: debug for 50 steps, one worker per GPU, ZeRO-2; the start event's forward dtype
+  train       `ray_jobs.train`: debug for 50 steps (20 with --device cpu), one worker per GPU, ZeRO-2; the start
+              event's forward dtype
   resume      that run resumed on CPU workers (another device kind and worker count), and a run started on
               CPU workers resumed on the GPUs; ZeRO-3 `large` for 2 steps where the GPUs' memory allows
   evaluate    `ray_jobs.evaluate` with one actor per GPU (--gpus-per-worker 1) on generated shards
@@ -16,7 +17,7 @@ Checks, in order (each a row of the table, with its figures):
               --max-forward-batch 2 (a forced split): every image done both times; on CPU the bytes must match
               (on GPUs cuDNN may round another batch shape differently: reported, not required)
 Exits 1 if any check fails. With --device cpu every GPU becomes a CPU worker or actor and the cross-device
-resumes become worker-count changes; the whole run takes about 2-3 minutes on 2 cores.
+resumes become worker-count changes; the whole run takes about 1.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -232,24 +233,26 @@ def check_large(checks: Checks, common: list[str], gpus: int) -> None:
                f"{params / 1e6:.0f} M parameters on {gpus} GPU(s), batch {batch}, {time.perf_counter() - t0:.0f} s")
 
 
-def check_evaluate(checks: Checks, export: str, shards: str, gpus: int) -> None:
+def check_evaluate(checks: Checks, args, export: str, shards: str, gpus: int) -> None:
     from ray_jobs.evaluate import main
 
     t0 = time.perf_counter()
     workers = ["--workers", str(gpus), "--gpus-per-worker", "1"] if gpus else ["--workers", "1"]
-    result = main(["--checkpoint", export, "--data", shards, "--num-images", "64", "--exact-images", "2", *workers])
+    result = main(["--checkpoint", export, "--data", shards, "--num-images", str(args.eval_images), "--exact-images",
+                   "2", *workers])
     values = [result[k] for k in ("bits_per_dim", "center_bits_true_caption", "exact_center_bits")]
-    ok = result["num_images"] == 64 and all(0 < v < 9 for v in values)
+    ok = result["num_images"] == args.eval_images and all(0 < v < 9 for v in values)
     checks.add("evaluate", ok, f"{result['num_images']} images, {result['precision']}, bits/subpixel {values[0]:.3f}, "
                                f"exact {values[2]:.3f}, {time.perf_counter() - t0:.0f} s")
 
 
-def check_inpaint(checks: Checks, export: str, root: Path, gpus: int) -> None:
+def check_inpaint(checks: Checks, args, export: str, root: Path, gpus: int) -> None:
     from data.synthetic import write_synthetic
     from ray_jobs.inpaint import main
 
     folder = root / "photos"
-    write_synthetic(folder, 16, image_size=48, seed=3)
+    n = args.inpaint_images
+    write_synthetic(folder, n, image_size=48, seed=3)
     workers = ["--workers", str(gpus), "--gpus-per-worker", "1"] if gpus else ["--workers", "1"]
     base = ["--checkpoint", export, "--input", str(folder), "--batch-size", "8", "--samples", "2", "--no-progress",
             *workers]
@@ -259,10 +262,10 @@ def check_inpaint(checks: Checks, export: str, root: Path, gpus: int) -> None:
         summary = main([*base, "--output", str(root / f"out_{label}"), *extra])
         outs[label] = {p.relative_to(root / f"out_{label}"): p.read_bytes()
                        for p in sorted((root / f"out_{label}").rglob("*.png")) if not p.name.endswith(".masked.png")}
-        checks.add(f"inpaint ({label})", summary["done"] == 16 and summary["failed"] == 0,
+        checks.add(f"inpaint ({label})", summary["done"] == n and summary["failed"] == 0,
                    f"{summary['done']} done, {summary['failed']} failed, {summary['images_per_second']:.1f} images/s, "
                    f"{time.perf_counter() - t0:.0f} s" + (", 2 rows per forward pass" if extra else ""))
-    same = outs["whole"] == outs["split"] and len(outs["whole"]) == 32
+    same = outs["whole"] == outs["split"] and len(outs["whole"]) == 2 * n
     checks.add("inpaint split = unsplit bytes", same if not gpus else (None if not same else True),
                "identical" if same else "differ (expected only from cuDNN's shape-dependent kernels on GPUs)")
 
@@ -298,12 +301,15 @@ def parse_args(argv):
                    help="examples per train step in the precision check (default 16: base's micro-batch on 8 GPUs; "
                         "base needs ~0.73 GB per example in fp32)")
     p.add_argument("--train-steps", type=int, help="timed steps per precision (default 20 on a GPU, 3 on CPU)")
-    p.add_argument("--steps", type=int, default=50, help="steps of the debug training run (default 50)")
+    p.add_argument("--steps", type=int, help="steps of the debug training run (default 50 on a GPU, 20 on CPU)")
     p.add_argument("--keep", metavar="DIR", help="keep the runs, shards and outputs here")
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
     args.presets = args.presets or ("small,base" if gpu else "small")
     args.train_steps = args.train_steps or (20 if gpu else 3)
+    args.steps = args.steps or (50 if gpu else 20)
+    # Images evaluated and inpainted: on CPU (a test runs this) the fewest that still make a batch split.
+    args.eval_images, args.inpaint_images = (64, 16) if gpu else (32, 8)
     return args
 
 
@@ -337,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         export = checks.guard("train and resume", check_training, checks, args, root, shards, gpus)
         if export:
             val = build_shards(root, 96, 1)
-            checks.guard("evaluate", check_evaluate, checks, export, val, gpus)
-            checks.guard("inpaint", check_inpaint, checks, export, root, gpus)
+            checks.guard("evaluate", check_evaluate, checks, args, export, val, gpus)
+            checks.guard("inpaint", check_inpaint, checks, args, export, root, gpus)
     finally:
         if ray.is_initialized():
             ray.shutdown()
