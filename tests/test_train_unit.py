@@ -54,7 +54,7 @@ def test_zero_json_ships_no_derived_keys_and_rejects_them(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_malformed_config_key_fails_before_ray_starts(tmp_path):
+def test_malformed_config_key_fails_before_ray_starts(tmp_path, ray_stopped):
     import ray
 
     with pytest.raises(ConfigError, match="model.widht"):
@@ -67,7 +67,7 @@ def test_malformed_config_key_fails_before_ray_starts(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_users_zero_config_is_read_and_a_bad_one_fails_before_ray_starts(tmp_path):
+def test_a_users_zero_config_is_read_and_a_bad_one_fails_before_ray_starts(tmp_path, ray_stopped):
     import ray
 
     shipped = eng.load_zero_json(3)
@@ -87,7 +87,7 @@ def test_a_users_zero_config_is_read_and_a_bad_one_fails_before_ray_starts(tmp_p
 
 
 @pytest.mark.timeout(60)
-def test_missing_data_path_fails_fast_naming_it(tmp_path):
+def test_missing_data_path_fails_fast_naming_it(tmp_path, ray_stopped):
     import ray
 
     missing = str(tmp_path / "no_such_shards")
