@@ -1,6 +1,6 @@
-"""The inpainting gallery on real icons before and after the new sampler default, as one PNG (the README's).
+"""The inpainting gallery on real icons before and after the sampler default, as one PNG (the README's).
 
-    python -m bench.quality --data twemoji --preset small --steps 1240 --out bench_out/tw   # a model and icons
+    python -m bench.quality --data twemoji --preset small --steps 1100 --out bench_out/tw   # a model and icons
     python -m bench.icon_gallery_shot --checkpoint bench_out/tw/runs/run/export --images bench_out/tw/images/val \
         --out docs/images/icons-before-after.png
 
@@ -11,7 +11,7 @@ on them twice, with the same centre hole (--mask center), seed, --samples, ances
 passes, and --reference (each row and the totals line give the original hole's roughness and specks beside
 the fills'):
 - before: `--channels joint --top-p 1`, the model's own draws (the old default);
-- after: `--channels sequence --top-p 0.4` (the new default).
+- after: `--channels sequence --top-p 0.3` (the default).
 Each gallery is opened in Debian's Chromium (Playwright's sync API, as tests/test_gallery_browser.py does),
 cut to its totals line and table (the size and full-size-link columns hidden), and the two are stacked,
 before on top, each under a label. Both runs use a local Ray (RAY_ADDRESS is dropped: the job writes into a
@@ -39,7 +39,7 @@ RUNS = {
     # output folder: (label, the job's sampler flags)
     "before": ("Before: --channels joint --top-p 1 (the old default: the model's own draws)",
                ["--channels", "joint", "--top-p", "1"]),
-    "after": ("After: --channels sequence --top-p 0.4 (the new default)", ["--channels", "sequence", "--top-p", "0.4"]),
+    "after": ("After: --channels sequence --top-p 0.3 (the default)", ["--channels", "sequence", "--top-p", "0.3"]),
 }
 # Hidden: the title, the "rows 1-8" line and columns 4 (size: every icon is the model's size) and 6 (links to
 # the full-size files), which say nothing here.

@@ -86,6 +86,10 @@ class MaskConfig:
     # Fraction of centre and box masks that hide only part of the hole (masks._partly_revealed): the
     # conditionals Gibbs and ancestral sampling ask for. The rest hide the whole hole (the one-shot fill).
     hole_orderless: float = 0.5
+    # How a partly hidden hole is drawn: "subpixels" (a uniform subset of its subpixels) or "pixels" (of whole
+    # pixels, some showing a prefix of their channels, R or R and G): what ancestral sampling with channels in
+    # sequence asks for.
+    hole_reveal: str = "subpixels"
 
 
 @dataclass
@@ -138,9 +142,10 @@ class SampleConfig:
     # from the loss profile scores within 0.01 bit of the exact NLL and followed captions better than independent
     # Gibbs with one sweep per hole subpixel (769 passes for a 16x16 hole), at 33x its images/s in onade.inpaint
     # and 25.5x in the inpainting job. Its draws are not the model's own: a pixel's channels in sequence, each
-    # from its nucleus top_p 0.4, give fills with the data's texture where the model's draws (channels "joint",
-    # top_p 1) give specks (bench/sampler_ablation.py, docs/benchmarks.md), at 0.24-1 bit of KL from the model
-    # per drawn subpixel.
+    # from its nucleus top_p 0.3, give fills with the data's texture where the model's draws (channels "joint",
+    # top_p 1) give specks (bench/sampler_ablation.py, docs/benchmarks.md), at 0.25-1 bit of KL from the model
+    # per drawn subpixel. A model trained longer keeps more texture at a wider nucleus (0.4 on Twemoji after 43
+    # minutes on a 2-CPU Xeon).
     strategy: str = "ancestral"
     # The budget of forward passes. Gibbs strategies: the number of sweeps. ancestral: passes planned from
     # the model's loss profile (onade.plans); maskgit, greedy, antigreedy: passes on MaskGIT's cosine
@@ -149,7 +154,7 @@ class SampleConfig:
     temperature: float = 1.0  # divides the logits before each draw (0 = the most likely value)
     # Nucleus sampling: each subpixel draws from its most likely values whose probabilities (after temperature)
     # add up to top_p, renormalised. 1 = the whole distribution.
-    top_p: float = 0.4
+    top_p: float = 0.3
     # ancestral (the other strategies ignore it): "joint" draws a pass's subpixels together, a pixel's channels as
     # independent as any two; "sequence" plans the passes over pixels and splits each into three, R, then G given
     # R, then B given both, so a pass costs three forward passes (steps // 3 pixel passes within the budget;
@@ -259,6 +264,8 @@ class Config:
                 raise ConfigError(f"masks.weights.{kind} must be >= 0, got {w}")
         if sum(self.masks.weights.values()) <= 0:
             raise ConfigError("masks.weights must give some mask kind a positive weight")
+        if self.masks.hole_reveal not in ("subpixels", "pixels"):
+            raise ConfigError(f"masks.hole_reveal must be 'subpixels' or 'pixels', got {self.masks.hole_reveal!r}")
         if not 0 <= self.masks.hole_orderless <= 1:
             raise ConfigError(f"masks.hole_orderless must be in [0, 1], got {self.masks.hole_orderless}")
         if t.loss not in ("orderless", "mean"):
@@ -319,7 +326,11 @@ def _preset_small() -> Config:
         # orderless-heavier mixture, batch 16 and EMA 0.995 took held-out bits per subpixel from 2.51 (default
         # mixture, batch 32, EMA 0.99, same lr and time) to 2.23, below lossless PNG (2.45), the caption still
         # worth 0.63 bit.
-        masks=MaskConfig(weights={"orderless": 0.6, "center": 0.2, "box": 0.15, "contiguish": 0.05}),
+        # Holes revealed by whole pixels, as the default sampler asks for them: on Twemoji at 1,100 steps its
+        # fills at top_p 0.3 had 1.45-1.58% specks at roughness 0.82 of the originals' (two seeds) where
+        # "subpixels" gave 1.78% at 0.80, at the same held-out bits (docs/benchmarks.md).
+        masks=MaskConfig(weights={"orderless": 0.6, "center": 0.2, "box": 0.15, "contiguish": 0.05},
+                         hole_reveal="pixels"),
         data=DataConfig(global_batch_size=16),
         # 4 exact-NLL images: with 16 a 1,200-step run on 2 CPUs spent 24% of its time validating.
         train=TrainConfig(steps=5000, lr=3e-3, warmup_steps=200, val_every=500, checkpoint_every=500,

@@ -5,7 +5,8 @@ hidden. Both are bool [B,H,W,3]; training draws them with `draw_observed`.
 Kinds: orderless (number hidden uniform in 1..D, then a uniform subset: the orderless-NADE training
 distribution), bernoulli (hiding rate drawn per example), box (a contiguous box at a random place),
 center (the central square of half the side), contiguish (the seed's: a Bernoulli conjoined over a
-neighbourhood, giving blobs). `per_pixel` hides whole pixels instead of single subpixels.
+neighbourhood, giving blobs). `per_pixel` hides whole pixels instead of single subpixels. A share
+(`hole_orderless`) of centre and box holes is partly revealed, by subpixels or by whole pixels (`hole_reveal`).
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def _partly_revealed(hole_BHWC: torch.Tensor, cfg: MaskConfig, generator, device
     of a filled hole, ancestral sampling reveals it piece by piece, and the exact hole NLL is the chain
     rule over those same conditionals. Whole holes train the one-shot fill that starts Gibbs."""
     B = hole_BHWC.shape[0]
+    if cfg.hole_reveal == "pixels":
+        return _partly_revealed_pixels(hole_BHWC, cfg, generator, device)
     flat_BD = hole_BHWC.reshape(B, -1)
     M_B = flat_BD.sum(1)
     num_hidden_B = (_rand((B,), generator, device) * M_B).long().clamp(max=M_B - 1) + 1
@@ -135,6 +138,24 @@ def _partly_revealed(hole_BHWC: torch.Tensor, cfg: MaskConfig, generator, device
     key_BD = _rand(flat_BD.shape, generator, device).masked_fill(~flat_BD, 2.0)
     rank_BD = key_BD.argsort(dim=1).argsort(dim=1)
     return (rank_BD < num_hidden_B[:, None]).view_as(hole_BHWC)
+
+
+def _partly_revealed_pixels(hole_BHWC: torch.Tensor, cfg: MaskConfig, generator, device) -> torch.Tensor:
+    """_partly_revealed over whole pixels: a uniform subset of the hole's pixels stays hidden, and half of
+    those show the channels before c (c uniform in 0..2 per example), as a pass of ancestral sampling with
+    channels in sequence sees them."""
+    B, C = hole_BHWC.shape[0], NUM_CHANNELS
+    pix_BP = hole_BHWC.any(-1).reshape(B, -1)
+    M_B = pix_BP.sum(1)
+    num_hidden_B = (_rand((B,), generator, device) * M_B).long().clamp(max=M_B - 1) + 1
+    partly_B = _rand((B,), generator, device) < cfg.hole_orderless
+    num_hidden_B = torch.where(partly_B, num_hidden_B, M_B)
+    key_BP = _rand(pix_BP.shape, generator, device).masked_fill(~pix_BP, 2.0)
+    hidden_BP = key_BP.argsort(dim=1).argsort(dim=1) < num_hidden_B[:, None]
+    c_B = (_rand((B,), generator, device) * C).long()
+    shows_BP = partly_B[:, None] & (_rand(pix_BP.shape, generator, device) < 0.5)
+    shown_BPC = shows_BP[..., None] & (torch.arange(C, device=device) < c_B[:, None, None])
+    return (hidden_BP[..., None] & ~shown_BPC).view_as(hole_BHWC) & hole_BHWC
 
 
 def _cpu(generator):

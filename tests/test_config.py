@@ -24,6 +24,7 @@ def test_set_overrides_are_typed():
     ("model.width", "key=value"),
     ("train.ema_decay=1.5", "train.ema_decay"),
     ("masks.hole_orderless=2", "masks.hole_orderless"),
+    ("masks.hole_reveal=whole", "masks.hole_reveal must be 'subpixels' or 'pixels'"),
     ("sample.precision=fp16", "sample.precision"),
 ])
 def test_bad_overrides_name_the_key(item, needle):

@@ -222,7 +222,7 @@ def test_sampler_flags_reach_the_actor_and_every_row_records_them(ray_local, che
         assert (r["strategy"], r["steps"], r["guidance"]) == ("maskgit", 4, 2.0), r
         # maskgit makes exactly its budget of passes; none are made for an input that could not be read.
         assert r["forward_passes"] == (0 if rel == "broken.png" else 4), r
-    assert "strategy maskgit, 4 steps, top_p 0.4, guidance 2" in capsys.readouterr().out  # the default nucleus
+    assert "strategy maskgit, 4 steps, top_p 0.3, guidance 2" in capsys.readouterr().out  # the default nucleus
 
 
 @pytest.mark.slow

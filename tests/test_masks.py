@@ -115,3 +115,33 @@ def test_partly_revealed_holes_hide_a_uniform_number_inside_the_hole():
     # Given d, every subpixel of the hole is equally likely to be the hidden one.
     per_site = (~observed[num_hidden == 1]).flatten(1).float().mean(0)[hole.flatten()]
     assert float(per_site.max() - per_site.min()) < 0.06
+
+
+def test_holes_revealed_by_pixels_hide_whole_pixels_or_the_channels_after_a_prefix():
+    g = torch.Generator().manual_seed(8)
+    side, n = 4, 20000
+    cfg = MaskConfig(weights={"box": 1, "center": 1}, hole_orderless=0.5, hole_reveal="pixels")
+    observed, kind_B = draw_observed(cfg, n, side, g)
+    hidden = ~observed
+    centre = kind_B == MASK_KINDS.index("center")
+    hole = ~observed_except_center(1, side)[0]
+    assert not bool((hidden[centre] & ~hole).any())  # nothing outside the hole is ever hidden
+    assert bool(hidden.flatten(1).any(1).all())  # something always is
+    # Every hidden pixel hides a suffix of its channels: B alone, G and B, or all three.
+    pattern = hidden.long() @ torch.tensor([1, 2, 4])
+    assert set(pattern.unique().tolist()) == {0, 4, 6, 7}
+    # Partly shown pixels come only in partly revealed holes, and then with one prefix per example.
+    pixels = hidden.any(-1).flatten(1).sum(1)
+    partial = (hidden.any(-1) & ~hidden.all(-1)).flatten(1)
+    whole_hole = centre & (pixels == 4) & ~partial.any(1)
+    assert abs(float(whole_hole.float().sum() / centre.sum()) - (0.5 + 0.5 / 4 * (1 / 3 + 2 / 3 / 16))) < 0.02
+    per_example = (pattern.flatten(1)[:, :, None] == torch.tensor([4, 6])).any(1).sum(1)
+    assert int(per_example.max()) == 1
+    # A partly revealed hole with a prefix shows it on about half its hidden pixels (more, given it shows one).
+    with_prefix = partial.any(1)
+    assert 0.5 < float(partial[with_prefix].sum() / pixels[with_prefix].sum()) < 0.7
+    # Given the count, every pixel of the hole is equally likely to be the hidden one.
+    one = centre & (pixels == 1)
+    per_site = hidden[one].any(-1).flatten(1).float().mean(0)[hole[..., 0].flatten()]
+    assert float(per_site.max() - per_site.min()) < 0.1
+
