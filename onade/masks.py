@@ -121,41 +121,29 @@ def draw_observed(cfg: MaskConfig, batch: int, image_size: int, generator=None,
 
 def _partly_revealed(hole_BHWC: torch.Tensor, cfg: MaskConfig, generator, device) -> torch.Tensor:
     """With probability cfg.hole_orderless per example, keep hidden only a uniform subset of the hole whose
-    size is uniform in 1..M (the orderless draw, restricted to the hole); otherwise the whole hole.
+    size is uniform in 1..M (the orderless draw, restricted to the hole); otherwise the whole hole. The subset
+    is of subpixels, or with cfg.hole_reveal "pixels" of whole pixels, half of which then show their channels
+    before c (c uniform in 0..2 per example), as a pass of ancestral sampling with channels in sequence sees them.
 
     A sampler filling a hole asks for p(hole subpixel | border + part of the hole): Gibbs resamples blocks
     of a filled hole, ancestral sampling reveals it piece by piece, and the exact hole NLL is the chain
     rule over those same conditionals. Whole holes train the one-shot fill that starts Gibbs."""
-    B = hole_BHWC.shape[0]
-    if cfg.hole_reveal == "pixels":
-        return _partly_revealed_pixels(hole_BHWC, cfg, generator, device)
-    flat_BD = hole_BHWC.reshape(B, -1)
-    M_B = flat_BD.sum(1)
-    num_hidden_B = (_rand((B,), generator, device) * M_B).long().clamp(max=M_B - 1) + 1
-    partly_B = _rand((B,), generator, device) < cfg.hole_orderless
-    num_hidden_B = torch.where(partly_B, num_hidden_B, M_B)
-    # Rank the hole's subpixels by a random key (outside the hole ranks last) and hide the first d.
-    key_BD = _rand(flat_BD.shape, generator, device).masked_fill(~flat_BD, 2.0)
-    rank_BD = key_BD.argsort(dim=1).argsort(dim=1)
-    return (rank_BD < num_hidden_B[:, None]).view_as(hole_BHWC)
-
-
-def _partly_revealed_pixels(hole_BHWC: torch.Tensor, cfg: MaskConfig, generator, device) -> torch.Tensor:
-    """_partly_revealed over whole pixels: a uniform subset of the hole's pixels stays hidden, and half of
-    those show the channels before c (c uniform in 0..2 per example), as a pass of ancestral sampling with
-    channels in sequence sees them."""
     B, C = hole_BHWC.shape[0], NUM_CHANNELS
-    pix_BP = hole_BHWC.any(-1).reshape(B, -1)
-    M_B = pix_BP.sum(1)
+    by_pixel = cfg.hole_reveal == "pixels"
+    units_BU = (hole_BHWC.any(-1) if by_pixel else hole_BHWC).reshape(B, -1)
+    M_B = units_BU.sum(1)
     num_hidden_B = (_rand((B,), generator, device) * M_B).long().clamp(max=M_B - 1) + 1
     partly_B = _rand((B,), generator, device) < cfg.hole_orderless
     num_hidden_B = torch.where(partly_B, num_hidden_B, M_B)
-    key_BP = _rand(pix_BP.shape, generator, device).masked_fill(~pix_BP, 2.0)
-    hidden_BP = key_BP.argsort(dim=1).argsort(dim=1) < num_hidden_B[:, None]
+    # Rank the hole's units by a random key (outside the hole ranks last) and hide the first d.
+    key_BU = _rand(units_BU.shape, generator, device).masked_fill(~units_BU, 2.0)
+    hidden_BU = key_BU.argsort(dim=1).argsort(dim=1) < num_hidden_B[:, None]
+    if not by_pixel:
+        return hidden_BU.view_as(hole_BHWC)
     c_B = (_rand((B,), generator, device) * C).long()
-    shows_BP = partly_B[:, None] & (_rand(pix_BP.shape, generator, device) < 0.5)
-    shown_BPC = shows_BP[..., None] & (torch.arange(C, device=device) < c_B[:, None, None])
-    return (hidden_BP[..., None] & ~shown_BPC).view_as(hole_BHWC) & hole_BHWC
+    shows_BU = partly_B[:, None] & (_rand(units_BU.shape, generator, device) < 0.5)
+    shown_BUC = shows_BU[..., None] & (torch.arange(C, device=device) < c_B[:, None, None])
+    return (hidden_BU[..., None] & ~shown_BUC).view_as(hole_BHWC) & hole_BHWC
 
 
 def _cpu(generator):
