@@ -22,6 +22,7 @@ NUM_LEVELS = 256  # values of a subpixel (uint8): the head's softmax is this wid
 MASK_KINDS = ("orderless", "bernoulli", "box", "center", "contiguish")
 STRATEGIES = ("independent-gibbs", "ancestral-gibbs", "ancestral", "maskgit", "greedy", "antigreedy")
 CHANNEL_ORDERS = ("joint", "sequence")  # SampleConfig.channels
+HOLE_REVEALS = ("subpixels", "pixels")  # MaskConfig.hole_reveal
 HEADS = ("softmax", "logistic")  # model.head
 LAYOUTS = ("auto", "on", "off")  # model.channels_last
 # How a model computes, not what it computes: the same weights load and give the same function either way, so
@@ -264,8 +265,9 @@ class Config:
                 raise ConfigError(f"masks.weights.{kind} must be >= 0, got {w}")
         if sum(self.masks.weights.values()) <= 0:
             raise ConfigError("masks.weights must give some mask kind a positive weight")
-        if self.masks.hole_reveal not in ("subpixels", "pixels"):
-            raise ConfigError(f"masks.hole_reveal must be 'subpixels' or 'pixels', got {self.masks.hole_reveal!r}")
+        if self.masks.hole_reveal not in HOLE_REVEALS:
+            raise ConfigError(f"masks.hole_reveal must be {' or '.join(map(repr, HOLE_REVEALS))}, "
+                              f"got {self.masks.hole_reveal!r}")
         if not 0 <= self.masks.hole_orderless <= 1:
             raise ConfigError(f"masks.hole_orderless must be in [0, 1], got {self.masks.hole_orderless}")
         if t.loss not in ("orderless", "mean"):
