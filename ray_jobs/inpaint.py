@@ -129,15 +129,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def guidance_warning(guidance: float, caption_dropout: float) -> str | None:
+def guidance_warning(guidance: float, caption_dropout: float, option: str = "--guidance") -> str | None:
     """The warning for classifier-free guidance (a scale other than 1) on a model trained without caption dropout
     (its export's train.caption_dropout): guidance mixes in the model's logits for the empty caption, which such a
-    model never saw in training. None when guidance is off or the model learnt the empty caption."""
+    model never saw in training. None when guidance is off or the model learnt the empty caption. `option` names
+    the setting as the user gave it (the job's flag, the server's form field)."""
     if guidance == 1 or caption_dropout > 0:
         return None
-    return (f"warning: --guidance {guidance:g}, but this model was trained with train.caption_dropout 0: guidance "
+    return (f"warning: {option} {guidance:g}, but this model was trained with train.caption_dropout 0: guidance "
             "needs a model trained with train.caption_dropout > 0 (it never saw the empty caption guidance compares "
-            "against); expect worse samples than --guidance 1")
+            f"against); expect worse samples than {option} 1")
 
 
 # ---- selecting the work (driver only, before any Ray work) ----------------------------------------

@@ -84,6 +84,7 @@ def test_samples_come_back_at_the_input_size_changing_only_the_hole(serve_app):
     assert not np.array_equal(outs[0][hole], outs[1][hole]), "two seeds, two samples"
     assert "--seed 7" in body["command"] and "--mask box:10,5,20,16" in body["command"]
     assert "--top-p 1.0" in body["command"]
+    assert body["warnings"] == []
 
     # output=image: the one sample's bytes, the metadata in a header; the same sample as in JSON
     r = post(serve_app.url, png(img), hole="box:10,5,20,16", caption="a red circle", seed=7, top_p=1,
@@ -105,6 +106,19 @@ def test_a_mask_image_and_other_formats(serve_app):
     assert out.format == "WEBP" and out.size == (50, 40)
     r = post(serve_app.url, png(img), mask=png(mask), format="jpg", output="image")
     assert r.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(r.content)).size == (50, 40)
+
+
+def test_guidance_on_a_model_trained_without_caption_dropout_comes_back_with_a_warning(serve_app):
+    from ray_jobs.inpaint import guidance_warning
+
+    info = requests.get(serve_app.url + "v1/model", timeout=10).json()
+    assert info["caption_dropout"] == 0  # the fixture's debug export
+    r = post(serve_app.url, png(photo()), hole="center", caption="a red circle", guidance=2, steps=3)
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == [guidance_warning(2.0, 0.0, option="guidance")]
+    assert r.json()["warnings"][0].startswith("warning: guidance 2, but this model was trained with ")
+    r = post(serve_app.url, png(photo()), hole="center", guidance=2, steps=3, output="image")
+    assert json.loads(r.headers["x-onade-metadata"])["warnings"] == [guidance_warning(2.0, 0.0, "guidance")]
 
 
 @pytest.mark.parametrize("case, fields, status, field", [

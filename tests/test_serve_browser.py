@@ -134,6 +134,7 @@ def test_paint_inpaint_and_download(serve_app, browser, tmp_path):
         .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.id)""")
     assert unlabelled == []
     assert "parameters" in pg.inner_text("#model-info")
+    assert pg.locator("#guidance-note").is_visible(), "the debug export has no caption dropout: guidance is noted"
     model = json.loads(pg.evaluate("fetch('v1/model').then(r => r.text())"))
     assert pg.input_value("#strategy") == model["defaults"]["strategy"]
     assert pg.input_value("#steps") == str(model["defaults"]["steps"])
@@ -226,9 +227,11 @@ def test_phone_width_and_a_token(serve_app, browser, tmp_path):
     pg.click("#tool-box")
     drag(pg, [(0.3, 0.3), (0.6, 0.7)])
     assert abs(hole_pixels(pg) - 0.3 * W * 0.4 * H) <= W + H  # the box, give or take a row and a column
+    pg.fill("#guidance", "2")
     request = inpaint(pg, 1)
     assert request.all_headers().get("authorization") == "Bearer s3cret"
     assert pg.locator("#samples-list button").count() == 1
+    assert "Warning: guidance 2, but this model was trained with train.caption_dropout 0" in pg.inner_text("#status")
     fits_width(pg, 390)
     picked = pg.locator("#picked").bounding_box()
     assert picked["x"] + picked["width"] <= 390

@@ -398,8 +398,10 @@ class Inpainter:
     def finish(self, job: Job, outcome: Outcome, start: float) -> dict:
         """The samples pasted back at the input's size and encoded (bytes: `_in_json` makes them JSON), with the
         request's metadata."""
+        from ray_jobs.inpaint import guidance_warning
         from ray_jobs.outputs import encode_image, sampler_fields
 
+        warning = guidance_warning(job.sample.guidance, self.config.train.caption_dropout, option="guidance")
         samples = []
         for k, (seed, sample_SSC) in enumerate(zip(job.seeds, outcome.samples_KSSC)):
             full = job.window.paste(job.source_HWC, job.hidden_HW, sample_SSC, job.feather)
@@ -408,7 +410,7 @@ class Inpainter:
         return {**job.record(), **sampler_fields(job.sample, outcome.forward_passes), "precision": self.precision,
                 "model_seconds": round(outcome.model_seconds, 4), "batch_requests": outcome.batch_requests,
                 "seconds": round(time.monotonic() - start, 4), "command": job.command(self.o.checkpoint),
-                "samples": samples}
+                "warnings": [warning] if warning else [], "samples": samples}
 
 
 def build(args: dict):

@@ -69,6 +69,8 @@ function applyModel(m) {
   for (const k of ["strategy", "steps", "temperature", "top_p", "channels", "guidance"]) {
     if (d[k] !== undefined) $(k).value = d[k];
   }
+  // guidance compares against the empty caption, which a model trained without caption dropout never saw
+  $("guidance-note").hidden = m.caption_dropout !== 0;
   if (lim.max_steps) $("steps").max = lim.max_steps;
   if (lim.max_samples) $("samples").max = lim.max_samples;
   const params = m.parameters ? `${(m.parameters / 1e6).toFixed(m.parameters < 1e6 ? 3 : 1)}M parameters` : "";
@@ -663,7 +665,8 @@ function showResult(r) {
   $("command-box").hidden = !r.command;
   setStatus(`Done: ${samples.length} sample${samples.length > 1 ? "s" : ""}, ` +
             `${r.hole_pixels.toLocaleString("en-US")} hole pixels, in ${r.seconds} s ` +
-            `(${r.forward_passes} forward passes, model ${r.model_seconds} s).`);
+            `(${r.forward_passes} forward passes, model ${r.model_seconds} s).` +
+            (r.warnings || []).map((w) => ` ${w[0].toUpperCase()}${w.slice(1)}.`).join(""));
   document.body.dataset.result = String(Number(document.body.dataset.result || 0) + 1);
 }
 
