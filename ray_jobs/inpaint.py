@@ -17,8 +17,10 @@ defaults, and each results line records the strategy, steps, guidance, forward p
 For example, ancestral sampling in 32 passes (sized from the checkpoint's loss profile when it ships one),
 following the caption twice as hard as unguided sampling:
 
-    python -m ray_jobs.inpaint --checkpoint runs/debug1/export --input photos/ --output inpainted/ \
+    python -m ray_jobs.inpaint --checkpoint runs/guided/export --input photos/ --output inpainted/ \
         --strategy ancestral --steps 32 --guidance 2
+
+(guidance needs a model trained with caption dropout: `--set train.caption_dropout=0.1` for debug and small).
 
 Inputs are found recursively (png, jpg, webp, bmp, gif, tiff, pnm) and turned upright by their EXIF
 orientation. --fit context (default): each image's hole gets a square window with as much context again
