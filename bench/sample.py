@@ -301,8 +301,8 @@ def bench_fit(args) -> dict:
 
 def trained_checkpoint(args, root: Path) -> str:
     """--checkpoint, or a `debug` model trained here on the synthetic centre variant (the caption alone tells
-    the shape's colour) with caption dropout 0.1 (as `base` and `large`; debug's and small's 0 leave guidance untrained),
-    through ray_jobs.train on 2 CPU workers."""
+    the shape's colour) with caption dropout 0.1 (as `base` and `large`; debug's and small's 0 leave guidance
+    untrained), through ray_jobs.train on 2 CPU workers."""
     if args.checkpoint:
         return args.checkpoint
     from bench.quality import shards

@@ -154,7 +154,7 @@ def main(argv=None) -> list[dict]:
             continue
         got = run_variant(loaded, x, observed, tokens, lengths, settings, args.samples, args.batch_size)
         if got is None:
-            print(f"| {name} | skipped: guidance needs a model trained with train.caption_dropout > 0 |||||")
+            print(f"| {name} | skipped: guidance needs a model trained with train.caption_dropout > 0 ||||||")
             continue
         samples, passes, seconds, kl = got
         figures = sample_quality(texture(samples.flatten(0, 1), hidden), originals)
